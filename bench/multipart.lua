@@ -1,0 +1,15 @@
+-- wrk script: POST one image file as multipart field "image" (path in env WRK_IMAGE).
+local path = os.getenv("WRK_IMAGE")
+local f = assert(io.open(path, "rb"))
+local data = f:read("*a")
+f:close()
+local boundary = "----inferdbench7d1f3a"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
+wrk.body = "--" .. boundary .. "\r\n"
+  .. 'Content-Disposition: form-data; name="image"; filename="image"\r\n'
+  .. "Content-Type: application/octet-stream\r\n\r\n"
+  .. data .. "\r\n--" .. boundary .. "--\r\n"
+done = function(summary, latency, requests)
+  io.write(string.format("p50_ms %.1f\np99_ms %.1f\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end

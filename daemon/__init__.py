@@ -1,0 +1,1 @@
+"""inferd: an on-prem, single-host, multi-GPU image-classification appliance."""

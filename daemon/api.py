@@ -1,0 +1,253 @@
+"""The HTTP API: a Falcon app factory (`create_app`) and the thin `get_app()` gunicorn loads.
+
+`POST /predict` decodes the upload here, once, pushes a compact uint8 job to a shard's queue through the
+dispatcher, then waits for the answer with one blocking Redis call bounded by the request's deadline.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from typing import Any
+
+import falcon
+import redis
+
+from daemon.dispatcher import Dispatcher
+from daemon.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    InferdError,
+    PayloadTooLarge,
+    RedisUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from daemon.imaging import decode_image
+from daemon.redis_conn import connect
+from daemon.settings import Settings, load_settings
+from daemon.wire import SHARDS_KEY, Job, Reply, heartbeat_key, new_job_id, now, reply_key
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz"})
+"""Probes a supervisor or load balancer calls without credentials."""
+RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
+
+
+class IndexResource:
+    def __init__(self, settings: Settings) -> None:
+        self._body = {
+            "name": "inferd",
+            "version": VERSION,
+            "what": "image classification: POST an image to /predict (multipart field 'image', or a raw image body)",
+            "model": settings.model.path.name,
+            "input_size": settings.model.input_size,
+            "endpoints": {
+                "POST /predict": "classify an image; ?top=N for N predictions (default %d)" % settings.api.default_top,
+                "GET /healthz": "the API process is alive",
+                "GET /readyz": "Redis is reachable and at least one worker is live",
+            },
+        }
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self._body
+
+
+class HealthResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class ReadyResource:
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            shards = sorted(key.decode() for key in self._client.hkeys(SHARDS_KEY))
+            pipe = self._client.pipeline(transaction=False)
+            for shard in shards:
+                pipe.exists(heartbeat_key(shard))
+            live = [shard for shard, alive in zip(shards, pipe.execute(), strict=True) if alive]
+        except redis.RedisError as exc:
+            resp.status = falcon.HTTP_503
+            resp.media = {"ready": False, "reason": f"Redis unreachable: {exc}"}
+            return
+        ready = bool(live)
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        resp.media = {"ready": ready, "live_shards": live, "registered_shards": shards}
+        if not ready:
+            resp.media["reason"] = "no worker has a fresh heartbeat"
+
+
+class PredictResource:
+    def __init__(self, settings: Settings, client: redis.Redis, dispatcher: Dispatcher) -> None:
+        self._settings = settings
+        self._client = client
+        self._dispatcher = dispatcher
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = now()
+        deadline = started + self._settings.api.request_timeout_s
+        data, form_top = self._read_image(req)
+        top = self._top(req, form_top)
+        pixels = decode_image(data, self._settings.model, self._settings.api.max_image_pixels)
+        job = Job(job_id=new_job_id(), deadline=deadline, enqueued_at=now(), top_k=top, pixels=pixels)
+        placement = self._dispatcher.pick_and_push(job.encode())
+        reply = self._await_reply(job.job_id, deadline, placement.shard)
+        reply.raise_if_error()
+        resp.set_header("X-Inferd-Shard", reply.shard)
+        resp.set_header("X-Inferd-Batch-Size", str(reply.batch_size))
+        resp.set_header("X-Inferd-Queue-Ms", f"{reply.queue_ms:.1f}")
+        resp.set_header("X-Inferd-Infer-Ms", f"{reply.infer_ms:.1f}")
+        resp.media = {
+            "success": True,
+            "predictions": [{"label": p.label, "probability": p.probability} for p in reply.predictions],
+        }
+
+    def _await_reply(self, job_id: str, deadline: float, shard: str) -> Reply:
+        remaining = deadline - now()
+        try:
+            popped = self._client.blpop([reply_key(job_id)], timeout=max(remaining, 0.01))
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"lost the queue service while waiting for the answer: {exc}") from exc
+        if popped is None:
+            raise DeadlineExceeded(
+                f"no answer from shard {shard} within {self._settings.api.request_timeout_s:g}s; "
+                "the appliance is overloaded or a worker is stuck"
+            )
+        return Reply.decode(popped[1])
+
+    def _read_image(self, req: falcon.Request) -> tuple[bytes, str | None]:
+        limit = self._settings.api.max_body_bytes
+        if req.content_length is not None and req.content_length > limit:
+            raise PayloadTooLarge(f"the request body is {req.content_length} bytes; the limit is {limit}")
+        content_type = (req.content_type or "").lower()
+        if content_type.startswith("multipart/form-data"):
+            return self._read_multipart(req, limit)
+        if content_type.startswith(RAW_IMAGE_TYPES):
+            return _read_bounded(req.bounded_stream, limit), None
+        if not content_type and not req.content_length:
+            raise BadRequest("the request has no body: send the image as multipart field 'image'")
+        raise UnsupportedMediaType(
+            f"content type {content_type or '(none)'!r} is not accepted: send multipart/form-data with an "
+            "'image' field, or a raw image/* body"
+        )
+
+    def _read_multipart(self, req: falcon.Request, limit: int) -> tuple[bytes, str | None]:
+        image: bytes | None = None
+        top: str | None = None
+        try:
+            for part in req.get_media():
+                if part.name == "image" and image is None:
+                    image = _read_bounded(part.stream, limit)
+                elif part.name == "top":
+                    top = part.get_text()
+                else:
+                    part.stream.read()  # drain unknown fields so the parser can go on
+        except falcon.MediaMalformedError as exc:
+            raise BadRequest(f"malformed multipart body: {exc.description}") from None
+        if image is None:
+            raise BadRequest("multipart field 'image' is missing")
+        return image, top
+
+    def _top(self, req: falcon.Request, form_top: str | None) -> int:
+        raw = req.get_param("top") or form_top
+        if raw is None:
+            return self._settings.api.default_top
+        max_top = self._settings.api.max_top
+        try:
+            top = int(raw)
+        except ValueError:
+            raise BadRequest(f"top={raw!r} is not an integer from 1 to {max_top}") from None
+        if not 1 <= top <= max_top:
+            raise BadRequest(f"top={top} is outside 1 to {max_top}")
+        return top
+
+
+def _read_bounded(stream: Any, limit: int) -> bytes:
+    data: bytes = stream.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the image is larger than the {limit}-byte limit")
+    return data
+
+
+class BearerAuth:
+    """Optional bearer-token check, compared in constant time; health probes stay open."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.path in UNAUTHENTICATED_PATHS:
+            return
+        given = (req.get_header("Authorization") or "").encode()
+        if not hmac.compare_digest(given, self._expected):
+            raise Unauthorized("missing or wrong bearer token")
+
+
+def _json_error(resp: falcon.Response, status: int, message: str) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = json.dumps({"success": False, "error": message})
+
+
+def handle_inferd_error(req: falcon.Request, resp: falcon.Response, exc: InferdError, params: Any) -> None:
+    _json_error(resp, exc.status, exc.message)
+    if exc.retry_after_s is not None:
+        resp.set_header("Retry-After", str(max(1, round(exc.retry_after_s))))
+    if exc.status == 401:
+        resp.set_header("WWW-Authenticate", "Bearer")
+    if exc.status >= 500:
+        log.warning("api: %s %s -> %d %s", req.method, req.path, exc.status, exc.message)
+
+
+def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: Any) -> None:
+    message = exc.description or exc.title or "error"
+    _json_error(resp, exc.status_code, message)
+    for name, value in (exc.headers or {}).items():
+        resp.set_header(name, value)
+
+
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
+    log.exception("api: unexpected error on %s %s", req.method, req.path)
+    _json_error(resp, 500, f"internal error: {type(exc).__name__}")
+
+
+def read_token(settings: Settings) -> str | None:
+    path = settings.api.auth_token_file
+    if path is None:
+        return None
+    token = path.read_text().strip()
+    if not token:
+        raise InferdError(f"api.auth_token_file {path} is empty")
+    return token
+
+
+def create_app(settings: Settings, client: redis.Redis, dispatcher: Dispatcher | None = None) -> falcon.App:
+    """Build the WSGI app around an injected Redis client (tests pass their own)."""
+    token = read_token(settings)
+    app = falcon.App(middleware=[BearerAuth(token)] if token else [])
+    multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
+    multipart.parse_options.max_body_part_buffer_size = settings.api.max_body_bytes
+    app.add_route("/", IndexResource(settings))
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(client))
+    app.add_route("/predict", PredictResource(settings, client, dispatcher or Dispatcher(settings, client)))
+    # Most specific first in effect: Falcon picks the handler registered for the nearest class.
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+    app.add_error_handler(InferdError, handle_inferd_error)
+    return app
+
+
+def get_app() -> falcon.App:
+    """Entry point for gunicorn (`daemon.api:get_app()`): settings from INFERD_CONFIG or the default."""
+    logging.basicConfig(level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    settings = load_settings()
+    client = connect(settings, socket_timeout_s=settings.api.request_timeout_s + 2.0)
+    return create_app(settings, client)

@@ -1,0 +1,92 @@
+"""Claiming batches: move jobs atomically from a shard's queue into its processing list.
+
+A job is never only in a worker's memory: BLMOVE/LMOVE put it in `processing:<shard>` in the same step that
+takes it off the queue, so a worker killed mid-batch loses nothing; `requeue_orphans` puts such jobs back.
+The batch fills until `max_batch_size` jobs or until `max_wait_ms` after the first job, whichever comes
+first, with the remaining wait recomputed on the monotonic clock for every job (as MLServer does).
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from daemon.wire import processing_key, queue_key
+
+MIN_BLOCK_S = 0.001
+"""Redis reads a BLMOVE timeout of 0 as 'forever', so waits shorter than this are not attempted."""
+
+# KEYS: queue, processing. ARGV: how many. Moves up to that many jobs that are already waiting, in one trip.
+CLAIM_WAITING_SCRIPT = """
+local claimed = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local job = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not job then break end
+  claimed[#claimed + 1] = job
+end
+return claimed
+"""
+
+# KEYS: processing, queue. Orphaned claims go back to the end the worker pops from, so they run first.
+REQUEUE_SCRIPT = """
+local moved = 0
+while true do
+  local job = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not job then break end
+  moved = moved + 1
+end
+return moved
+"""
+
+
+class BatchClaimer:
+    """Claims batches for one shard."""
+
+    def __init__(self, client: redis.Redis, shard: str, max_batch_size: int, max_wait_s: float) -> None:
+        self._client = client
+        self._queue = queue_key(shard)
+        self._processing = processing_key(shard)
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._claim_waiting = client.register_script(CLAIM_WAITING_SCRIPT)
+        self._requeue = client.register_script(REQUEUE_SCRIPT)
+
+    def claim_batch(self, idle_timeout_s: float) -> list[bytes]:
+        """Block up to `idle_timeout_s` for a first job, then gather more until size or deadline."""
+        first = self._client.blmove(self._queue, self._processing, idle_timeout_s, "RIGHT", "LEFT")
+        if first is None:
+            return []
+        batch: list[bytes] = [first]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            waiting = self._claim_waiting(
+                keys=[self._queue, self._processing], args=[self.max_batch_size - len(batch)]
+            )
+            batch.extend(waiting)
+            if len(batch) >= self.max_batch_size:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining < MIN_BLOCK_S:
+                break
+            job = self._client.blmove(self._queue, self._processing, remaining, "RIGHT", "LEFT")
+            if job is None:
+                break
+            batch.append(job)
+        return batch
+
+    def requeue_orphans(self) -> int:
+        """Put claims left in this shard's processing list (by a killed worker) back on its queue."""
+        return int(self._requeue(keys=[self._processing, self._queue]))
+
+
+def adopt_orphans(client: redis.Redis, dead_shard: str, into_shard: str) -> int:
+    """Move a dead shard's claimed and queued jobs onto a live shard's queue, claimed ones first."""
+    script = client.register_script(REQUEUE_SCRIPT)
+    moved = int(script(keys=[processing_key(dead_shard), queue_key(into_shard)]))
+    # The dead shard's queue keeps its order: oldest (right end) jobs move first and stay oldest.
+    while True:
+        job = client.lmove(queue_key(dead_shard), queue_key(into_shard), "RIGHT", "LEFT")
+        if job is None:
+            return moved
+        moved += 1

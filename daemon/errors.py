@@ -1,0 +1,98 @@
+"""One exception tree for the whole appliance; each error knows the HTTP status it maps to."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CONFIG = 78
+"""Exit code for "the configuration is wrong" (sysexits EX_CONFIG): supervisord must not retry."""
+EXIT_MODEL_LOAD = 79
+"""Exit code for "the model failed to load": retrying cannot help, so supervisord must not retry."""
+
+
+class InferdError(Exception):
+    """Root of the tree: a message a client can read and the HTTP status that goes with it."""
+
+    status = 500
+    retry_after_s: float | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(InferdError):
+    """Settings are invalid; raised at start, never while serving."""
+
+
+class ModelLoadError(InferdError):
+    """The model file or its labels could not be loaded."""
+
+
+class BadRequest(InferdError):
+    status = 400
+
+
+class Unauthorized(InferdError):
+    status = 401
+
+
+class PayloadTooLarge(InferdError):
+    status = 413
+
+
+class UnsupportedMediaType(InferdError):
+    status = 415
+
+
+class Unavailable(InferdError):
+    """The appliance cannot take the job now; the client may retry after `retry_after_s`."""
+
+    status = 503
+    retry_after_s: float | None = 1.0
+
+
+class NoLiveWorker(Unavailable):
+    pass
+
+
+class QueueFull(Unavailable):
+    pass
+
+
+class RedisUnavailable(Unavailable):
+    pass
+
+
+class JobDropped(Unavailable):
+    """An operator flushed the queue or the worker shut down before the job ran."""
+
+
+class DeadlineExceeded(InferdError):
+    status = 504
+
+
+class InferenceFailed(InferdError):
+    status = 500
+
+
+ERRORS_BY_NAME: dict[str, type[InferdError]] = {
+    cls.__name__: cls
+    for cls in (
+        BadRequest,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Unavailable,
+        NoLiveWorker,
+        QueueFull,
+        RedisUnavailable,
+        JobDropped,
+        DeadlineExceeded,
+        InferenceFailed,
+    )
+}
+"""Errors that may travel from a worker to the API as data (type name + message), never pickled."""
+
+
+def error_from_wire(kind: str, message: str) -> InferdError:
+    """Rebuild an error sent as data; unknown kinds become a 500 rather than trusting the name."""
+    return ERRORS_BY_NAME.get(kind, InferenceFailed)(message)

@@ -1,0 +1,22 @@
+"""gunicorn settings derived from inferd's settings (`gunicorn --config python:daemon.gunicorn_conf`)."""
+
+from daemon.settings import load_settings
+
+_settings = load_settings()
+
+bind = (
+    f"[{_settings.api.host}]:{_settings.api.port}" if ":" in _settings.api.host else f"{_settings.api.host}:{_settings.api.port}"
+)
+workers = _settings.api.workers
+threads = _settings.api.threads
+worker_class = "gthread"
+# Threads wait on Redis, not on the CPU: a request holds its thread for at most request_timeout_s.
+timeout = int(_settings.api.request_timeout_s) + 30
+graceful_timeout = int(_settings.api.request_timeout_s) + 5
+keepalive = 5
+backlog = 2048
+proc_name = "inferd-api"
+errorlog = "-"
+accesslog = None
+# gunicorn >= 24 opens a control socket in $HOME by default; the appliance is run by supervisord instead.
+control_socket_disable = True

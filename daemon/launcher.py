@@ -1,0 +1,155 @@
+"""`inferd`: validate settings, discover shards, prepare the run directory, then exec supervisord.
+
+supervisord stays in the foreground (systemd or a terminal owns it) and runs Redis, the gunicorn API and one
+worker per shard; this launcher only computes what supervisord's static config cannot: how many workers,
+which device each gets, and a Redis config holding secrets that must not appear on a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from daemon.errors import EXIT_CONFIG, ConfigError
+from daemon.redis_conn import read_password
+from daemon.settings import Settings, load_settings, resolve_config_path
+from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards
+
+log = logging.getLogger(__name__)
+
+HOME = Path(__file__).resolve().parent.parent
+SUPERVISORD_CONF = HOME / "conf" / "supervisord.conf"
+REDIS_OVERHEAD_MB = 64
+"""Redis's own memory plus replies, stats and keys, on top of what full queues hold."""
+JOB_HEADER_BYTES = 64
+
+
+def redis_maxmemory_mb(settings: Settings, shard_count: int) -> int:
+    """The memory full queues and processing lists can hold, plus overhead: Redis refuses writes past it."""
+    if settings.redis.maxmemory_mb:
+        return settings.redis.maxmemory_mb
+    job_bytes = settings.model.input_size**2 * 3 + JOB_HEADER_BYTES
+    jobs = shard_count * (settings.queue.max_depth + settings.batching.max_batch_size)
+    return REDIS_OVERHEAD_MB + (2 * jobs * job_bytes) // 2**20
+
+
+def render_redis_conf(settings: Settings, shard_count: int) -> str:
+    """A unix-socket-only Redis: no TCP port, no persistence, bounded memory, writes refused when full."""
+    lines = [
+        "port 0",
+        f"unixsocket {settings.redis_socket}",
+        "unixsocketperm 700",
+        'save ""',
+        "appendonly no",
+        f"maxmemory {redis_maxmemory_mb(settings, shard_count)}mb",
+        "maxmemory-policy noeviction",
+        "protected-mode yes",
+        "daemonize no",
+        'logfile ""',
+    ]
+    password = read_password(settings)
+    if password:
+        lines.append(f"requirepass {password}")
+    return "\n".join(lines) + "\n"
+
+
+def prepare_environment(settings: Settings, shards: list[Shard], config_path: Path) -> dict[str, str]:
+    """Make the run and log directories and return the variables supervisord.conf expands."""
+    run_dir, log_dir = settings.paths.run_dir, settings.paths.log_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)  # the Redis socket and supervisord's control socket live here
+    redis_conf = run_dir / "redis.conf"
+    fd = os.open(redis_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(render_redis_conf(settings, len(shards)))
+    redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return {
+        "INFERD_CONFIG": str(config_path),
+        "INFERD_HOME": str(HOME),
+        "INFERD_PYTHON": sys.executable,
+        "INFERD_RUN_DIR": str(run_dir),
+        "INFERD_LOG_DIR": str(log_dir),
+        "INFERD_REDIS_SERVER": redis_server,
+        "INFERD_REDIS_CONF": str(redis_conf),
+        "INFERD_REDIS_AUTOSTART": "true" if settings.redis.managed else "false",
+        "INFERD_SHARD_COUNT": str(len(shards)),
+        SHARDS_ENV: encode_shards(shards),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def check_model_files(settings: Settings) -> None:
+    for what, path in (("model.path", settings.model.path), ("model.labels", settings.model.labels)):
+        if not path.is_file():
+            raise ConfigError(
+                f"{what} = {str(path)!r} does not exist; build the embedded default with "
+                "`inferd build-default-model` or point it at your own file"
+            )
+
+
+def run(config: str | None) -> int:
+    config_path = resolve_config_path(config, os.environ).resolve()
+    settings = load_settings(config_path)
+    check_model_files(settings)
+    shards = discover_shards(settings)
+    env = prepare_environment(settings, shards, config_path)
+    os.environ.update(env)
+    log.info(
+        "inferd: %d shard(s) [%s], API on http://%s:%d, Redis %s",
+        len(shards),
+        ", ".join(shard.shard_id for shard in shards),
+        settings.api.host,
+        settings.api.port,
+        settings.redis_socket or f"{settings.redis.host}:{settings.redis.port}",
+    )
+    supervisord = [sys.executable, "-m", "supervisor.supervisord", "--nodaemon", "-c", str(SUPERVISORD_CONF)]
+    sys.stdout.flush()
+    os.execv(sys.executable, supervisord)
+    return 0  # not reached
+
+
+def build_default_model(out: str | None) -> int:
+    from daemon import default_model
+
+    settings = load_settings()
+    target = Path(out) if out else settings.model.path.parent
+    return default_model.main(["--out", str(target)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inferd", description="On-prem image-classification appliance")
+    parser.add_argument("--config", help="settings file (default: INFERD_CONFIG, else conf/settings.toml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the appliance in the foreground under supervisord")
+    commands.add_parser("check", help="validate settings and list the shards that would run")
+    build = commands.add_parser("build-default-model", help="build the embedded EfficientNet-Lite0 model")
+    build.add_argument("--out", help="folder for the .keras file and labels (default: model.path's folder)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
+    )
+    if args.config:
+        os.environ["INFERD_CONFIG"] = str(Path(args.config).resolve())
+    try:
+        if args.command == "run":
+            return run(args.config)
+        if args.command == "build-default-model":
+            return build_default_model(args.out)
+        settings = load_settings(args.config)
+        check_model_files(settings)
+        for shard in discover_shards(settings):
+            print(f"{shard.shard_id}\t{shard.kind}\t{shard.name}")
+        print(f"settings OK: {settings.source}")
+        return 0
+    except ConfigError as exc:
+        print(f"inferd: configuration error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

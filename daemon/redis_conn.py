@@ -1,0 +1,39 @@
+"""Redis connections built from settings: a unix socket by default, TCP with a password otherwise."""
+
+from __future__ import annotations
+
+import redis
+
+from daemon.settings import Settings
+
+CONNECT_TIMEOUT_S = 1.0
+"""A Redis that does not accept a connection within this is treated as down (API answers 503 at once)."""
+
+
+def read_password(settings: Settings) -> str | None:
+    if settings.redis.password_file is None:
+        return None
+    return settings.redis.password_file.read_text().strip() or None
+
+
+def connect(settings: Settings, socket_timeout_s: float | None, max_connections: int | None = None) -> redis.Redis:
+    """A client whose commands fail fast when Redis is gone; blocking calls must stay under the timeout."""
+    common = {
+        "password": read_password(settings),
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": socket_timeout_s,
+        "health_check_interval": 0,
+    }
+    socket = settings.redis_socket
+    if socket is not None:
+        pool = redis.ConnectionPool(
+            connection_class=redis.UnixDomainSocketConnection,
+            path=str(socket),
+            max_connections=max_connections,
+            **common,
+        )
+    else:
+        pool = redis.ConnectionPool(
+            host=settings.redis.host, port=settings.redis.port, max_connections=max_connections, **common
+        )
+    return redis.Redis(connection_pool=pool)

@@ -1,0 +1,302 @@
+"""Typed, frozen settings: loaded from TOML, overridden from the environment, validated once at start."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "settings.toml"
+"""The settings file used when neither --config nor INFERD_CONFIG names one."""
+
+ENV_PREFIX = "INFERD_"
+"""Environment variables INFERD_<SECTION>_<KEY> override the file's values."""
+
+PREPROCESSING_MODES = ("none", "efficientnet_lite", "tf", "torch", "caffe")
+RESIZE_MODES = ("crop", "stretch")
+DISPATCH_POLICIES = ("round_robin", "shortest_queue")
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    threads: int = 32
+    request_timeout_s: float = 10.0
+    max_body_bytes: int = 20_000_000
+    max_image_pixels: int = 50_000_000
+    default_top: int = 5
+    max_top: int = 100
+    auth_token_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    socket: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 6379
+    password_file: Path | None = None
+    managed: bool = True
+    maxmemory_mb: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    path: Path = Path("model.keras")
+    labels: Path = Path("labels.txt")
+    input_size: int = 224
+    resize: str = "crop"
+    crop_fraction: float = 0.875
+    preprocessing: str = "efficientnet_lite"
+    backend: str = "tensorflow"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingSettings:
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    max_depth: int = 128
+    answer_ttl_s: float = 60.0
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = 5.0
+    dispatch: str = "round_robin"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSettings:
+    gpus: str = "auto"
+    cpu_workers: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PathSettings:
+    run_dir: Path = Path("var/run")
+    log_dir: Path = Path("var/log")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    api: ApiSettings = field(default_factory=ApiSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    devices: DeviceSettings = field(default_factory=DeviceSettings)
+    paths: PathSettings = field(default_factory=PathSettings)
+    source: Path | None = None
+
+    @property
+    def redis_socket(self) -> Path | None:
+        """The unix socket Redis listens on, or None when it is reached over TCP."""
+        if self.redis.socket is not None:
+            return self.redis.socket
+        return self.paths.run_dir / "redis.sock" if self.redis.managed else None
+
+    def gpu_indices(self) -> list[int] | None:
+        """Explicit GPU indices from `devices.gpus`, [] for "none", None for "auto"."""
+        return parse_gpu_list(self.devices.gpus)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    name: hint for name, hint in typing.get_type_hints(Settings).items() if name != "source"
+}
+
+
+def parse_gpu_list(value: str) -> list[int] | None:
+    text = value.strip().lower()
+    if text == "auto":
+        return None
+    if text in ("none", ""):
+        return []
+    return [int(part) for part in text.replace(" ", "").split(",")]
+
+
+def resolve_config_path(cli_path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
+    """--config wins over INFERD_CONFIG, which wins over the bundled conf/settings.toml."""
+    if cli_path:
+        return Path(cli_path)
+    if env.get("INFERD_CONFIG"):
+        return Path(env["INFERD_CONFIG"])
+    return DEFAULT_CONFIG
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the TOML file, apply INFERD_<SECTION>_<KEY> overrides, and validate."""
+    env = os.environ if env is None else env
+    config_path = resolve_config_path(path, env).resolve()
+    try:
+        raw = tomllib.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"settings file {config_path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"settings file {config_path} is not valid TOML: {exc}") from None
+    # Relative paths in the file are relative to the file, so a config works wherever it is started from;
+    # relative paths from the environment are relative to the current directory, as a shell user expects.
+    sections: dict[str, Any] = {}
+    for name, section_type in SECTIONS.items():
+        values = raw.pop(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}] must be a table, got {values!r}")
+        sections[name] = _build_section(name, section_type, values, env, config_path.parent)
+    if raw:
+        raise ConfigError(f"unknown section(s) {sorted(raw)}; allowed: {sorted(SECTIONS)}")
+    settings = Settings(**sections, source=config_path)
+    validate(settings)
+    return settings
+
+
+def _field_type(section_type: type[Any], name: str) -> Any:
+    hints = typing.get_type_hints(section_type)
+    hint = hints[name]
+    if isinstance(hint, types.UnionType):  # `Path | None`
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _build_section(
+    section: str, section_type: type[Any], values: dict[str, Any], env: Mapping[str, str], base: Path
+) -> Any:
+    known = {f.name for f in dataclasses.fields(section_type)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{section}]; allowed: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name in known:
+        key = f"{section}.{name}"
+        env_name = f"{ENV_PREFIX}{section.upper()}_{name.upper()}"
+        if env_name in env:
+            kwargs[name] = _coerce(key, _field_type(section_type, name), env[env_name], Path.cwd())
+        elif name in values:
+            kwargs[name] = _coerce(key, _field_type(section_type, name), values[name], base)
+    return section_type(**kwargs)
+
+
+def _coerce(key: str, target: Any, value: Any, base: Path) -> Any:
+    if target is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected a path string")
+        if value == "":
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base / path).resolve()
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected true or false")
+    if target is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected an integer")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected an integer") from None
+    if target is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected a number") from None
+    if key == "devices.gpus" and isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    if not isinstance(value, str | int):
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected a string")
+    return str(value)
+
+
+def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key} = {value!r} is not allowed: {allowed}")
+
+
+def validate(s: Settings) -> None:
+    """Reject values that would only fail later, naming the key, the value and what is allowed."""
+    _require(1 <= s.api.port <= 65535, "api.port", s.api.port, "an integer from 1 to 65535")
+    _require(s.api.workers >= 1, "api.workers", s.api.workers, "1 or more")
+    _require(s.api.threads >= 1, "api.threads", s.api.threads, "1 or more")
+    _require(s.api.request_timeout_s > 0, "api.request_timeout_s", s.api.request_timeout_s, "more than 0")
+    _require(s.api.max_body_bytes >= 1024, "api.max_body_bytes", s.api.max_body_bytes, "1024 or more")
+    _require(s.api.max_image_pixels >= 1, "api.max_image_pixels", s.api.max_image_pixels, "1 or more")
+    _require(1 <= s.api.max_top, "api.max_top", s.api.max_top, "1 or more")
+    _require(
+        1 <= s.api.default_top <= s.api.max_top,
+        "api.default_top",
+        s.api.default_top,
+        f"from 1 to api.max_top ({s.api.max_top})",
+    )
+    _require(0 <= s.redis.port <= 65535, "redis.port", s.redis.port, "an integer from 0 to 65535")
+    _require(s.redis.maxmemory_mb >= 0, "redis.maxmemory_mb", s.redis.maxmemory_mb, "0 (derived) or more")
+    _require(
+        s.redis.managed or s.redis.socket is not None or s.redis.port > 0,
+        "redis.port",
+        s.redis.port,
+        "a TCP port, or set redis.socket, when redis.managed is false",
+    )
+    _require(8 <= s.model.input_size <= 4096, "model.input_size", s.model.input_size, "from 8 to 4096")
+    _require(s.model.resize in RESIZE_MODES, "model.resize", s.model.resize, f"one of {RESIZE_MODES}")
+    _require(
+        0.1 <= s.model.crop_fraction <= 1.0, "model.crop_fraction", s.model.crop_fraction, "from 0.1 to 1.0"
+    )
+    _require(
+        s.model.preprocessing in PREPROCESSING_MODES,
+        "model.preprocessing",
+        s.model.preprocessing,
+        f"one of {PREPROCESSING_MODES}",
+    )
+    _require(s.model.backend in KERAS_BACKENDS, "model.backend", s.model.backend, f"one of {KERAS_BACKENDS}")
+    _require(
+        1 <= s.batching.max_batch_size <= 1024,
+        "batching.max_batch_size",
+        s.batching.max_batch_size,
+        "from 1 to 1024",
+    )
+    _require(
+        0 <= s.batching.max_wait_ms <= 10_000, "batching.max_wait_ms", s.batching.max_wait_ms, "0 to 10000"
+    )
+    _require(s.queue.max_depth >= 1, "queue.max_depth", s.queue.max_depth, "1 or more")
+    _require(s.queue.answer_ttl_s >= 1, "queue.answer_ttl_s", s.queue.answer_ttl_s, "1 or more seconds")
+    _require(
+        s.queue.heartbeat_interval_s > 0,
+        "queue.heartbeat_interval_s",
+        s.queue.heartbeat_interval_s,
+        "more than 0",
+    )
+    _require(
+        s.queue.heartbeat_ttl_s > s.queue.heartbeat_interval_s,
+        "queue.heartbeat_ttl_s",
+        s.queue.heartbeat_ttl_s,
+        f"more than queue.heartbeat_interval_s ({s.queue.heartbeat_interval_s})",
+    )
+    _require(s.queue.dispatch in DISPATCH_POLICIES, "queue.dispatch", s.queue.dispatch, f"one of {DISPATCH_POLICIES}")
+    try:
+        gpus = parse_gpu_list(s.devices.gpus)
+    except ValueError:
+        gpus = [-1]
+    _require(
+        gpus is None or all(index >= 0 for index in gpus),
+        "devices.gpus",
+        s.devices.gpus,
+        '"auto", "none", or a list of GPU indices such as [0, 1]',
+    )
+    _require(1 <= s.devices.cpu_workers <= 64, "devices.cpu_workers", s.devices.cpu_workers, "from 1 to 64")

@@ -1,0 +1,140 @@
+"""Shard discovery: one shard per visible GPU found through NVML, or CPU shards when there is none.
+
+One shard = one worker process = one Redis queue. The launcher discovers shards once, hands the list to
+supervisord's workers through the environment, and each worker pins itself to its own shard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from daemon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SHARDS_ENV = "INFERD_SHARDS"
+"""JSON list of shards the launcher passes to every worker; worker N takes entry N."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    shard_id: str
+    kind: str  # "gpu" or "cpu"
+    index: int
+    name: str
+    uuid: str | None = None
+    memory_total_bytes: int | None = None
+
+    def pin_environment(self, cpu_threads: int | None = None) -> dict[str, str]:
+        """Variables the worker must have before the ML runtime is imported."""
+        if self.kind == "gpu":
+            return {
+                "CUDA_VISIBLE_DEVICES": self.uuid or str(self.index),
+                "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+                "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+            }
+        env = {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if cpu_threads is not None:
+            env["OMP_NUM_THREADS"] = str(cpu_threads)
+        return env
+
+
+def load_nvml() -> Any | None:
+    """The pynvml module (from nvidia-ml-py) when importable; None means no NVML at all."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    return pynvml
+
+
+def _visible_filter(env: Mapping[str, str]) -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as a list of index or UUID tokens; None when unset (all visible)."""
+    value = env.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    tokens = [token.strip() for token in value.split(",") if token.strip()]
+    # CUDA stops at the first invalid entry, so "-1" (a common way to hide every GPU) hides the rest too.
+    visible: list[str] = []
+    for token in tokens:
+        if token.startswith("-"):
+            break
+        visible.append(token)
+    return visible
+
+
+def nvml_gpus(nvml: Any) -> list[Shard]:
+    """Every GPU NVML reports, in NVML index order; [] when NVML cannot start."""
+    try:
+        nvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
+        log.info("shard: NVML unavailable (%s)", exc)
+        return []
+    try:
+        gpus = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            name = nvml.nvmlDeviceGetName(handle)
+            uuid = nvml.nvmlDeviceGetUUID(handle)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(
+                Shard(
+                    shard_id=f"gpu{index}",
+                    kind="gpu",
+                    index=index,
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                    memory_total_bytes=int(memory.total),
+                )
+            )
+        return gpus
+    finally:
+        nvml.nvmlShutdown()
+
+
+def _is_visible(gpu: Shard, visible: list[str] | None) -> bool:
+    if visible is None:
+        return True
+    return any(token == str(gpu.index) or (gpu.uuid and gpu.uuid.startswith(token)) for token in visible)
+
+
+def cpu_shards(count: int) -> list[Shard]:
+    return [Shard(shard_id=f"cpu{i}", kind="cpu", index=i, name="CPU") for i in range(count)]
+
+
+def discover_shards(settings: Settings, env: Mapping[str, str] | None = None, nvml: Any = None) -> list[Shard]:
+    """GPUs that are visible and selected by `devices.gpus`, else `devices.cpu_workers` CPU shards."""
+    env = os.environ if env is None else env
+    wanted = settings.gpu_indices()
+    if wanted == []:
+        log.info("shard: devices.gpus is none; running %d CPU shard(s)", settings.devices.cpu_workers)
+        return cpu_shards(settings.devices.cpu_workers)
+    nvml = load_nvml() if nvml is None else nvml
+    if nvml is None:
+        log.info("shard: no NVML library; running %d CPU shard(s)", settings.devices.cpu_workers)
+        return cpu_shards(settings.devices.cpu_workers)
+    visible = _visible_filter(env)
+    gpus = [gpu for gpu in nvml_gpus(nvml) if _is_visible(gpu, visible)]
+    if wanted is not None:
+        missing = sorted(set(wanted) - {gpu.index for gpu in gpus})
+        if missing:
+            log.warning("shard: devices.gpus asks for GPU(s) %s, which are not present or not visible", missing)
+        gpus = [gpu for gpu in gpus if gpu.index in wanted]
+    if not gpus:
+        log.info("shard: no GPU visible; running %d CPU shard(s)", settings.devices.cpu_workers)
+        return cpu_shards(settings.devices.cpu_workers)
+    log.info("shard: %d GPU shard(s): %s", len(gpus), ", ".join(f"{g.shard_id} {g.name}" for g in gpus))
+    return gpus
+
+
+def encode_shards(shards: list[Shard]) -> str:
+    return json.dumps([asdict(shard) for shard in shards])
+
+
+def decode_shards(text: str) -> list[Shard]:
+    return [Shard(**item) for item in json.loads(text)]

@@ -1,0 +1,165 @@
+"""The wire format between API and workers: Redis key names, binary jobs and JSON replies.
+
+A job is a fixed 40-byte header followed by the already resized uint8 pixels (150,528 bytes for
+224x224x3), a quarter of the float32 array the old design shipped and without base64 or JSON around it.
+Nothing read from Redis is ever unpickled or evaluated: jobs are parsed with `struct`, replies with `json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.errors import InferdError, error_from_wire
+
+KEY_PREFIX = "inferd:"
+"""Every key the appliance owns starts with this, so tools can touch ours and nothing else."""
+
+JOB_MAGIC = b"IFD1"
+JOB_HEADER = struct.Struct("<4sBBHHHdd16s")
+"""magic, version, channels, top_k, height, width, deadline, enqueued_at, job id."""
+JOB_VERSION = 1
+
+
+def queue_key(shard: str) -> str:
+    return f"{KEY_PREFIX}queue:{shard}"
+
+
+def processing_key(shard: str) -> str:
+    return f"{KEY_PREFIX}processing:{shard}"
+
+
+def heartbeat_key(shard: str) -> str:
+    return f"{KEY_PREFIX}heartbeat:{shard}"
+
+
+def stats_key(shard: str) -> str:
+    return f"{KEY_PREFIX}stats:{shard}"
+
+
+def reply_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}reply:{job_id}"
+
+
+SHARDS_KEY = f"{KEY_PREFIX}shards"
+"""Hash shard id -> JSON description, written by each worker when it starts."""
+ROTATION_KEY = f"{KEY_PREFIX}rotation"
+"""Counter shared by every API process, so round-robin is global and not per process."""
+
+
+def new_job_id() -> str:
+    return os.urandom(16).hex()
+
+
+def now() -> float:
+    """Clock for deadlines that cross processes: CLOCK_MONOTONIC is host-wide on Linux and never jumps."""
+    return time.monotonic()
+
+
+class WireError(ValueError):
+    """Bytes from Redis that are not a job we understand."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    deadline: float
+    enqueued_at: float
+    top_k: int
+    pixels: npt.NDArray[np.uint8]
+
+    def encode(self) -> bytes:
+        height, width, channels = self.pixels.shape
+        header = JOB_HEADER.pack(
+            JOB_MAGIC,
+            JOB_VERSION,
+            channels,
+            self.top_k,
+            height,
+            width,
+            self.deadline,
+            self.enqueued_at,
+            bytes.fromhex(self.job_id),
+        )
+        return header + np.ascontiguousarray(self.pixels, dtype=np.uint8).tobytes()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Job:
+        if len(payload) < JOB_HEADER.size:
+            raise WireError(f"job of {len(payload)} bytes is shorter than its header")
+        magic, version, channels, top_k, height, width, deadline, enqueued_at, raw_id = JOB_HEADER.unpack_from(
+            payload
+        )
+        if magic != JOB_MAGIC or version != JOB_VERSION:
+            raise WireError(f"not an inferd v{JOB_VERSION} job (magic {magic!r}, version {version})")
+        expected = height * width * channels
+        if len(payload) - JOB_HEADER.size != expected:
+            raise WireError(f"job carries {len(payload) - JOB_HEADER.size} pixel bytes, header says {expected}")
+        pixels = np.frombuffer(payload, dtype=np.uint8, offset=JOB_HEADER.size).reshape(height, width, channels)
+        return cls(raw_id.hex(), deadline, enqueued_at, top_k, pixels)
+
+    @staticmethod
+    def peek_id(payload: bytes) -> str:
+        """The job id without copying pixels: used to fail jobs that cannot be decoded whole."""
+        if len(payload) < JOB_HEADER.size:
+            raise WireError("job shorter than its header")
+        return bytes(payload[JOB_HEADER.size - 16 : JOB_HEADER.size]).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a worker hands back for one job: predictions, or an error as data."""
+
+    shard: str
+    predictions: tuple[Prediction, ...] = ()
+    error_kind: str | None = None
+    error_message: str | None = None
+    batch_size: int = 0
+    queue_ms: float = 0.0
+    infer_ms: float = 0.0
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"shard": self.shard}
+        if self.error_kind is None:
+            body["predictions"] = [[p.label, p.probability] for p in self.predictions]
+            body["batch_size"] = self.batch_size
+            body["queue_ms"] = round(self.queue_ms, 3)
+            body["infer_ms"] = round(self.infer_ms, 3)
+        else:
+            body["error"] = {"kind": self.error_kind, "message": self.error_message}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Reply:
+        body = json.loads(payload)
+        error = body.get("error")
+        if error is not None:
+            return cls(shard=body["shard"], error_kind=str(error["kind"]), error_message=str(error["message"]))
+        return cls(
+            shard=body["shard"],
+            predictions=tuple(Prediction(str(label), float(p)) for label, p in body["predictions"]),
+            batch_size=int(body.get("batch_size", 0)),
+            queue_ms=float(body.get("queue_ms", 0.0)),
+            infer_ms=float(body.get("infer_ms", 0.0)),
+        )
+
+    @classmethod
+    def failure(cls, shard: str, error: InferdError) -> Reply:
+        return cls(shard=shard, error_kind=type(error).__name__, error_message=error.message)
+
+    def raise_if_error(self) -> None:
+        if self.error_kind is not None:
+            raise error_from_wire(self.error_kind, self.error_message or "")

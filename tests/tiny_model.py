@@ -1,0 +1,30 @@
+"""Small generated Keras models: real files the real loader reads, built in well under a second."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_LABELS = [f"class_{i}" for i in range(10)]
+
+
+def build_tiny_model(folder: Path, input_size: int = 32, classes: int = 10) -> tuple[Path, Path]:
+    """A conv + dense classifier saved as `.keras`, with a labels file; returns (model, labels)."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((input_size, input_size, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="fc")(x)
+    model = keras.Model(inputs, outputs, name="tiny")
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path, labels_path = folder / "tiny.keras", folder / "tiny-labels.txt"
+    model.save(model_path)
+    labels_path.write_text("\n".join(f"class_{i}" for i in range(classes)) + "\n")
+    return model_path, labels_path
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(build_tiny_model(Path(sys.argv[1])))
