@@ -10,7 +10,7 @@ import hmac
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import falcon
 import redis
@@ -28,7 +28,7 @@ from daemon.errors import (
 from daemon.imaging import decode_image
 from daemon.redis_conn import connect
 from daemon.settings import Settings, load_settings
-from daemon.wire import SHARDS_KEY, Job, Reply, heartbeat_key, new_job_id, now, reply_key
+from daemon.wire import SHARDS_KEY, Job, Reply, as_text, heartbeat_key, new_job_id, now, reply_key
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class IndexResource:
             "model": settings.model.path.name,
             "input_size": settings.model.input_size,
             "endpoints": {
-                "POST /predict": "classify an image; ?top=N for N predictions (default %d)" % settings.api.default_top,
+                "POST /predict": f"classify an image; ?top=N for N predictions (default {settings.api.default_top})",
                 "GET /healthz": "the API process is alive",
                 "GET /readyz": "Redis is reachable and at least one worker is live",
             },
@@ -68,7 +68,7 @@ class ReadyResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            shards = sorted(key.decode() for key in self._client.hkeys(SHARDS_KEY))
+            shards = sorted(as_text(key) for key in self._client.hkeys(SHARDS_KEY))
             pipe = self._client.pipeline(transaction=False)
             for shard in shards:
                 pipe.exists(heartbeat_key(shard))
@@ -120,7 +120,8 @@ class PredictResource:
                 f"no answer from shard {shard} within {self._settings.api.request_timeout_s:g}s; "
                 "the appliance is overloaded or a worker is stuck"
             )
-        return Reply.decode(popped[1])
+        payload: bytes = popped[1]
+        return Reply.decode(payload)
 
     def _read_image(self, req: falcon.Request) -> tuple[bytes, str | None]:
         limit = self._settings.api.max_body_bytes
@@ -209,8 +210,7 @@ def handle_inferd_error(req: falcon.Request, resp: falcon.Response, exc: InferdE
 def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: Any) -> None:
     message = exc.description or exc.title or "error"
     _json_error(resp, exc.status_code, message)
-    for name, value in (exc.headers or {}).items():
-        resp.set_header(name, value)
+    resp.set_headers(exc.headers or {})
 
 
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
@@ -228,11 +228,15 @@ def read_token(settings: Settings) -> str | None:
     return token
 
 
-def create_app(settings: Settings, client: redis.Redis, dispatcher: Dispatcher | None = None) -> falcon.App:
+def create_app(
+    settings: Settings, client: redis.Redis, dispatcher: Dispatcher | None = None
+) -> falcon.App[falcon.Request, falcon.Response]:
     """Build the WSGI app around an injected Redis client (tests pass their own)."""
     token = read_token(settings)
     app = falcon.App(middleware=[BearerAuth(token)] if token else [])
-    multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
+    multipart = cast(
+        falcon.media.MultipartFormHandler, app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
+    )
     multipart.parse_options.max_body_part_buffer_size = settings.api.max_body_bytes
     app.add_route("/", IndexResource(settings))
     app.add_route("/healthz", HealthResource())
@@ -245,9 +249,11 @@ def create_app(settings: Settings, client: redis.Redis, dispatcher: Dispatcher |
     return app
 
 
-def get_app() -> falcon.App:
+def get_app() -> falcon.App[falcon.Request, falcon.Response]:
     """Entry point for gunicorn (`daemon.api:get_app()`): settings from INFERD_CONFIG or the default."""
-    logging.basicConfig(level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
+    )
     settings = load_settings()
     client = connect(settings, socket_timeout_s=settings.api.request_timeout_s + 2.0)
     return create_app(settings, client)

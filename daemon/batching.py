@@ -54,7 +54,7 @@ class BatchClaimer:
 
     def claim_batch(self, idle_timeout_s: float) -> list[bytes]:
         """Block up to `idle_timeout_s` for a first job, then gather more until size or deadline."""
-        first = self._client.blmove(self._queue, self._processing, idle_timeout_s, "RIGHT", "LEFT")
+        first = self._blocking_claim(idle_timeout_s)
         if first is None:
             return []
         batch: list[bytes] = [first]
@@ -69,11 +69,18 @@ class BatchClaimer:
             remaining = deadline - time.monotonic()
             if remaining < MIN_BLOCK_S:
                 break
-            job = self._client.blmove(self._queue, self._processing, remaining, "RIGHT", "LEFT")
+            job = self._blocking_claim(remaining)
             if job is None:
                 break
             batch.append(job)
         return batch
+
+    def _blocking_claim(self, timeout_s: float) -> bytes | None:
+        # Sent raw: Redis takes a fractional timeout here, which redis-py's typed blmove() does not admit.
+        job = self._client.execute_command(
+            "BLMOVE", self._queue, self._processing, "RIGHT", "LEFT", timeout_s
+        )
+        return bytes(job) if job is not None else None
 
     def requeue_orphans(self) -> int:
         """Put claims left in this shard's processing list (by a killed worker) back on its queue."""

@@ -16,7 +16,7 @@ import redis
 
 from daemon.errors import NoLiveWorker, QueueFull, RedisUnavailable
 from daemon.settings import Settings
-from daemon.wire import ROTATION_KEY, SHARDS_KEY, heartbeat_key, queue_key
+from daemon.wire import ROTATION_KEY, SHARDS_KEY, as_text, heartbeat_key, queue_key
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,7 @@ class Dispatcher:
         with self._lock:
             if time.monotonic() - self._shards_read_at < SHARD_LIST_TTL_S:
                 return self._shards
-        shards = sorted(
-            (key.decode() if isinstance(key, bytes) else str(key)) for key in self._client.hkeys(SHARDS_KEY)
-        )
+        shards = sorted(as_text(key) for key in self._client.hkeys(SHARDS_KEY))
         with self._lock:
             self._shards, self._shards_read_at = shards, time.monotonic()
         return shards
@@ -100,5 +98,7 @@ class Dispatcher:
         if slot == NO_LIVE_SHARD:
             raise NoLiveWorker("no live worker: every shard's heartbeat is stale")
         if slot == ALL_QUEUES_FULL:
-            raise QueueFull(f"all {len(shards)} shard queue(s) are full ({self._max_depth} jobs each); retry shortly")
+            raise QueueFull(
+                f"all {len(shards)} shard queue(s) are full ({self._max_depth} jobs each); retry shortly"
+            )
         return Placement(shard=shards[slot])

@@ -9,6 +9,7 @@ in the processing list, and the next worker to start puts them back on the queue
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from daemon.errors import (
 )
 from daemon.model import Classifier, top_k
 from daemon.redis_conn import connect
+from daemon.replies import fail_queued, queue_replies
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards
 from daemon.wire import (
@@ -43,11 +45,10 @@ from daemon.wire import (
     Job,
     Reply,
     WireError,
+    as_text,
     heartbeat_key,
     now,
     processing_key,
-    queue_key,
-    reply_key,
     stats_key,
 )
 
@@ -166,10 +167,10 @@ class Worker:
                 job = Job.decode(payload)
             except WireError as exc:
                 log.error("%s dropping malformed job: %s", self.prefix, exc)
-                try:
-                    replies[Job.peek_id(payload)] = Reply.failure(self.shard.shard_id, InferenceFailed(str(exc)))
-                except WireError:
-                    pass
+                with contextlib.suppress(WireError):
+                    replies[Job.peek_id(payload)] = Reply.failure(
+                        self.shard.shard_id, InferenceFailed(str(exc))
+                    )
                 continue
             if job.deadline <= started:
                 continue  # the caller has already answered 504; computing it would only waste the device
@@ -177,7 +178,8 @@ class Worker:
         expected = (self.settings.model.input_size, self.settings.model.input_size, 3)
         for job in [job for job in live if job.pixels.shape != expected]:
             replies[job.job_id] = Reply.failure(
-                self.shard.shard_id, InferenceFailed(f"job pixels {job.pixels.shape} != model input {expected}")
+                self.shard.shard_id,
+                InferenceFailed(f"job pixels {job.pixels.shape} != model input {expected}"),
             )
         live = [job for job in live if job.pixels.shape == expected]
         if live:
@@ -207,11 +209,9 @@ class Worker:
         }
 
     def commit(self, replies: dict[str, Reply], batch_size: int) -> None:
-        ttl_s = max(1, int(self.settings.queue.answer_ttl_s))
+        """Answers, the release of our claims and the batch record, in one transaction: all or none."""
         pipe = self.client.pipeline(transaction=True)
-        for job_id, reply in replies.items():
-            pipe.lpush(reply_key(job_id), reply.encode())
-            pipe.expire(reply_key(job_id), ttl_s)
+        queue_replies(pipe, replies, self.settings.queue.answer_ttl_s)
         pipe.delete(processing_key(self.shard.shard_id))
         if batch_size:
             record = json.dumps({"t": time.time(), "n": batch_size})
@@ -219,7 +219,6 @@ class Worker:
             pipe.ltrim(stats_key(self.shard.shard_id), 0, STATS_WINDOW - 1)
         pipe.execute()
         self.images_served += batch_size
-        log.debug("%s batch of %d answered", self.prefix, batch_size)
 
     def sweep_dead_shards(self) -> None:
         """Adopt the claimed and queued jobs of registered shards whose worker has no heartbeat."""
@@ -227,7 +226,7 @@ class Worker:
             return
         self._last_sweep = time.monotonic()
         for raw in self.client.hkeys(SHARDS_KEY):
-            other = raw.decode() if isinstance(raw, bytes) else str(raw)
+            other = as_text(raw)
             if other == self.shard.shard_id or self.client.exists(heartbeat_key(other)):
                 continue
             moved = adopt_orphans(self.client, other, self.shard.shard_id)
@@ -238,18 +237,10 @@ class Worker:
         """Stop receiving work, then fail what is still queued so no caller waits for a worker that left."""
         try:
             self.client.delete(heartbeat_key(self.shard.shard_id))
-            pending = self.client.lrange(queue_key(self.shard.shard_id), 0, -1)
-            self.client.delete(queue_key(self.shard.shard_id))
             dropped = JobDropped(f"worker {self.shard.shard_id} shut down before running the job; retry")
-            replies = {}
-            for payload in pending:
-                try:
-                    replies[Job.peek_id(payload)] = Reply.failure(self.shard.shard_id, dropped)
-                except WireError:
-                    continue
-            if replies:
-                self.commit(replies, batch_size=0)
-                log.info("%s failed %d queued job(s) cleanly on shutdown", self.prefix, len(replies))
+            failed = fail_queued(self.client, self.shard.shard_id, dropped, self.settings.queue.answer_ttl_s)
+            if failed:
+                log.info("%s failed %d queued job(s) cleanly on shutdown", self.prefix, failed)
         except redis.RedisError as exc:
             log.warning("%s could not tidy up in Redis: %s", self.prefix, exc)
 
@@ -265,7 +256,9 @@ def pick_own_shard(settings: Settings, shard_index: int) -> Shard:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="inferd worker: batch-classifies one shard's queue")
     parser.add_argument("--config", help="settings file (default: INFERD_CONFIG or conf/settings.toml)")
-    parser.add_argument("--shard-index", type=int, default=0, help="which discovered shard this worker serves")
+    parser.add_argument(
+        "--shard-index", type=int, default=0, help="which discovered shard this worker serves"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
@@ -285,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     try:
-
         classifier = Classifier(settings.model)
         classifier.warm_up(settings.batching.max_batch_size)
     except ModelLoadError as exc:

@@ -5,7 +5,9 @@ from daemon.settings import load_settings
 _settings = load_settings()
 
 bind = (
-    f"[{_settings.api.host}]:{_settings.api.port}" if ":" in _settings.api.host else f"{_settings.api.host}:{_settings.api.port}"
+    f"[{_settings.api.host}]:{_settings.api.port}"
+    if ":" in _settings.api.host
+    else f"{_settings.api.host}:{_settings.api.port}"
 )
 workers = _settings.api.workers
 threads = _settings.api.threads

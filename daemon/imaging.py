@@ -67,7 +67,9 @@ def _to_model_input(image: Image.Image, model: ModelSettings) -> npt.NDArray[np.
     if model.resize == "stretch":
         resized = rgb.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
     else:
-        resized = rgb.resize((size, size), RESAMPLE, box=centre_crop_box(rgb.size, model), reducing_gap=REDUCING_GAP)
+        resized = rgb.resize(
+            (size, size), RESAMPLE, box=centre_crop_box(rgb.size, model), reducing_gap=REDUCING_GAP
+        )
     pixels = np.asarray(resized, dtype=np.uint8)
     if pixels.shape != (size, size, 3):
         raise ValueError(f"unexpected decoded shape {pixels.shape}")

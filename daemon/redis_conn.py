@@ -16,24 +16,29 @@ def read_password(settings: Settings) -> str | None:
     return settings.redis.password_file.read_text().strip() or None
 
 
-def connect(settings: Settings, socket_timeout_s: float | None, max_connections: int | None = None) -> redis.Redis:
+def connect(
+    settings: Settings, socket_timeout_s: float | None, max_connections: int | None = None
+) -> redis.Redis:
     """A client whose commands fail fast when Redis is gone; blocking calls must stay under the timeout."""
-    common = {
-        "password": read_password(settings),
-        "socket_connect_timeout": CONNECT_TIMEOUT_S,
-        "socket_timeout": socket_timeout_s,
-        "health_check_interval": 0,
-    }
+    password = read_password(settings)
     socket = settings.redis_socket
+    pool: redis.ConnectionPool
     if socket is not None:
         pool = redis.ConnectionPool(
             connection_class=redis.UnixDomainSocketConnection,
             path=str(socket),
+            password=password,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=socket_timeout_s,
             max_connections=max_connections,
-            **common,
         )
     else:
         pool = redis.ConnectionPool(
-            host=settings.redis.host, port=settings.redis.port, max_connections=max_connections, **common
+            host=settings.redis.host,
+            port=settings.redis.port,
+            password=password,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=socket_timeout_s,
+            max_connections=max_connections,
         )
     return redis.Redis(connection_pool=pool)

@@ -238,7 +238,7 @@ def validate(s: Settings) -> None:
     _require(s.api.request_timeout_s > 0, "api.request_timeout_s", s.api.request_timeout_s, "more than 0")
     _require(s.api.max_body_bytes >= 1024, "api.max_body_bytes", s.api.max_body_bytes, "1024 or more")
     _require(s.api.max_image_pixels >= 1, "api.max_image_pixels", s.api.max_image_pixels, "1 or more")
-    _require(1 <= s.api.max_top, "api.max_top", s.api.max_top, "1 or more")
+    _require(s.api.max_top >= 1, "api.max_top", s.api.max_top, "1 or more")
     _require(
         1 <= s.api.default_top <= s.api.max_top,
         "api.default_top",
@@ -288,7 +288,12 @@ def validate(s: Settings) -> None:
         s.queue.heartbeat_ttl_s,
         f"more than queue.heartbeat_interval_s ({s.queue.heartbeat_interval_s})",
     )
-    _require(s.queue.dispatch in DISPATCH_POLICIES, "queue.dispatch", s.queue.dispatch, f"one of {DISPATCH_POLICIES}")
+    _require(
+        s.queue.dispatch in DISPATCH_POLICIES,
+        "queue.dispatch",
+        s.queue.dispatch,
+        f"one of {DISPATCH_POLICIES}",
+    )
     try:
         gpus = parse_gpu_list(s.devices.gpus)
     except ValueError:

@@ -107,7 +107,9 @@ def cpu_shards(count: int) -> list[Shard]:
     return [Shard(shard_id=f"cpu{i}", kind="cpu", index=i, name="CPU") for i in range(count)]
 
 
-def discover_shards(settings: Settings, env: Mapping[str, str] | None = None, nvml: Any = None) -> list[Shard]:
+def discover_shards(
+    settings: Settings, env: Mapping[str, str] | None = None, nvml: Any = None
+) -> list[Shard]:
     """GPUs that are visible and selected by `devices.gpus`, else `devices.cpu_workers` CPU shards."""
     env = os.environ if env is None else env
     wanted = settings.gpu_indices()
@@ -123,7 +125,9 @@ def discover_shards(settings: Settings, env: Mapping[str, str] | None = None, nv
     if wanted is not None:
         missing = sorted(set(wanted) - {gpu.index for gpu in gpus})
         if missing:
-            log.warning("shard: devices.gpus asks for GPU(s) %s, which are not present or not visible", missing)
+            log.warning(
+                "shard: devices.gpus asks for GPU(s) %s, which are not present or not visible", missing
+            )
         gpus = [gpu for gpu in gpus if gpu.index in wanted]
     if not gpus:
         log.info("shard: no GPU visible; running %d CPU shard(s)", settings.devices.cpu_workers)

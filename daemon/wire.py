@@ -54,6 +54,11 @@ ROTATION_KEY = f"{KEY_PREFIX}rotation"
 """Counter shared by every API process, so round-robin is global and not per process."""
 
 
+def as_text(value: bytes | str) -> str:
+    """Redis hands back bytes (we never set decode_responses, since jobs are binary)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def new_job_id() -> str:
     return os.urandom(16).hex()
 
@@ -94,15 +99,19 @@ class Job:
     def decode(cls, payload: bytes) -> Job:
         if len(payload) < JOB_HEADER.size:
             raise WireError(f"job of {len(payload)} bytes is shorter than its header")
-        magic, version, channels, top_k, height, width, deadline, enqueued_at, raw_id = JOB_HEADER.unpack_from(
-            payload
+        magic, version, channels, top_k, height, width, deadline, enqueued_at, raw_id = (
+            JOB_HEADER.unpack_from(payload)
         )
         if magic != JOB_MAGIC or version != JOB_VERSION:
             raise WireError(f"not an inferd v{JOB_VERSION} job (magic {magic!r}, version {version})")
         expected = height * width * channels
         if len(payload) - JOB_HEADER.size != expected:
-            raise WireError(f"job carries {len(payload) - JOB_HEADER.size} pixel bytes, header says {expected}")
-        pixels = np.frombuffer(payload, dtype=np.uint8, offset=JOB_HEADER.size).reshape(height, width, channels)
+            raise WireError(
+                f"job carries {len(payload) - JOB_HEADER.size} pixel bytes, header says {expected}"
+            )
+        pixels = np.frombuffer(payload, dtype=np.uint8, offset=JOB_HEADER.size).reshape(
+            height, width, channels
+        )
         return cls(raw_id.hex(), deadline, enqueued_at, top_k, pixels)
 
     @staticmethod
@@ -147,7 +156,9 @@ class Reply:
         body = json.loads(payload)
         error = body.get("error")
         if error is not None:
-            return cls(shard=body["shard"], error_kind=str(error["kind"]), error_message=str(error["message"]))
+            return cls(
+                shard=body["shard"], error_kind=str(error["kind"]), error_message=str(error["message"])
+            )
         return cls(
             shard=body["shard"],
             predictions=tuple(Prediction(str(label), float(p)) for label, p in body["predictions"]),

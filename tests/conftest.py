@@ -1,0 +1,106 @@
+"""Shared fixtures: a real redis-server per session, tiny generated models, settings files, appliances."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+
+from daemon.settings import Settings, load_settings
+from tests.processes import Appliance, free_port, redis_server, write_settings
+from tests.tiny_model import build_tiny_model
+
+TINY_INPUT = 32
+
+
+@pytest.fixture(scope="session")
+def redis_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as sock:
+        yield sock
+
+
+@pytest.fixture()
+def redis_client(redis_socket: Path) -> Iterator[redis.Redis]:
+    client = redis.Redis(unix_socket_path=str(redis_socket))
+    client.flushall()
+    yield client
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), input_size=TINY_INPUT)
+
+
+def tiny_sections(tiny_model: tuple[Path, Path], **overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    model_path, labels_path = tiny_model
+    sections: dict[str, dict[str, Any]] = {
+        "api": {"port": free_port(), "request_timeout_s": 10.0},
+        "model": {"path": model_path, "labels": labels_path, "input_size": TINY_INPUT, "preprocessing": "tf"},
+        "devices": {"gpus": "none", "cpu_workers": 1},
+        # Unix socket paths are limited to 107 bytes, so the run dir is short and under /tmp.
+        "paths": {"run_dir": tempfile.mkdtemp(prefix="inferd-"), "log_dir": "log"},
+    }
+    for section, values in overrides.items():
+        sections.setdefault(section, {}).update(values)
+    return sections
+
+
+@pytest.fixture()
+def make_settings(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Callable[..., Settings]:
+    """Settings for the tiny model, written to a real file and loaded the real way."""
+
+    def make(env: dict[str, str] | None = None, **overrides: dict[str, Any]) -> Settings:
+        path = write_settings(tmp_path, tiny_sections(tiny_model, **overrides))
+        return load_settings(path, env=env or {})
+
+    return make
+
+
+@pytest.fixture()
+def redis_settings(make_settings: Callable[..., Settings], redis_socket: Path) -> Settings:
+    """Tiny-model settings that talk to the session's redis-server."""
+    return make_settings(redis={"managed": False, "socket": str(redis_socket)})
+
+
+@pytest.fixture()
+def start_appliance(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Iterator[Callable[..., Appliance]]:
+    """Start a whole appliance (tiny model, CPU shards) and stop it after the test."""
+    started: list[Appliance] = []
+
+    def start(shards: int = 2, env: dict[str, str] | None = None, **overrides: dict[str, Any]) -> Appliance:
+        overrides.setdefault("devices", {}).update({"cpu_workers": shards})
+        sections = tiny_sections(tiny_model, **overrides)
+        config = write_settings(tmp_path, sections)
+        appliance = Appliance(
+            tmp_path, config, sections["api"]["port"], Path(sections["paths"]["run_dir"]), shards, env
+        )
+        started.append(appliance)
+        appliance.start()
+        return appliance
+
+    yield start
+    for appliance in started:
+        appliance.stop()
+
+
+def encode_image(array: np.ndarray, fmt: str = "PNG", **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photo_png() -> bytes:
+    """A 451x300 natural photo (scikit-image's astronaut), the size the seed measured with."""
+    from skimage import data
+
+    return encode_image(np.asarray(Image.fromarray(data.astronaut()).resize((451, 300))))
