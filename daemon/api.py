@@ -120,8 +120,7 @@ class PredictResource:
                 f"no answer from shard {shard} within {self._settings.api.request_timeout_s:g}s; "
                 "the appliance is overloaded or a worker is stuck"
             )
-        payload: bytes = popped[1]
-        return Reply.decode(payload)
+        return Reply.decode(cast(bytes, popped[1]))
 
     def _read_image(self, req: falcon.Request) -> tuple[bytes, str | None]:
         limit = self._settings.api.max_body_bytes

@@ -9,6 +9,7 @@ first, with the remaining wait recomputed on the monotonic clock for every job (
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
 
@@ -77,10 +78,9 @@ class BatchClaimer:
 
     def _blocking_claim(self, timeout_s: float) -> bytes | None:
         # Sent raw: Redis takes a fractional timeout here, which redis-py's typed blmove() does not admit.
-        job = self._client.execute_command(
-            "BLMOVE", self._queue, self._processing, "RIGHT", "LEFT", timeout_s
-        )
-        return bytes(job) if job is not None else None
+        command: Any = self._client.execute_command
+        job: bytes | None = command("BLMOVE", self._queue, self._processing, "RIGHT", "LEFT", timeout_s)
+        return job
 
     def requeue_orphans(self) -> int:
         """Put claims left in this shard's processing list (by a killed worker) back on its queue."""
