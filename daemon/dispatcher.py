@@ -32,27 +32,25 @@ ENQUEUE_SCRIPT = """
 local shard_count = (#KEYS - 1) / 2
 local max_depth = tonumber(ARGV[2])
 local policy = ARGV[3]
+-- Rotate over live shards only, so a dead shard's turn is not handed to its neighbour twice.
+local live = {}
+for slot = 0, shard_count - 1 do
+  if redis.call('EXISTS', KEYS[3 + slot * 2]) == 1 then live[#live + 1] = slot end
+end
+if #live == 0 then return -1 end
 local start = redis.call('INCR', KEYS[1])
-local any_live = false
 local best_slot, best_depth = -1, max_depth
-for offset = 0, shard_count - 1 do
-  local slot = (start + offset) % shard_count
-  local queue, heartbeat = KEYS[2 + slot * 2], KEYS[3 + slot * 2]
-  if redis.call('EXISTS', heartbeat) == 1 then
-    any_live = true
-    local depth = redis.call('LLEN', queue)
-    if depth < best_depth then
-      best_slot, best_depth = slot, depth
-      if policy == 'round_robin' then break end
-    end
+for offset = 0, #live - 1 do
+  local slot = live[((start + offset) % #live) + 1]
+  local depth = redis.call('LLEN', KEYS[2 + slot * 2])
+  if depth < best_depth then
+    best_slot, best_depth = slot, depth
+    if policy == 'round_robin' then break end
   end
 end
-if best_slot >= 0 then
-  redis.call('LPUSH', KEYS[2 + best_slot * 2], ARGV[1])
-  return best_slot
-end
-if any_live then return -2 end
-return -1
+if best_slot < 0 then return -2 end
+redis.call('LPUSH', KEYS[2 + best_slot * 2], ARGV[1])
+return best_slot
 """
 
 

@@ -128,15 +128,13 @@ class Worker:
         return EXIT_OK
 
     def bootstrap_with_backoff(self) -> None:
-        """Register and put back our own orphaned claims, waiting (with backoff) for Redis if need be."""
+        """Put back our own orphaned claims and register, waiting (with backoff) for Redis if need be."""
         backoff = BACKOFF_START_S
         while not self.stop_signals:
             try:
                 requeued = self.claimer.requeue_orphans()
                 if requeued:
                     log.warning("%s requeued %d job(s) claimed by a previous run", self.prefix, requeued)
-                info = {"kind": self.shard.kind, "index": self.shard.index, "name": self.shard.name}
-                self.client.hset(SHARDS_KEY, self.shard.shard_id, json.dumps(info))
                 self.beat()
                 return
             except redis.RedisError as exc:
@@ -145,9 +143,17 @@ class Worker:
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def beat(self) -> None:
-        info = json.dumps({"pid": os.getpid(), "images": self.images_served})
-        ttl_ms = int(self.settings.queue.heartbeat_ttl_s * 1000)
-        self.client.set(heartbeat_key(self.shard.shard_id), info, px=ttl_ms)
+        """Say we are alive; registering again each time lets a restarted (empty) Redis learn of us."""
+        info = {"kind": self.shard.kind, "index": self.shard.index, "name": self.shard.name}
+        beat = {"pid": os.getpid(), "images": self.images_served}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(SHARDS_KEY, self.shard.shard_id, json.dumps(info))
+        pipe.set(
+            heartbeat_key(self.shard.shard_id),
+            json.dumps(beat),
+            px=int(self.settings.queue.heartbeat_ttl_s * 1000),
+        )
+        pipe.execute()
 
     def _heartbeat_loop(self) -> None:
         # A thread, so a long batch on a slow device does not make a healthy worker look dead.

@@ -1,0 +1,70 @@
+"""Claiming batches from a real Redis: size and deadline paths, and claims that survive a crash."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from daemon.batching import BatchClaimer, adopt_orphans
+from daemon.wire import processing_key, queue_key
+
+
+def fill(client, shard: str, count: int) -> None:
+    for i in range(count):
+        client.lpush(queue_key(shard), f"job{i}".encode())
+
+
+def test_batch_stops_at_max_size_and_keeps_fifo_order(redis_client):
+    fill(redis_client, "cpu0", 10)
+    claimer = BatchClaimer(redis_client, "cpu0", max_batch_size=4, max_wait_s=5.0)
+    started = time.monotonic()
+    batch = claimer.claim_batch(idle_timeout_s=1.0)
+    assert batch == [b"job0", b"job1", b"job2", b"job3"]
+    assert time.monotonic() - started < 1.0  # a full batch never waits for the deadline
+    assert redis_client.llen(queue_key("cpu0")) == 6
+    assert redis_client.llen(processing_key("cpu0")) == 4  # claimed, not yet answered
+
+
+def test_batch_closes_at_the_deadline_when_jobs_trickle(redis_client):
+    claimer = BatchClaimer(redis_client, "cpu0", max_batch_size=32, max_wait_s=0.3)
+
+    def trickle() -> None:
+        for i in range(20):
+            redis_client.lpush(queue_key("cpu0"), f"late{i}".encode())
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=trickle)
+    feeder.start()
+    started = time.monotonic()
+    batch = claimer.claim_batch(idle_timeout_s=2.0)
+    elapsed = time.monotonic() - started
+    feeder.join()
+    assert 2 <= len(batch) < 20  # gathered what arrived within the window, no more
+    assert 0.25 <= elapsed < 0.9
+    assert batch[0] == b"late0"
+
+
+def test_idle_claim_returns_empty_after_its_timeout(redis_client):
+    claimer = BatchClaimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.01)
+    started = time.monotonic()
+    assert claimer.claim_batch(idle_timeout_s=0.2) == []
+    assert 0.15 <= time.monotonic() - started < 1.0
+
+
+def test_orphaned_claims_go_back_to_the_front_of_the_queue(redis_client):
+    fill(redis_client, "cpu0", 5)
+    crashed = BatchClaimer(redis_client, "cpu0", max_batch_size=3, max_wait_s=0.0)
+    assert crashed.claim_batch(idle_timeout_s=1.0) == [b"job0", b"job1", b"job2"]
+    # The worker died here. Its successor puts the claims back, and they run before newer jobs.
+    successor = BatchClaimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0)
+    assert successor.requeue_orphans() == 3
+    assert successor.claim_batch(idle_timeout_s=1.0) == [b"job0", b"job1", b"job2", b"job3", b"job4"]
+
+
+def test_a_live_shard_adopts_a_dead_shards_claims_and_queue(redis_client):
+    fill(redis_client, "cpu1", 4)
+    BatchClaimer(redis_client, "cpu1", max_batch_size=2, max_wait_s=0.0).claim_batch(idle_timeout_s=1.0)
+    assert adopt_orphans(redis_client, "cpu1", "cpu0") == 4
+    assert redis_client.llen(queue_key("cpu1")) == redis_client.llen(processing_key("cpu1")) == 0
+    adopted = BatchClaimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0).claim_batch(1.0)
+    assert sorted(adopted) == [b"job0", b"job1", b"job2", b"job3"]

@@ -1,0 +1,102 @@
+"""Shard discovery with NVML present (a stand-in NVML module), absent, and CUDA_VISIBLE_DEVICES applied."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from daemon.shard import Shard, decode_shards, discover_shards, encode_shards
+
+pytestmark = pytest.mark.usefixtures("tiny_model")
+
+
+class FakeNvml:
+    """Implements the few NVML calls discovery makes, over a list of (name, uuid, total bytes)."""
+
+    def __init__(self, gpus: list[tuple[str, str, int]], fail_init: bool = False):
+        self.gpus = gpus
+        self.fail_init = fail_init
+        self.shutdowns = 0
+
+    def nvmlInit(self):
+        if self.fail_init:
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    def nvmlShutdown(self):
+        self.shutdowns += 1
+
+    def nvmlDeviceGetCount(self):
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetName(self, handle):
+        return self.gpus[handle][0].encode()
+
+    def nvmlDeviceGetUUID(self, handle):
+        return self.gpus[handle][1]
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(total=self.gpus[handle][2], used=0, free=self.gpus[handle][2])
+
+
+FOUR_GPUS = [(f"NVIDIA H100 80GB HBM3 #{i}", f"GPU-{i}aaa-bbbb", 80 * 2**30) for i in range(4)]
+
+
+@pytest.fixture()
+def auto_settings(make_settings):
+    return make_settings(devices={"gpus": "auto", "cpu_workers": 2})
+
+
+def test_every_nvml_gpu_becomes_a_pinned_shard(auto_settings):
+    nvml = FakeNvml(FOUR_GPUS)
+    shards = discover_shards(auto_settings, env={}, nvml=nvml)
+    assert [s.shard_id for s in shards] == ["gpu0", "gpu1", "gpu2", "gpu3"]
+    assert shards[1].name == "NVIDIA H100 80GB HBM3 #1" and shards[1].uuid == "GPU-1aaa-bbbb"
+    assert shards[1].memory_total_bytes == 80 * 2**30
+    assert nvml.shutdowns == 1
+    pin = shards[2].pin_environment()
+    assert pin["CUDA_VISIBLE_DEVICES"] == "GPU-2aaa-bbbb" and pin["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+
+
+def test_cuda_visible_devices_by_index_and_uuid(auto_settings):
+    shards = discover_shards(
+        auto_settings, env={"CUDA_VISIBLE_DEVICES": "3,GPU-1aaa"}, nvml=FakeNvml(FOUR_GPUS)
+    )
+    assert [s.shard_id for s in shards] == ["gpu1", "gpu3"]
+
+
+def test_cuda_visible_devices_empty_or_minus_one_hides_every_gpu(auto_settings):
+    for value in ("", "-1", "-1,0"):
+        shards = discover_shards(auto_settings, env={"CUDA_VISIBLE_DEVICES": value}, nvml=FakeNvml(FOUR_GPUS))
+        assert [s.shard_id for s in shards] == ["cpu0", "cpu1"], value
+
+
+def test_explicit_gpu_list_selects_and_ignores_missing(make_settings, caplog):
+    settings = make_settings(devices={"gpus": [0, 2, 7]})
+    shards = discover_shards(settings, env={}, nvml=FakeNvml(FOUR_GPUS))
+    assert [s.shard_id for s in shards] == ["gpu0", "gpu2"]
+    assert "GPU(s) [7]" in caplog.text
+
+
+def test_no_nvml_library_or_no_gpu_means_cpu_shards_said_once(auto_settings, caplog):
+    caplog.set_level("INFO")
+    assert [s.kind for s in discover_shards(auto_settings, env={}, nvml=FakeNvml([], fail_init=True))] == [
+        "cpu"
+    ] * 2
+    assert caplog.text.count("NVML unavailable") == 1
+    assert [s.shard_id for s in discover_shards(auto_settings, env={}, nvml=FakeNvml([]))] == ["cpu0", "cpu1"]
+
+
+def test_gpus_none_never_asks_nvml(make_settings):
+    nvml = FakeNvml(FOUR_GPUS, fail_init=True)
+    shards = discover_shards(make_settings(devices={"gpus": "none", "cpu_workers": 3}), env={}, nvml=nvml)
+    assert [s.shard_id for s in shards] == ["cpu0", "cpu1", "cpu2"]
+    assert shards[0].pin_environment(1)["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_shard_list_round_trips_through_the_environment():
+    shards = [Shard("gpu0", "gpu", 0, "H100", "GPU-x", 1), Shard("cpu0", "cpu", 0, "CPU")]
+    assert decode_shards(encode_shards(shards)) == shards
