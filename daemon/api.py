@@ -26,6 +26,7 @@ from daemon.errors import (
     UnsupportedMediaType,
 )
 from daemon.imaging import decode_image
+from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.redis_conn import connect
 from daemon.settings import Settings, load_settings
 from daemon.wire import SHARDS_KEY, Job, Reply, as_text, heartbeat_key, new_job_id, now, reply_key
@@ -50,6 +51,7 @@ class IndexResource:
                 "POST /predict": f"classify an image; ?top=N for N predictions (default {settings.api.default_top})",
                 "GET /healthz": "the API process is alive",
                 "GET /readyz": "Redis is reachable and at least one worker is live",
+                "GET /metrics": "Prometheus metrics",
             },
         }
 
@@ -85,10 +87,13 @@ class ReadyResource:
 
 
 class PredictResource:
-    def __init__(self, settings: Settings, client: redis.Redis, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, dispatcher: Dispatcher, metrics: ApiMetrics
+    ) -> None:
         self._settings = settings
         self._client = client
         self._dispatcher = dispatcher
+        self._metrics = metrics
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = now()
@@ -100,6 +105,7 @@ class PredictResource:
         placement = self._dispatcher.pick_and_push(job.encode())
         reply = self._await_reply(job.job_id, deadline, placement.shard)
         reply.raise_if_error()
+        self._metrics.queue_wait_seconds.observe(reply.queue_ms / 1000.0)
         resp.set_header("X-Inferd-Shard", reply.shard)
         resp.set_header("X-Inferd-Batch-Size", str(reply.batch_size))
         resp.set_header("X-Inferd-Queue-Ms", f"{reply.queue_ms:.1f}")
@@ -232,7 +238,11 @@ def create_app(
 ) -> falcon.App[falcon.Request, falcon.Response]:
     """Build the WSGI app around an injected Redis client (tests pass their own)."""
     token = read_token(settings)
-    app = falcon.App(middleware=[BearerAuth(token)] if token else [])
+    metrics = ApiMetrics()
+    middleware: list[Any] = [MetricsMiddleware(metrics)]
+    if token:
+        middleware.insert(0, BearerAuth(token))
+    app = falcon.App(middleware=middleware)
     multipart = cast(
         falcon.media.MultipartFormHandler, app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
     )
@@ -240,7 +250,10 @@ def create_app(
     app.add_route("/", IndexResource(settings))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(client))
-    app.add_route("/predict", PredictResource(settings, client, dispatcher or Dispatcher(settings, client)))
+    app.add_route("/metrics", MetricsResource(metrics, client))
+    app.add_route(
+        "/predict", PredictResource(settings, client, dispatcher or Dispatcher(settings, client), metrics)
+    )
     # Most specific first in effect: Falcon picks the handler registered for the nearest class.
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

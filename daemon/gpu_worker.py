@@ -35,6 +35,7 @@ from daemon.errors import (
     JobDropped,
     ModelLoadError,
 )
+from daemon.metrics import WorkerMetrics
 from daemon.model import Classifier, top_k
 from daemon.redis_conn import connect
 from daemon.replies import fail_queued, queue_replies
@@ -88,6 +89,7 @@ class Worker:
         self._stop_heartbeat = threading.Event()
         self._last_sweep = time.monotonic()
         self.images_served = 0
+        self.metrics = WorkerMetrics(shard.shard_id)
 
     # -- signals: handlers only record; the loop acts --------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -104,6 +106,7 @@ class Worker:
     def work(self) -> int:
         log.info("%s starting on %s (pid %d)", self.prefix, self.shard.name, os.getpid())
         self.install_signal_handlers()
+        self.metrics.starts.labels(self.shard.shard_id).inc()
         self.bootstrap_with_backoff()
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
@@ -203,6 +206,7 @@ class Worker:
             failure = InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}")
             return {job.job_id: Reply.failure(self.shard.shard_id, failure) for job in jobs}
         infer_ms = (now() - started) * 1000.0
+        self.metrics.record_batch(len(jobs), infer_ms / 1000.0)
         return {
             job.job_id: Reply(
                 shard=self.shard.shard_id,

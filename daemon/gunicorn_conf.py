@@ -1,5 +1,10 @@
 """gunicorn settings derived from inferd's settings (`gunicorn --config python:daemon.gunicorn_conf`)."""
 
+from typing import Any
+
+from prometheus_client import multiprocess
+
+from daemon.metrics import multiprocess_mode
 from daemon.settings import load_settings
 
 _settings = load_settings()
@@ -22,3 +27,9 @@ errorlog = "-"
 accesslog = None
 # gunicorn >= 24 opens a control socket in $HOME by default; the appliance is run by supervisord instead.
 control_socket_disable = True
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead gunicorn worker's live gauges from the shared metrics files (counters are kept)."""
+    if multiprocess_mode():
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from daemon.errors import EXIT_CONFIG, ConfigError
+from daemon.metrics import MULTIPROC_ENV
 from daemon.redis_conn import read_password
 from daemon.settings import Settings, load_settings, resolve_config_path
 from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards
@@ -67,6 +68,10 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
     fd = os.open(redis_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(render_redis_conf(settings, len(shards)))
+    # Metrics files of the previous run would be summed into this one's: start empty.
+    metrics_dir = run_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir()
     redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
     return {
         "INFERD_CONFIG": str(config_path),
@@ -80,6 +85,7 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
         "INFERD_SHARD_COUNT": str(len(shards)),
         SHARDS_ENV: encode_shards(shards),
         "PYTHONUNBUFFERED": "1",
+        MULTIPROC_ENV: str(metrics_dir),
     }
 
 

@@ -1,0 +1,185 @@
+"""Prometheus metrics: request and batch figures recorded where they happen, queues and GPUs read at scrape.
+
+Under the appliance every process (gunicorn workers and model workers alike) writes its samples to files in
+PROMETHEUS_MULTIPROC_DIR, which the launcher empties at each start, and `/metrics` on any API process sums
+them: so counters survive a gunicorn worker's restart, and worker restarts can be counted at all.
+Without that variable (tests, a bare `create_app`) each app keeps its own in-memory registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import falcon
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from daemon.shard import load_nvml
+from daemon.wire import SHARDS_KEY, as_text, heartbeat_key, processing_key, queue_key
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def _own_registry() -> CollectorRegistry | None:
+    # In multiprocess mode samples go to files and the live registry is built at scrape time.
+    return None if multiprocess_mode() else CollectorRegistry()
+
+
+class ApiMetrics:
+    """What the API records per request."""
+
+    def __init__(self) -> None:
+        self.registry = _own_registry()
+        self.requests = Counter(
+            "inferd_requests", "Requests to /predict by HTTP status", ["status"], registry=self.registry
+        )
+        self.request_seconds = Histogram(
+            "inferd_request_seconds",
+            "End-to-end /predict latency inside the API",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.queue_wait_seconds = Histogram(
+            "inferd_queue_wait_seconds",
+            "Time a job waited in its shard's queue before its batch ran",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+
+
+class WorkerMetrics:
+    """What a model worker records per batch."""
+
+    def __init__(self, shard: str) -> None:
+        registry = _own_registry()
+        self.shard = shard
+        self.starts = Counter("inferd_worker_starts", "Worker process starts", ["shard"], registry=registry)
+        self.images = Counter("inferd_images", "Images classified", ["shard"], registry=registry)
+        self.batch_size = Histogram(
+            "inferd_batch_size", "Images per batch", ["shard"], buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.inference_seconds = Histogram(
+            "inferd_inference_seconds",
+            "Time of one batched prediction",
+            ["shard"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+
+    def record_batch(self, size: int, seconds: float) -> None:
+        self.images.labels(self.shard).inc(size)
+        self.batch_size.labels(self.shard).observe(size)
+        self.inference_seconds.labels(self.shard).observe(seconds)
+
+
+class MetricsMiddleware:
+    """Counts /predict outcomes by status and times them, errors included."""
+
+    def __init__(self, metrics: ApiMetrics) -> None:
+        self._metrics = metrics
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.monotonic()
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        if req.path != "/predict":
+            return
+        self._metrics.requests.labels(str(resp.status_code)).inc()
+        self._metrics.request_seconds.observe(time.monotonic() - req.context.started)
+
+
+class QueueCollector(Collector):
+    """Queue depth, in-flight claims and liveness per shard, read from Redis at each scrape."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("inferd_queue_depth", "Jobs waiting per shard", labels=["shard"])
+        claimed = GaugeMetricFamily("inferd_jobs_in_flight", "Jobs claimed by a worker", labels=["shard"])
+        live = GaugeMetricFamily(
+            "inferd_shard_live", "1 if the shard's worker has a fresh heartbeat", labels=["shard"]
+        )
+        up = GaugeMetricFamily("inferd_redis_up", "1 if Redis answered this scrape")
+        try:
+            shards = sorted(as_text(key) for key in self._client.hkeys(SHARDS_KEY))
+            pipe = self._client.pipeline(transaction=False)
+            for shard in shards:
+                pipe.llen(queue_key(shard))
+                pipe.llen(processing_key(shard))
+                pipe.exists(heartbeat_key(shard))
+            values = pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("metrics: Redis unreachable: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        for i, shard in enumerate(shards):
+            depth.add_metric([shard], values[3 * i])
+            claimed.add_metric([shard], values[3 * i + 1])
+            live.add_metric([shard], 1 if values[3 * i + 2] else 0)
+        yield from (up, depth, claimed, live)
+
+
+class GpuCollector(Collector):
+    """Utilisation and memory of every GPU, from NVML; nothing at all on a machine without NVML."""
+
+    def __init__(self, nvml: Any = None) -> None:
+        self._nvml = nvml if nvml is not None else load_nvml()
+        self._ready = False
+
+    def collect(self) -> Iterator[Metric]:
+        if self._nvml is None:
+            return
+        util = GaugeMetricFamily("inferd_gpu_utilization_percent", "GPU utilisation", labels=["gpu"])
+        used = GaugeMetricFamily("inferd_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
+        total = GaugeMetricFamily("inferd_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
+        try:
+            if not self._ready:
+                self._nvml.nvmlInit()
+                self._ready = True
+            for index in range(self._nvml.nvmlDeviceGetCount()):
+                handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+                memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+                util.add_metric([str(index)], self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+                used.add_metric([str(index)], memory.used)
+                total.add_metric([str(index)], memory.total)
+        except Exception as exc:  # NVMLError has many subclasses; no GPU is not an error for a scrape
+            log.debug("metrics: NVML unavailable: %s", exc)
+            self._nvml = None
+            return
+        yield from (util, used, total)
+
+
+class MetricsResource:
+    def __init__(self, metrics: ApiMetrics, client: redis.Redis, nvml: Any = None) -> None:
+        if multiprocess_mode():
+            self._registry = CollectorRegistry()
+            MultiProcessCollector(self._registry)  # type: ignore[no-untyped-call]
+        else:
+            assert metrics.registry is not None
+            self._registry = metrics.registry
+        self._registry.register(QueueCollector(client))
+        self._registry.register(GpuCollector(nvml))
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = "text/plain; version=0.0.4; charset=utf-8"
+        resp.data = generate_latest(self._registry)
