@@ -1,0 +1,50 @@
+"""The appliance with its real embedded default model (EfficientNet-Lite0) on real photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from daemon.default_model import MODEL_FILENAME, default_weights_path, export_default_model
+from tests.conftest import encode_image
+
+pytestmark = pytest.mark.slow
+
+SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def default_model(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("default-model")
+    export_default_model(folder, default_weights_path())
+    return folder / MODEL_FILENAME, folder / "imagenet-labels.txt"
+
+
+def test_real_photos_get_correct_imagenet_labels(start_appliance, default_model):
+    model_path, labels_path = default_model
+    appliance = start_appliance(
+        shards=1,
+        model={"path": model_path, "labels": labels_path, "input_size": 224, "preprocessing": "efficientnet_lite"},
+    )
+    coffee = (SKIMAGE_DATA / "coffee.png").read_bytes()
+    answer = requests.post(f"{appliance.url}/predict", files={"image": ("coffee.png", coffee)}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert predictions[0]["label"] == "espresso"
+    assert predictions[0]["probability"] > 0.8
+
+    # A JPEG of the cat photo, rotated on disk and put upright again by its EXIF orientation tag.
+    cat = np.asarray(Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": store the pixels turned the other way
+    sideways = encode_image(np.rot90(cat, k=1), "JPEG", quality=92, exif=exif.tobytes())
+    answer = requests.post(
+        f"{appliance.url}/predict?top=3", data=sideways, headers={"Content-Type": "image/jpeg"}, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    labels = [p["label"] for p in answer.json()["predictions"]]
+    assert labels[0] in {"tabby", "tiger cat", "Egyptian cat"}, labels
