@@ -12,4 +12,12 @@ wrk.body = "--" .. boundary .. "\r\n"
   .. data .. "\r\n--" .. boundary .. "--\r\n"
 done = function(summary, latency, requests)
   io.write(string.format("p50_ms %.1f\np99_ms %.1f\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+  -- One machine-readable line for bench/loadgen.py; latencies in milliseconds, duration in seconds.
+  local e = summary.errors
+  io.write(string.format(
+    'bench-json {"requests":%d,"duration_s":%.6f,"connect_errors":%d,"read_errors":%d,"write_errors":%d,'
+      .. '"status_errors":%d,"timeouts":%d,"p50_ms":%.3f,"p90_ms":%.3f,"p99_ms":%.3f,"mean_ms":%.3f,"max_ms":%.3f}\n',
+    summary.requests, summary.duration / 1e6, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000,
+    latency.mean / 1000, latency.max / 1000))
 end

@@ -1,25 +1,47 @@
 """Decode an upload once, in the API, into the model's uint8 input (H x W x 3), or say clearly why not.
 
-Pillow does the work: JPEG draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is far
-larger than the model input, EXIF orientation is applied, and every mode Pillow reads (grayscale, palette,
-alpha, CMYK, 16-bit) becomes 8-bit RGB. The pixel count is checked from the header, before decoding, so a
-small file that claims a huge canvas (a decompression bomb) costs nothing.
+The first bytes pick the decoder: a file that does not start like one of the accepted formats is refused
+(415) without Pillow looking further, and one that does but cannot be read is corrupt (400). The pixel
+count is checked from the header, before decoding, so a small file that claims a huge canvas (a
+decompression bomb) costs nothing (413). Pillow then does the work: JPEG draft mode lets libjpeg decode at
+1/2, 1/4 or 1/8 scale when the photo is far larger than the model input, EXIF orientation is applied, and
+every mode Pillow reads (grayscale, palette, alpha, CMYK, 16-bit, float) becomes 8-bit RGB.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
+import logging
+import struct
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from daemon.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from daemon.errors import BadRequest, InferdError, PayloadTooLarge, UnsupportedMediaType
 from daemon.settings import ModelSettings
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
-"""Formats Pillow may try: a short list keeps exotic decoders (and their bugs) out of reach."""
+log = logging.getLogger(__name__)
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+"""Formats we decode: a short list keeps exotic decoders (and their bugs) out of reach. MPO photos are
+JPEGs to Pillow and come in as such."""
+
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+"""Little- and big-endian TIFF, and BigTIFF."""
+
+CORRUPT_DATA_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+)
+"""What a Pillow decoder raises on bytes that break its format: the I/O family for truncation, and the
+errors Image.open itself takes to mean "this file does not parse". Each is a corrupt upload (400); anything
+else is a fault of ours and is left to surface as one."""
 
 RESAMPLE = Image.Resampling.BICUBIC
 REDUCING_GAP = 3.0
@@ -33,33 +55,60 @@ def decode_image(data: bytes, model: ModelSettings, max_pixels: int) -> npt.NDAr
     """Bytes of an image file to a (input_size, input_size, 3) uint8 array ready for the model."""
     if not data:
         raise BadRequest("the image is empty")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-    except UnidentifiedImageError:
+    claimed = sniff_format(data)
+    if claimed is None:
         raise UnsupportedMediaType(
             f"the upload is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})"
-        ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise PayloadTooLarge(f"the image has more than {max_pixels} pixels") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadRequest(f"the image cannot be read: {exc}") from None
+        )
+    image = _open(data, claimed, max_pixels)
     width, height = image.size
     if width < 1 or height < 1:
-        raise BadRequest(f"the image has no pixels ({width}x{height})")
+        raise BadRequest(f"the {claimed} image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise PayloadTooLarge(f"the image is {width}x{height}, more than the {max_pixels} pixels allowed")
     try:
         return _to_model_input(image, model)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"the image is too large to decode: {exc}") from None
+    except CORRUPT_DATA_ERRORS as exc:
         # Truncated or corrupt data only shows when the pixels are decoded.
-        raise BadRequest(f"the image is corrupt or truncated: {exc}") from None
+        raise BadRequest(f"the {claimed} image is corrupt or truncated: {exc}") from None
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The accepted format the file's first bytes announce, or None if they announce none of them."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data.startswith(b"BM"):
+        return "BMP"
+    if data.startswith(TIFF_SIGNATURES):
+        return "TIFF"
+    return None
+
+
+def _open(data: bytes, claimed: str, max_pixels: int) -> Image.Image:
+    """Read the header with the one decoder the signature named; pixels are decoded later."""
+    try:
+        return Image.open(io.BytesIO(data), formats=(claimed,))
+    except UnidentifiedImageError:
+        # Pillow swallows the plugin's reason; the signature matched, so the file is a broken one.
+        raise BadRequest(f"the upload starts like a {claimed} file but its header is corrupt") from None
+    except Image.DecompressionBombError as exc:
+        # Pillow's own ceiling (2 x Image.MAX_IMAGE_PIXELS), met before our header check can run.
+        raise PayloadTooLarge(f"the image is larger than the {max_pixels} pixels allowed: {exc}") from None
+    except CORRUPT_DATA_ERRORS as exc:
+        raise BadRequest(f"the {claimed} image cannot be read: {exc}") from None
 
 
 def _to_model_input(image: Image.Image, model: ModelSettings) -> npt.NDArray[np.uint8]:
     size = model.input_size
-    if image.format == "JPEG" and model.resize == "crop":
+    if image.format in ("JPEG", "MPO") and model.resize == "crop":
         # Ask libjpeg for the smallest power-of-two reduction whose short side still covers the resize.
         image.draft("RGB", (resize_short_side(model), resize_short_side(model)))
     image = ImageOps.exif_transpose(image) or image
@@ -72,7 +121,7 @@ def _to_model_input(image: Image.Image, model: ModelSettings) -> npt.NDArray[np.
         )
     pixels = np.asarray(resized, dtype=np.uint8)
     if pixels.shape != (size, size, 3):
-        raise ValueError(f"unexpected decoded shape {pixels.shape}")
+        raise InferdError(f"the decoder produced {pixels.shape}, not the model input {(size, size, 3)}")
     return pixels
 
 
@@ -93,17 +142,30 @@ def centre_crop_box(image_size: tuple[int, int], model: ModelSettings) -> tuple[
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: alpha composited on white, 16-bit and float scaled, CMYK converted."""
     mode = image.mode
+    if mode in ("P", "L", "RGB") and "transparency" in image.info:
+        # A palette entry or a colour key marked transparent: shown on white like real alpha.
+        image, mode = image.convert("RGBA"), "RGBA"
     if mode == "RGB":
         return image
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0.0) > 255.0 else 255.0
-        scaled = np.clip(values * (255.0 / top), 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return Image.fromarray(scale_to_8_bit(image), mode="L").convert("RGB")
     return image.convert("RGB")
+
+
+def scale_to_8_bit(image: Image.Image) -> npt.NDArray[np.uint8]:
+    """Pixels of a 16-bit, 32-bit integer or float image, scaled (not clipped) onto 0..255."""
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    peak = float(values.max(initial=0.0))
+    if image.mode.startswith("I;16"):
+        top = 65535.0
+    elif image.mode == "F" and peak <= 1.0:
+        top = 1.0  # float pictures are conventionally 0..1
+    else:
+        # 32-bit integer or float: take the smallest usual range that holds the data, else its own peak.
+        top = next((limit for limit in (255.0, 65535.0) if peak <= limit), peak)
+    scaled: npt.NDArray[np.uint8] = np.rint(np.clip(values * (255.0 / top), 0, 255)).astype(np.uint8)
+    return scaled

@@ -1,6 +1,6 @@
 """The wire format between API and workers: Redis key names, binary jobs and JSON replies.
 
-A job is a fixed 40-byte header followed by the already resized uint8 pixels (150,528 bytes for
+A job is a fixed 44-byte header followed by the already resized uint8 pixels (150,528 bytes for
 224x224x3), a quarter of the float32 array the old design shipped and without base64 or JSON around it.
 Nothing read from Redis is ever unpickled or evaluated: jobs are parsed with `struct`, replies with `json`.
 """
