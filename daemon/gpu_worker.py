@@ -59,7 +59,7 @@ IDLE_BLOCK_S = 1.0
 """Longest blocking wait for a first job, so the stop flag and the sweep are looked at at least this often."""
 BACKOFF_START_S = 0.1
 """First pause after a Redis error; doubles on each further error."""
-BACKOFF_MAX_S = 5.0
+BACKOFF_MAX_S = 2.0
 """Cap of the reconnect backoff, so service resumes within this long after Redis returns."""
 SWEEP_INTERVAL_S = 5.0
 """How often a worker looks for dead shards whose claimed or queued jobs it should adopt."""

@@ -179,6 +179,17 @@ class Appliance:
                 return int(line.split("pid", 1)[1].split(",")[0].strip())
         raise AssertionError(f"no running {program} in supervisorctl status:\n{self.supervisorctl('status')}")
 
+    def wait_restarted(self, program: str, old_pid: int, timeout_s: float = 60) -> int:
+        """Wait until supervisord runs `program` again under a new pid; returns that pid."""
+        pids: list[int] = []
+
+        def restarted() -> bool:
+            pids[:] = [self.pid_of(program)]
+            return pids[0] != old_pid
+
+        wait_until(f"{program} to run again after pid {old_pid}", restarted, timeout_s, self.output)
+        return pids[0]
+
     def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM supervisord and wait; returns its exit code."""
         if self.proc is None or self.proc.poll() is not None:
