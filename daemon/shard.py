@@ -69,12 +69,8 @@ def _visible_filter(env: Mapping[str, str]) -> list[str] | None:
 
 
 def nvml_gpus(nvml: Any) -> list[Shard]:
-    """Every GPU NVML reports, in NVML index order; [] when NVML cannot start."""
-    try:
-        nvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
-        log.info("shard: NVML unavailable (%s)", exc)
-        return []
+    """Every GPU NVML reports, in NVML index order; raises if NVML cannot start (no library or driver)."""
+    nvml.nvmlInit()
     try:
         gpus = []
         for index in range(nvml.nvmlDeviceGetCount()):
@@ -121,7 +117,11 @@ def discover_shards(
         log.info("shard: no NVML library; running %d CPU shard(s)", settings.devices.cpu_workers)
         return cpu_shards(settings.devices.cpu_workers)
     visible = _visible_filter(env)
-    gpus = [gpu for gpu in nvml_gpus(nvml) if _is_visible(gpu, visible)]
+    try:
+        gpus = [gpu for gpu in nvml_gpus(nvml) if _is_visible(gpu, visible)]
+    except Exception as exc:  # NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
+        log.info("shard: NVML unavailable (%s); running %d CPU shard(s)", exc, settings.devices.cpu_workers)
+        return cpu_shards(settings.devices.cpu_workers)
     if wanted is not None:
         missing = sorted(set(wanted) - {gpu.index for gpu in gpus})
         if missing:
