@@ -11,7 +11,6 @@ every mode Pillow reads (grayscale, palette, alpha, CMYK, 16-bit, float) becomes
 from __future__ import annotations
 
 import io
-import logging
 import struct
 
 import numpy as np
@@ -20,8 +19,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from daemon.errors import BadRequest, InferdError, PayloadTooLarge, UnsupportedMediaType
 from daemon.settings import ModelSettings
-
-log = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 """Formats we decode: a short list keeps exotic decoders (and their bugs) out of reach. MPO photos are
@@ -69,7 +66,7 @@ def decode_image(data: bytes, model: ModelSettings, max_pixels: int) -> npt.NDAr
     try:
         return _to_model_input(image, model)
     except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"the image is too large to decode: {exc}") from None
+        raise _over_pixel_limit(exc, max_pixels) from None
     except CORRUPT_DATA_ERRORS as exc:
         # Truncated or corrupt data only shows when the pixels are decoded.
         raise BadRequest(f"the {claimed} image is corrupt or truncated: {exc}") from None
@@ -101,9 +98,13 @@ def _open(data: bytes, claimed: str, max_pixels: int) -> Image.Image:
         raise BadRequest(f"the upload starts like a {claimed} file but its header is corrupt") from None
     except Image.DecompressionBombError as exc:
         # Pillow's own ceiling (2 x Image.MAX_IMAGE_PIXELS), met before our header check can run.
-        raise PayloadTooLarge(f"the image is larger than the {max_pixels} pixels allowed: {exc}") from None
+        raise _over_pixel_limit(exc, max_pixels) from None
     except CORRUPT_DATA_ERRORS as exc:
         raise BadRequest(f"the {claimed} image cannot be read: {exc}") from None
+
+
+def _over_pixel_limit(exc: Image.DecompressionBombError, max_pixels: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the image is larger than the {max_pixels} pixels allowed: {exc}")
 
 
 def _to_model_input(image: Image.Image, model: ModelSettings) -> npt.NDArray[np.uint8]:
