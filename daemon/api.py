@@ -20,6 +20,7 @@ from daemon.errors import (
     BadRequest,
     DeadlineExceeded,
     InferdError,
+    LengthRequired,
     PayloadTooLarge,
     RedisUnavailable,
     Unauthorized,
@@ -132,6 +133,9 @@ class PredictResource:
         limit = self._settings.api.max_body_bytes
         if req.content_length is not None and req.content_length > limit:
             raise PayloadTooLarge(f"the request body is {req.content_length} bytes; the limit is {limit}")
+        if req.content_length is None and req.get_header("Transfer-Encoding"):
+            # The size limit is enforced before reading; a chunked body has no size to check.
+            raise LengthRequired("send the upload with a Content-Length (chunked uploads are not accepted)")
         content_type = (req.content_type or "").lower()
         if content_type.startswith("multipart/form-data"):
             return self._read_multipart(req, limit)

@@ -36,6 +36,10 @@ class Unauthorized(InferdError):
     status = 401
 
 
+class LengthRequired(InferdError):
+    status = 411
+
+
 class PayloadTooLarge(InferdError):
     status = 413
 

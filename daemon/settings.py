@@ -20,6 +20,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "settings.tom
 ENV_PREFIX = "INFERD_"
 """Environment variables INFERD_<SECTION>_<KEY> override the file's values."""
 
+PILLOW_PIXEL_CEILING = 178_956_970
+"""Twice Pillow's MAX_IMAGE_PIXELS: Pillow raises DecompressionBombError above it in any case."""
 PREPROCESSING_MODES = ("none", "efficientnet_lite", "tf", "torch", "caffe")
 RESIZE_MODES = ("crop", "stretch")
 DISPATCH_POLICIES = ("round_robin", "shortest_queue")
@@ -237,7 +239,12 @@ def validate(s: Settings) -> None:
     _require(s.api.threads >= 1, "api.threads", s.api.threads, "1 or more")
     _require(s.api.request_timeout_s > 0, "api.request_timeout_s", s.api.request_timeout_s, "more than 0")
     _require(s.api.max_body_bytes >= 1024, "api.max_body_bytes", s.api.max_body_bytes, "1024 or more")
-    _require(s.api.max_image_pixels >= 1, "api.max_image_pixels", s.api.max_image_pixels, "1 or more")
+    _require(
+        1 <= s.api.max_image_pixels <= PILLOW_PIXEL_CEILING,
+        "api.max_image_pixels",
+        s.api.max_image_pixels,
+        f"from 1 to {PILLOW_PIXEL_CEILING} (Pillow refuses larger images whatever we allow)",
+    )
     _require(s.api.max_top >= 1, "api.max_top", s.api.max_top, "1 or more")
     _require(
         1 <= s.api.default_top <= s.api.max_top,

@@ -103,4 +103,5 @@ def photo_png() -> bytes:
     """A 451x300 natural photo (scikit-image's astronaut), the size the seed measured with."""
     from skimage import data
 
-    return encode_image(np.asarray(Image.fromarray(data.astronaut()).resize((451, 300))))
+    astronaut = data.astronaut()  # type: ignore[no-untyped-call]
+    return encode_image(np.asarray(Image.fromarray(astronaut).resize((451, 300))))

@@ -68,3 +68,12 @@ def test_a_live_shard_adopts_a_dead_shards_claims_and_queue(redis_client):
     assert redis_client.llen(queue_key("cpu1")) == redis_client.llen(processing_key("cpu1")) == 0
     adopted = BatchClaimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0).claim_batch(1.0)
     assert sorted(adopted) == [b"job0", b"job1", b"job2", b"job3"]
+
+
+def test_batching_window_is_milliseconds_not_redis_timer_ticks(redis_client):
+    # An idle Redis would stretch a 5 ms BLMOVE to ~100 ms; the window must stay near max_wait_s.
+    fill(redis_client, "cpu0", 1)
+    claimer = BatchClaimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.005)
+    started = time.monotonic()
+    assert claimer.claim_batch(idle_timeout_s=1.0) == [b"job0"]
+    assert time.monotonic() - started < 0.05

@@ -204,3 +204,12 @@ def test_a_second_image_field_is_ignored(api):
 
 def test_top_from_the_form_field(api):
     assert_classified(post_multipart(api, {"image": ("a.jpg", GOOD_JPEG), "top": "3"}), top=3)
+
+
+def test_a_chunked_upload_is_asked_for_its_length(api):
+    # Without a Content-Length the size limit cannot be checked before reading, so the upload is refused.
+    result = api.simulate_post(
+        "/predict", headers={"Transfer-Encoding": "chunked", "Content-Type": "image/jpeg"}
+    )
+    assert_refused(result, 411, "Content-Length")
+    assert_still_serving(api)

@@ -84,3 +84,9 @@ def test_missing_and_malformed_files_are_config_errors(tmp_path: Path):
     broken.write_text("[api\nport = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(broken, env={})
+
+
+def test_pixel_limit_cannot_exceed_what_pillow_decodes(tmp_path: Path):
+    config = write_settings(tmp_path, {"api": {"max_image_pixels": 500_000_000}})
+    with pytest.raises(ConfigError, match="api.max_image_pixels = 500000000 is not allowed"):
+        load_settings(config, env={})
