@@ -17,3 +17,12 @@ lint:
 
 bench:
 	./setup.sh bench
+
+# As root: inferd as a systemd service (DESTDIR=dir stages into a folder instead). System python3 on
+# purpose: the installer builds the service's own venv under /opt/inferd.
+install:
+	python3 -m tools.install install $(if $(DESTDIR),--root $(DESTDIR))
+
+# As root; PURGE=1 also removes /etc/inferd, /var/lib/inferd, the logs and the user.
+uninstall:
+	python3 -m tools.install uninstall $(if $(DESTDIR),--root $(DESTDIR)) $(if $(PURGE),--purge)

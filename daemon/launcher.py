@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -58,6 +59,15 @@ def render_redis_conf(settings: Settings, shard_count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def child_output() -> dict[str, str]:
+    """Where supervisord sends its programs' output: to its own stdout, or to syslog under systemd."""
+    # systemd hands the journal over as a unix socket on stdout, and open("/dev/stdout") on a socket fails
+    # with ENXIO, so supervisord could start no program at all; its syslog option reaches the same journal.
+    if stat.S_ISSOCK(os.fstat(sys.stdout.fileno()).st_mode):
+        return {"INFERD_CHILD_LOGFILE": "NONE", "INFERD_CHILD_SYSLOG": "true"}
+    return {"INFERD_CHILD_LOGFILE": "/dev/stdout", "INFERD_CHILD_SYSLOG": "false"}
+
+
 def prepare_environment(settings: Settings, shards: list[Shard], config_path: Path) -> dict[str, str]:
     """Make the run and log directories and return the variables supervisord.conf expands."""
     run_dir, log_dir = settings.paths.run_dir, settings.paths.log_dir
@@ -85,6 +95,7 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
         "INFERD_SHARD_COUNT": str(len(shards)),
         SHARDS_ENV: encode_shards(shards),
         "PYTHONUNBUFFERED": "1",
+        **child_output(),
         MULTIPROC_ENV: str(metrics_dir),
     }
 

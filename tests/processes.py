@@ -40,7 +40,8 @@ def wait_until(
         try:
             if predicate():
                 return
-        except Exception as exc:  # the thing we wait for may refuse connections until it is up
+        except (OSError, requests.RequestException, redis.RedisError, ValueError) as exc:
+            # The thing we wait for refuses connections, or answers half-started, until it is up.
             last_error = exc
         time.sleep(0.1)
     raise AssertionError(
@@ -184,7 +185,10 @@ class Appliance:
         pids: list[int] = []
 
         def restarted() -> bool:
-            pids[:] = [self.pid_of(program)]
+            try:
+                pids[:] = [self.pid_of(program)]
+            except AssertionError:  # not running yet: STARTING or BACKOFF
+                return False
             return pids[0] != old_pid
 
         wait_until(f"{program} to run again after pid {old_pid}", restarted, timeout_s, self.output)
