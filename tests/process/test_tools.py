@@ -1,0 +1,122 @@
+"""The operator tools, run as an operator runs them (tools/<name>), against a whole real appliance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from daemon.wire import processing_key, queue_key
+from tests.processes import REPO, wait_until
+from tools.common import EXIT_OK, EXIT_SHARD_DOWN
+from tools.flush_queues import DROP_MESSAGE
+
+pytestmark = pytest.mark.slow
+
+
+def tool(name: str, appliance, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / "tools" / name), "--config", str(appliance.config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+@pytest.fixture()
+def photo_file(tmp_path: Path, photo_png: bytes) -> Path:
+    path = tmp_path / "astronaut.png"
+    path.write_bytes(photo_png)
+    return path
+
+
+def test_gpu_status_and_stress_on_two_shards_then_one_worker_stopped(start_appliance, photo_file):
+    appliance = start_appliance(shards=2)
+    status = tool("gpu_status", appliance)
+    assert status.returncode == EXIT_OK, status.stdout + status.stderr
+    rows = status.stdout.splitlines()
+    for number, row in enumerate(rows[1:3]):
+        cells = row.split()
+        assert cells[0] == f"cpu{number}" and cells[1] == "CPU" and cells[2:6] == ["-"] * 4
+        assert cells[8] == "live" and int(cells[9]) == appliance.pid_of(f"worker:worker-{number}")
+    assert rows[-1] == "2 shard(s): 2 live, 0 down"
+
+    load = tool("stress", appliance, str(photo_file), "-n", "40", "-c", "4", "--json")
+    assert load.returncode == EXIT_OK, load.stdout + load.stderr
+    summary = json.loads(load.stdout)
+    assert summary["requests"] == 40 and summary["status_counts"] == {"200": 40}
+    assert set(summary["shards"]) == {"cpu0", "cpu1"} and sum(summary["shards"].values()) == 40
+    assert summary["mean_batch_size"] >= 1.0
+    assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"] <= summary["latency_ms"]["max"]
+
+    # The batches the stress run caused now show in each shard's last-minute figures.
+    after = json.loads(tool("gpu_status", appliance, "--json").stdout)
+    assert all(shard["images_per_s"] > 0 and shard["mean_batch_size"] >= 1 for shard in after["shards"])
+    assert sum(shard["images_per_s"] for shard in after["shards"]) == pytest.approx(40 / 60, abs=0.02)
+
+    assert "stopped" in appliance.supervisorctl("stop", "worker:worker-1")
+    status = tool("gpu_status", appliance)
+    assert status.returncode == EXIT_SHARD_DOWN, status.stdout
+    cpu1 = next(row for row in status.stdout.splitlines() if row.startswith("cpu1"))
+    assert "DOWN" in cpu1
+    assert status.stdout.splitlines()[-1] == "2 shard(s): 1 live, 1 down (cpu1)"
+
+
+def test_flush_queues_answers_waiting_callers_503_at_once_and_keeps_other_keys(start_appliance, photo_png):
+    # A long heartbeat TTL keeps the frozen worker "live", so jobs queue behind it instead of being refused.
+    appliance = start_appliance(shards=1, queue={"heartbeat_ttl_s": 60}, api={"request_timeout_s": 30})
+    client = appliance.redis()
+    client.set("billing:invoice:42", "paid")
+    worker = appliance.pid_of("worker:worker-0")
+    os.kill(worker, signal.SIGSTOP)
+    pool = ThreadPoolExecutor(max_workers=6)
+    try:
+
+        def classify(i: int) -> requests.Response:
+            files = {"image": (f"photo{i}.png", photo_png, "image/png")}
+            return requests.post(f"{appliance.url}/predict", files=files, timeout=60)
+
+        futures = [pool.submit(classify, i) for i in range(6)]
+        # A worker frozen inside its blocking claim still gets one job moved for it by Redis: in flight.
+        wait_until(
+            "6 jobs waiting for the frozen worker", lambda: _waiting(client) == 6, 20, appliance.output
+        )
+        queued = client.llen(queue_key("cpu0"))
+
+        dry = tool("flush_queues", appliance, "--dry-run")
+        assert dry.returncode == EXIT_OK, dry.stderr
+        assert dry.stdout.splitlines()[1].split()[:2] == ["cpu0", str(queued)]
+        assert client.llen(queue_key("cpu0")) == queued
+
+        flushed = tool("flush_queues", appliance)
+        assert flushed.returncode == EXIT_OK, flushed.stderr
+        assert f"dropped {queued} queued job(s)" in flushed.stdout
+        # Every dropped caller is answered while the worker is still frozen: a clean 503, no hang.
+        wait_until(f"{queued} callers answered", lambda: sum(f.done() for f in futures) >= queued, 10)
+        time.sleep(0.5)  # room for a wrong extra answer to show up
+        dropped = [future for future in futures if future.done()]
+        assert len(dropped) == queued
+        for future in dropped:
+            response = future.result()
+            assert response.json() == {"success": False, "error": DROP_MESSAGE}
+            assert response.headers["Retry-After"] == "1"
+    finally:
+        os.kill(worker, signal.SIGCONT)
+        pool.shutdown(wait=True)
+    # The job the worker had already claimed was left alone and is answered once the worker runs again.
+    statuses = sorted(f.result().status_code for f in futures)
+    assert statuses == [200] * (6 - queued) + [503] * queued
+    assert client.get("billing:invoice:42") == b"paid"
+    after = requests.post(f"{appliance.url}/predict", files={"image": ("p.png", photo_png)}, timeout=30)
+    assert after.status_code == 200
+
+
+def _waiting(client) -> int:
+    return int(client.llen(queue_key("cpu0"))) + int(client.llen(processing_key("cpu0")))

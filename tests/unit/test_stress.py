@@ -1,0 +1,184 @@
+"""The stress tool's engine and report, against a small real HTTP server answering the way /predict does."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from email.parser import BytesParser
+from email.policy import default as email_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.processes import free_port
+from tools import stress
+from tools.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from tools.loadgen import BOUNDARY, LoadRun, Upload, load_uploads, percentile, run_load
+
+
+class PredictLike(BaseHTTPRequestHandler):
+    """/predict answers 200 after `delay_s` with inferd's headers; /busy answers 503; /close hangs up after."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn does
+    delay_s = 0.0
+    served = 0
+    lock = threading.Lock()
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes; without this, Nagle + delayed ACK add 40 ms to each.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        assert body.startswith(f"--{BOUNDARY}".encode())
+        with PredictLike.lock:
+            PredictLike.served += 1
+            number = PredictLike.served
+        if self.path == "/busy":
+            self.answer(503, {"success": False, "error": "all 2 shard queue(s) are full"}, {})
+            return
+        time.sleep(self.delay_s)
+        self.answer(
+            200, {"success": True}, {"X-Inferd-Shard": f"cpu{number % 2}", "X-Inferd-Batch-Size": "2"}
+        )
+        if self.path == "/close":
+            self.close_connection = (
+                True  # without saying so: what a keep-alive timeout looks like to a client
+            )
+
+    def answer(self, status: int, body: dict[str, object], headers: dict[str, str]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        for name, value in {**headers, "Content-Type": "application/json"}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def server() -> Iterator[str]:
+    PredictLike.delay_s, PredictLike.served = 0.0, 0
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), PredictLike)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+PHOTO = Upload.of("photo.png", b"\x89PNG fake pixels")
+
+
+def test_upload_is_a_multipart_body_with_the_image_field():
+    raw = f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n".encode() + PHOTO.body
+    (part,) = BytesParser(policy=email_policy).parsebytes(raw).iter_parts()
+    assert part.get_param("name", header="content-disposition") == "image"
+    assert part.get_filename() == "photo.png" and part.get_content_type() == "image/png"
+    assert part.get_content() == b"\x89PNG fake pixels"
+
+
+def test_images_from_a_folder_skip_other_files(tmp_path: Path):
+    (tmp_path / "b.jpg").write_bytes(b"b")
+    (tmp_path / "a.PNG").write_bytes(b"a")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [upload.name for upload in load_uploads(tmp_path)] == ["a.PNG", "b.jpg"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image file"):
+        load_uploads(tmp_path / "empty")
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert [percentile(values, p) for p in (50, 90, 99, 100)] == [50.0, 90.0, 99.0, 100.0]
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_closed_loop_sends_exactly_n_and_reports_statuses_shards_and_batches(server):
+    PredictLike.delay_s = 0.01
+    result = run_load(f"{server}/predict", [PHOTO], concurrency=4, requests=40)
+    summary = result.summary()
+    assert PredictLike.served == 40 and summary.requests == 40
+    assert summary.status_counts == {"200": 40} and summary.ok == 40
+    assert summary.shards == {"cpu0": 20, "cpu1": 20}
+    assert summary.mean_batch_size == 2.0
+    assert 10.0 <= summary.latency_ms["p50"] <= summary.latency_ms["p99"] <= summary.latency_ms["max"]
+    # Four clients, 10 ms each: about 4 x 100 req/s at best, and never more than that.
+    assert summary.throughput_rps <= 4 / 0.01
+
+
+def test_open_loop_starts_requests_on_schedule_whatever_the_latency(server):
+    PredictLike.delay_s = 0.3
+    started = time.monotonic()
+    result = run_load(server, [PHOTO], rate=20, duration_s=1.0, concurrency=16)
+    took = time.monotonic() - started
+    summary = result.summary()
+    assert summary.requests == 20 and summary.ok == 20
+    # Closed loop with one client would need 20 x 0.3 = 6 s; on schedule it is 1 s plus the last latency.
+    assert took < 2.0
+    assert [round(r.start_s, 3) for r in result.records] == [round(i / 20, 3) for i in range(20)]
+    assert summary.max_lag_ms < 100
+
+
+def test_failures_are_counted_with_their_reason_never_raised(server):
+    summary = run_load(f"{server}/busy", [PHOTO], concurrency=2, requests=6).summary()
+    assert summary.status_counts == {"503": 6} and summary.ok == 0
+    assert summary.errors == {"503: all 2 shard queue(s) are full": 6}
+
+    nobody = f"http://127.0.0.1:{free_port()}/predict"
+    summary = run_load(nobody, [PHOTO], concurrency=2, requests=4, timeout_s=2).summary()
+    assert summary.status_counts == {"error": 4}
+    assert summary.throughput_rps == 0.0
+    assert all(error.startswith("no answer: ConnectionRefusedError") for error in summary.errors)
+
+
+def test_a_connection_the_server_closed_while_idle_costs_no_request(server):
+    # 20 ms apart: time enough for the server's close to arrive, as after a keep-alive timeout.
+    summary = run_load(f"{server}/close", [PHOTO], concurrency=1, rate=50, requests=10).summary()
+    assert summary.status_counts == {"200": 10}
+    assert PredictLike.served == 10  # each sent once, on a fresh connection
+
+
+def test_stop_ends_a_long_run_early(server):
+    run = LoadRun(server, [PHOTO], concurrency=2, duration_s=60).start()
+    time.sleep(0.3)
+    run.stop()
+    result = run.wait(timeout_s=5)
+    assert 0 < len(result.records) == PredictLike.served
+    assert result.elapsed_s < 2
+
+
+def test_cli_prints_a_report_or_json_and_exits_by_outcome(server, tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"fake")
+    assert stress.main([str(image), "--url", server, "-n", "12", "-c", "3"]) == EXIT_OK
+    report = capsys.readouterr().out
+    assert report.startswith(f"12 requests to {server}/predict, 3 concurrent, 1 image(s)")
+    assert "status       200 x 12" in report
+    assert "shards       cpu0 6 (50%)   cpu1 6 (50%)" in report
+
+    assert stress.main([str(image), "--url", f"{server}/busy", "-n", "3", "--json"]) == EXIT_FAILED
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status_counts"] == {"503": 3} and summary["requests"] == 3
+
+    for wrong in ([str(tmp_path / "missing.png"), "--url", server], [str(image), "--url", server, "-c", "0"]):
+        with pytest.raises(SystemExit) as exited:
+            stress.main(wrong)
+        assert exited.value.code == EXIT_USAGE
+
+
+def test_plot_writes_a_png(server, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    image, figure = tmp_path / "photo.png", tmp_path / "latency.png"
+    image.write_bytes(b"fake")
+    assert stress.main([str(image), "--url", server, "-n", "20", "--plot", str(figure)]) == EXIT_OK
+    assert figure.read_bytes().startswith(b"\x89PNG")

@@ -1,0 +1,97 @@
+"""What the operator tools share: exit codes, settings and Redis from --config, and plain-text tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Sequence
+from typing import NoReturn
+
+import redis
+
+from daemon.errors import EXIT_CONFIG, ConfigError
+from daemon.redis_conn import connect
+from daemon.settings import Settings, load_settings
+from daemon.wire import SHARDS_KEY, as_text
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""The tool ran, but what it checked or did was not all good (a request failed, ...)."""
+EXIT_SHARD_DOWN = 2
+"""A registered shard has no live worker (or no shard is registered at all)."""
+EXIT_REDIS_DOWN = 3
+"""The appliance's Redis could not be reached, so nothing could be checked."""
+EXIT_USAGE = 64
+"""Bad command line (sysexits EX_USAGE); argparse's own 2 would collide with EXIT_SHARD_DOWN."""
+
+REDIS_TIMEOUT_S = 2.0
+"""Tools fail fast rather than hang when Redis is wedged."""
+
+EXIT_MEANINGS = {
+    EXIT_OK: "all good",
+    EXIT_FAILED: "the tool ran but found or caused failures",
+    EXIT_SHARD_DOWN: "a shard is down, or no shard is registered",
+    EXIT_REDIS_DOWN: "Redis is unreachable",
+    EXIT_USAGE: "bad command line",
+    EXIT_CONFIG: "the settings file is invalid",
+}
+"""What each exit code means, for the --help of the tools that use it."""
+
+
+class ToolArgumentParser(argparse.ArgumentParser):
+    """argparse with EX_USAGE for usage errors and the exit codes listed under --help."""
+
+    def __init__(self, prog: str, description: str, exit_codes: Sequence[int]) -> None:
+        listed = [f"  {code:<3} {EXIT_MEANINGS[code]}" for code in exit_codes]
+        super().__init__(
+            prog=prog,
+            description=textwrap.fill(description, width=100),
+            epilog="\n".join(["exit codes:", *listed]),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        self.add_argument(
+            "--config", help="the appliance's settings file (default: INFERD_CONFIG, else conf/settings.toml)"
+        )
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def settings_or_exit(prog: str, config: str | None) -> Settings:
+    """The appliance's settings, or exit EX_CONFIG with the validation message."""
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        print(f"{prog}: configuration error: {exc.message}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def redis_address(settings: Settings) -> str:
+    socket = settings.redis_socket
+    return f"unix:{socket}" if socket is not None else f"{settings.redis.host}:{settings.redis.port}"
+
+
+def connect_redis(settings: Settings) -> redis.Redis:
+    return connect(settings, socket_timeout_s=REDIS_TIMEOUT_S)
+
+
+def registered_shards(client: redis.Redis) -> dict[str, str]:
+    """Shard id -> the JSON description its worker registered, in shard id order."""
+    shards = {as_text(key): as_text(value) for key, value in client.hgetall(SHARDS_KEY).items()}
+    return dict(sorted(shards.items()))
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int]) -> str:
+    """Columns padded to their widest cell; indices in `right` are right-aligned (numbers)."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(width) if index in right else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in rows)])

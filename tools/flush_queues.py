@@ -1,0 +1,120 @@
+"""`flush_queues`: drop the jobs waiting in inferd's shard queues, and answer each caller with a clean 503.
+
+The old advice was "stop the server and FLUSHALL Redis", which also wiped answers, heartbeats and anything
+else kept in that Redis. This removes only `inferd:queue:<shard>` contents; jobs a worker has already
+claimed (in flight) are left to finish, and every dropped job's caller gets its answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+
+import redis
+
+from daemon.errors import EXIT_CONFIG, JobDropped
+from daemon.replies import fail_queued
+from daemon.settings import Settings
+from daemon.wire import KEY_PREFIX, as_text, processing_key, queue_key
+from tools.common import (
+    EXIT_OK,
+    EXIT_REDIS_DOWN,
+    EXIT_USAGE,
+    ToolArgumentParser,
+    connect_redis,
+    redis_address,
+    registered_shards,
+    render_table,
+    settings_or_exit,
+)
+
+DROP_MESSAGE = "the job was dropped by an operator (flush_queues) before it ran; retry"
+"""What every caller of a dropped job reads in its 503's JSON `error`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardFlush:
+    shard: str
+    queued: int
+    """Jobs waiting when looked at (dry run) or dropped and answered (real run)."""
+    in_flight: int
+    """Jobs a worker had already claimed: never touched, they finish normally."""
+
+
+def known_shards(client: redis.Redis) -> list[str]:
+    """Registered shards, plus any shard that still has a queue key (e.g. one no longer configured)."""
+    shards = set(registered_shards(client))
+    prefix = queue_key("")
+    shards.update(as_text(key)[len(prefix) :] for key in client.scan_iter(match=f"{prefix}*", count=1000))
+    return sorted(shards)
+
+
+def flush(client: redis.Redis, settings: Settings, shards: list[str], dry_run: bool) -> list[ShardFlush]:
+    """Count (dry run) or drop each shard's waiting jobs; dropped jobs' callers are answered 503."""
+    results = []
+    for shard in shards:
+        in_flight = int(client.llen(processing_key(shard)))
+        if dry_run:
+            queued = int(client.llen(queue_key(shard)))
+        else:
+            queued = fail_queued(client, shard, JobDropped(DROP_MESSAGE), settings.queue.answer_ttl_s)
+        results.append(ShardFlush(shard, queued, in_flight))
+    return results
+
+
+def report(results: list[ShardFlush], dry_run: bool) -> str:
+    verb = "WOULD DROP" if dry_run else "DROPPED"
+    rows = [[r.shard, str(r.queued), str(r.in_flight)] for r in results]
+    table = render_table(["SHARD", verb, "IN-FLIGHT (left alone)"], rows, right=frozenset({1, 2}))
+    total = sum(r.queued for r in results)
+    if dry_run:
+        tail = f"dry run: {total} queued job(s) would be dropped; run again without --dry-run to drop them"
+    else:
+        tail = f"dropped {total} queued job(s); each caller was answered 503 ({DROP_MESSAGE!r})"
+    return f"{table}\n{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ToolArgumentParser(
+        "flush_queues",
+        f"Drop the jobs waiting in inferd's shard queues ({KEY_PREFIX}queue:<shard>) and answer each "
+        "dropped job's caller at once with 503 and a JSON reason. Nothing else in Redis is touched (no "
+        "FLUSHALL): answers, heartbeats, statistics and other applications' keys stay, and jobs a worker "
+        "is already running finish normally.",
+        exit_codes=(EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE, EXIT_CONFIG),
+    )
+    parser.add_argument(
+        "--shard", action="append", metavar="ID", help="only this shard (e.g. gpu0); repeatable; default: all"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="show what would be dropped, drop nothing")
+    parser.add_argument("--json", action="store_true", help="print the per-shard counts as JSON")
+    args = parser.parse_args(argv)
+    settings = settings_or_exit(parser.prog, args.config)
+    client = connect_redis(settings)
+    try:
+        shards = known_shards(client)
+        if args.shard:
+            unknown = sorted(set(args.shard) - set(shards))
+            if unknown:
+                print(
+                    f"flush_queues: no such shard {', '.join(unknown)}; known: {', '.join(shards) or 'none'}",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            shards = sorted(set(args.shard))
+        results = flush(client, settings, shards, args.dry_run)
+    except (redis.RedisError, OSError) as exc:
+        print(f"flush_queues: Redis at {redis_address(settings)} is unreachable: {exc}", file=sys.stderr)
+        return EXIT_REDIS_DOWN
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "shards": [asdict(r) for r in results]}, indent=2))
+    else:
+        print(report(results, args.dry_run))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""`gpu_status`: one row per shard: its GPU (through NVML), its queue, its worker and its recent throughput.
+
+Reads only: the shard registry, queues, heartbeats and batch records the workers keep in Redis, and NVML.
+Like `nvidia-smi`, one table by default, `--watch` to refresh in place, `--json` for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+from daemon.errors import EXIT_CONFIG
+from daemon.gpu_worker import STATS_WINDOW
+from daemon.settings import Settings
+from daemon.shard import load_nvml
+from daemon.wire import heartbeat_key, processing_key, queue_key, stats_key
+from tools.common import (
+    EXIT_OK,
+    EXIT_REDIS_DOWN,
+    EXIT_SHARD_DOWN,
+    EXIT_USAGE,
+    ToolArgumentParser,
+    connect_redis,
+    redis_address,
+    registered_shards,
+    render_table,
+    settings_or_exit,
+)
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 60.0
+"""Images/s and mean batch size are computed over this much recent history."""
+DEFAULT_WATCH_S = 2.0
+"""Refresh interval of `--watch` given without a value (as `watch` does)."""
+HOME_CURSOR, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
+GIB = 2**30
+READS_PER_SHARD = 5
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    """One GPU's NVML figures; a figure the GPU does not report (NVML_ERROR_NOT_SUPPORTED) is None."""
+
+    utilization_pct: int | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    temperature_c: int | None
+    power_w: float | None
+
+
+def _or_none(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except Exception:  # pynvml raises a class per NVML return code; any of them means "no figure"
+        return None
+
+
+class NvmlReader:
+    """Reads GPUs through an NVML module: pynvml, or the stand-in a test passes; None reads nothing."""
+
+    def __init__(self, nvml: Any | None) -> None:
+        self._nvml: Any = nvml
+        self.available = False
+        if nvml is None:
+            return
+        try:
+            nvml.nvmlInit()
+            self.available = True
+        except Exception as exc:  # NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
+            log.info("gpu_status: NVML unavailable (%s); GPU columns stay empty", exc)
+
+    def read(self, index: int) -> GpuReading | None:
+        if not self.available:
+            return None
+        nvml = self._nvml
+        handle = _or_none(lambda: nvml.nvmlDeviceGetHandleByIndex(index))
+        if handle is None:
+            return None
+        memory = _or_none(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
+        power_mw = _or_none(lambda: nvml.nvmlDeviceGetPowerUsage(handle))
+        return GpuReading(
+            utilization_pct=_or_none(lambda: int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)),
+            memory_used_bytes=None if memory is None else int(memory.used),
+            memory_total_bytes=None if memory is None else int(memory.total),
+            temperature_c=_or_none(
+                lambda: int(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+            ),
+            power_w=None if power_mw is None else power_mw / 1000.0,
+        )
+
+    def close(self) -> None:
+        if self.available:
+            _or_none(self._nvml.nvmlShutdown)
+            self.available = False
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStatus:
+    shard: str
+    kind: str
+    device_index: int | None
+    device_name: str
+    live: bool
+    pid: int | None
+    heartbeat_age_s: float | None
+    queue_depth: int
+    in_flight: int
+    images_per_s: float
+    mean_batch_size: float | None
+    gpu: GpuReading | None
+
+
+def batch_rates(
+    records: list[bytes], now: float, window_s: float = RATE_WINDOW_S
+) -> tuple[float, float | None]:
+    """Images/s and mean batch size over the last `window_s`, from a worker's records (newest first)."""
+    batches = [json.loads(record) for record in records]
+    recent = [batch for batch in batches if batch["t"] >= now - window_s]
+    if not recent:
+        return 0.0, None
+    mean_batch = sum(batch["n"] for batch in recent) / len(recent)
+    if len(batches) >= STATS_WINDOW and len(recent) == len(batches) and len(recent) > 1:
+        # The worker keeps only STATS_WINDOW records: when all of them are recent, older batches of the
+        # window were trimmed, so the rate is taken over the span the records cover (the oldest batch's
+        # images were done before that span began).
+        span = now - recent[-1]["t"]
+        return sum(batch["n"] for batch in recent[:-1]) / max(span, 1e-3), mean_batch
+    return sum(batch["n"] for batch in recent) / window_s, mean_batch
+
+
+def collect(
+    client: redis.Redis, settings: Settings, reader: NvmlReader, now: float | None = None
+) -> list[ShardStatus]:
+    """The status of every registered shard, read in one Redis round trip (READS_PER_SHARD per shard)."""
+    shards = registered_shards(client)
+    pipe = client.pipeline(transaction=False)
+    for shard in shards:
+        pipe.llen(queue_key(shard))
+        pipe.llen(processing_key(shard))
+        pipe.get(heartbeat_key(shard))
+        pipe.pttl(heartbeat_key(shard))
+        pipe.lrange(stats_key(shard), 0, -1)
+    answers = pipe.execute()
+    now = time.time() if now is None else now
+    reads = [answers[i : i + READS_PER_SHARD] for i in range(0, len(answers), READS_PER_SHARD)]
+    return [
+        _shard_status(shard, json.loads(description), shard_reads, settings, reader, now)
+        for (shard, description), shard_reads in zip(shards.items(), reads, strict=True)
+    ]
+
+
+def _shard_status(
+    shard: str, info: dict[str, Any], reads: list[Any], settings: Settings, reader: NvmlReader, now: float
+) -> ShardStatus:
+    depth, in_flight, heartbeat, ttl_ms, records = reads
+    kind = str(info.get("kind", "?"))
+    index = info.get("index") if kind == "gpu" else None
+    images_per_s, mean_batch = batch_rates(records, now)
+    age = None
+    if heartbeat is not None and ttl_ms >= 0:
+        # Each beat sets the key with a TTL of heartbeat_ttl_s, so what has run off since is the beat's age.
+        age = round(max(0.0, settings.queue.heartbeat_ttl_s - ttl_ms / 1000.0), 3)
+    return ShardStatus(
+        shard=shard,
+        kind=kind,
+        device_index=index,
+        device_name=str(info.get("name", "?")),
+        live=heartbeat is not None,
+        pid=int(json.loads(heartbeat)["pid"]) if heartbeat is not None else None,
+        heartbeat_age_s=age,
+        queue_depth=int(depth),
+        in_flight=int(in_flight),
+        images_per_s=round(images_per_s, 3),
+        mean_batch_size=None if mean_batch is None else round(mean_batch, 3),
+        gpu=reader.read(index) if index is not None else None,
+    )
+
+
+def exit_code(statuses: list[ShardStatus]) -> int:
+    return EXIT_OK if statuses and all(status.live for status in statuses) else EXIT_SHARD_DOWN
+
+
+def _fmt(value: float | int | None, form: str) -> str:
+    return "-" if value is None else form.format(value)
+
+
+def render_status_table(statuses: list[ShardStatus]) -> str:
+    headers = ["SHARD", "DEVICE", "UTIL", "MEMORY", "TEMP", "POWER", "QUEUE", "IN-FLIGHT", "WORKER", "PID"]
+    headers += ["HEARTBEAT", "IMG/S", "BATCH"]
+    rows = []
+    for s in statuses:
+        gpu = s.gpu or GpuReading(None, None, None, None, None)
+        memory = "-"
+        if gpu.memory_used_bytes is not None and gpu.memory_total_bytes is not None:
+            memory = f"{gpu.memory_used_bytes / GIB:.1f}/{gpu.memory_total_bytes / GIB:.1f} GiB"
+        device = s.device_name if s.device_index is None else f"{s.device_index}: {s.device_name}"
+        rows.append(
+            [
+                s.shard,
+                device,
+                _fmt(gpu.utilization_pct, "{}%"),
+                memory,
+                _fmt(gpu.temperature_c, "{}C"),
+                _fmt(gpu.power_w, "{:.0f}W"),
+                str(s.queue_depth),
+                str(s.in_flight),
+                "live" if s.live else "DOWN",
+                _fmt(s.pid, "{}"),
+                _fmt(s.heartbeat_age_s, "{:.1f}s ago"),
+                f"{s.images_per_s:.1f}",
+                _fmt(s.mean_batch_size, "{:.1f}"),
+            ]
+        )
+    table = render_table(headers, rows, right=frozenset({2, 4, 5, 6, 7, 9, 10, 11, 12}))
+    down = [s.shard for s in statuses if not s.live]
+    if not statuses:
+        summary = "no shard registered: is the appliance running?"
+    else:
+        summary = f"{len(statuses)} shard(s): {len(statuses) - len(down)} live, {len(down)} down"
+        summary += f" ({', '.join(down)})" if down else ""
+    return f"{table}\n{summary}"
+
+
+def status_json(statuses: list[ShardStatus], settings: Settings, nvml: bool) -> dict[str, Any]:
+    return {
+        "time": time.time(),
+        "redis": redis_address(settings),
+        "nvml": nvml,
+        "shards": [asdict(status) for status in statuses],
+        "down": [status.shard for status in statuses if not status.live],
+        "exit_code": exit_code(statuses),
+    }
+
+
+def one_frame(client: redis.Redis, settings: Settings, reader: NvmlReader, as_json: bool) -> tuple[int, str]:
+    """(exit code, text) of one look at the appliance."""
+    try:
+        statuses = collect(client, settings, reader)
+    except (redis.RedisError, OSError) as exc:
+        message = f"Redis at {redis_address(settings)} is unreachable: {exc}"
+        text = json.dumps({"time": time.time(), "redis": redis_address(settings), "error": message})
+        return EXIT_REDIS_DOWN, text if as_json else f"gpu_status: {message}"
+    if as_json:
+        return exit_code(statuses), json.dumps(status_json(statuses, settings, reader.available))
+    return exit_code(statuses), render_status_table(statuses)
+
+
+def watch(
+    frame: Callable[[], tuple[int, str]], interval_s: float, iterations: int | None, as_json: bool
+) -> int:
+    """Redraw in place on a terminal (cursor home, overwrite, clear the rest) until Ctrl-C or `iterations`."""
+    in_place = sys.stdout.isatty() and not as_json
+    code, shown = EXIT_OK, 0
+    try:
+        while True:
+            code, text = frame()
+            if as_json:
+                print(text, flush=True)  # JSON lines: one document per refresh
+            else:
+                stamp = f"Every {interval_s:g}s: inferd gpu_status    {socket.gethostname()}: {time.ctime()}"
+                lines = [stamp, "", *text.splitlines()]
+                if in_place:
+                    sys.stdout.write(
+                        HOME_CURSOR + "".join(f"{line}{CLEAR_LINE}\n" for line in lines) + CLEAR_BELOW
+                    )
+                    sys.stdout.flush()
+                else:
+                    print("\n".join(lines) + "\n", flush=True)
+            shown += 1
+            if iterations is not None and shown >= iterations:
+                return code
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        return code
+
+
+def main(argv: list[str] | None = None, nvml: Any | None = None) -> int:
+    """Entry point; `nvml` replaces the pynvml module (tests pass a stand-in)."""
+    parser = ToolArgumentParser(
+        "gpu_status",
+        "One row per inferd shard: GPU utilisation, memory, temperature and power (NVML), queue depth, "
+        "jobs in flight, worker state, pid and heartbeat age, and images/s and mean batch size over the "
+        f"last {RATE_WINDOW_S:g}s. CPU shards, or a machine without NVML, show '-' in the GPU columns.",
+        exit_codes=(EXIT_OK, EXIT_SHARD_DOWN, EXIT_REDIS_DOWN, EXIT_USAGE, EXIT_CONFIG),
+    )
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=DEFAULT_WATCH_S,
+        metavar="SECONDS",
+        help=f"refresh in place every SECONDS (default {DEFAULT_WATCH_S:g}) until Ctrl-C",
+    )
+    parser.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N refreshes")
+    parser.add_argument(
+        "--json", action="store_true", help="JSON instead of a table (one line per refresh with --watch)"
+    )
+    args = parser.parse_args(argv)
+    if args.watch is not None and args.watch <= 0:
+        parser.error("--watch SECONDS must be more than 0")
+    settings = settings_or_exit(parser.prog, args.config)
+    client = connect_redis(settings)
+    reader = NvmlReader(load_nvml() if nvml is None else nvml)
+    try:
+
+        def frame() -> tuple[int, str]:
+            return one_frame(client, settings, reader, args.json)
+
+        if args.watch is not None:
+            return watch(frame, args.watch, args.count, args.json)
+        code, text = frame()
+        if args.json:
+            text = json.dumps(json.loads(text), indent=2)
+        print(text, file=sys.stderr if code == EXIT_REDIS_DOWN and not args.json else sys.stdout)
+        return code
+    finally:
+        reader.close()
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
