@@ -43,6 +43,7 @@ from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards
 from daemon.wire import (
     SHARDS_KEY,
+    STATS_WINDOW,
     Job,
     Reply,
     WireError,
@@ -63,8 +64,6 @@ BACKOFF_MAX_S = 2.0
 """Cap of the reconnect backoff, so service resumes within this long after Redis returns."""
 SWEEP_INTERVAL_S = 5.0
 """How often a worker looks for dead shards whose claimed or queued jobs it should adopt."""
-STATS_WINDOW = 120
-"""Per-shard batch records kept in Redis for tools (images/s and mean batch size over the last minute)."""
 
 
 class Predictor(Protocol):

@@ -44,6 +44,10 @@ def stats_key(shard: str) -> str:
     return f"{KEY_PREFIX}stats:{shard}"
 
 
+STATS_WINDOW = 120
+"""Batch records (JSON {"t": unix time, "n": size}, newest first) kept per shard for tools/gpu_status."""
+
+
 def reply_key(job_id: str) -> str:
     return f"{KEY_PREFIX}reply:{job_id}"
 

@@ -18,10 +18,9 @@ from typing import Any
 import redis
 
 from daemon.errors import EXIT_CONFIG
-from daemon.gpu_worker import STATS_WINDOW
 from daemon.settings import Settings
 from daemon.shard import load_nvml
-from daemon.wire import heartbeat_key, processing_key, queue_key, stats_key
+from daemon.wire import STATS_WINDOW, heartbeat_key, processing_key, queue_key, stats_key
 from tools.common import (
     EXIT_OK,
     EXIT_REDIS_DOWN,

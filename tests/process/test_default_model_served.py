@@ -28,7 +28,12 @@ def test_real_photos_get_correct_imagenet_labels(start_appliance, default_model)
     model_path, labels_path = default_model
     appliance = start_appliance(
         shards=1,
-        model={"path": model_path, "labels": labels_path, "input_size": 224, "preprocessing": "efficientnet_lite"},
+        model={
+            "path": model_path,
+            "labels": labels_path,
+            "input_size": 224,
+            "preprocessing": "efficientnet_lite",
+        },
     )
     coffee = (SKIMAGE_DATA / "coffee.png").read_bytes()
     answer = requests.post(f"{appliance.url}/predict", files={"image": ("coffee.png", coffee)}, timeout=60)
