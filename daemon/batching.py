@@ -3,7 +3,9 @@
 A job is never only in a worker's memory: BLMOVE/LMOVE put it in `processing:<shard>` in the same step that
 takes it off the queue, so a worker killed mid-batch loses nothing; `requeue_orphans` puts such jobs back.
 The batch fills until `max_batch_size` jobs or until `max_wait_ms` after the first job, whichever comes
-first, with the remaining wait recomputed on the monotonic clock for every job (as MLServer does).
+first, with the remaining wait recomputed on the monotonic clock for every job (as MLServer does). The wait
+is only spent when jobs are arriving together (the last batch, or what was already queued, had more than
+one): a lone caller at low load would pay it in full and gain nothing.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class BatchClaimer:
         self._processing = processing_key(shard)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
+        self._last_batch_size = max_batch_size  # assume company until a batch shows otherwise
         self._claim_waiting = client.register_script(CLAIM_WAITING_SCRIPT)
         self._requeue = client.register_script(REQUEUE_SCRIPT)
 
@@ -67,12 +70,14 @@ class BatchClaimer:
                 )
             )
             remaining = deadline - time.monotonic()
-            if len(batch) >= self.max_batch_size or remaining <= 0:
+            alone = len(batch) == 1 and self._last_batch_size == 1
+            if len(batch) >= self.max_batch_size or remaining <= 0 or alone:
                 break
             # An idle Redis checks blocked clients' timeouts only every 1000/hz ms (100 ms by default), so a
             # BLMOVE of a few milliseconds can last a hundred: inside the short batching window we look
             # again at a fine grain instead, each look taking every job that has arrived.
             time.sleep(min(remaining, GATHER_POLL_S))
+        self._last_batch_size = len(batch)
         return batch
 
     def _blocking_claim(self, timeout_s: float) -> bytes | None:

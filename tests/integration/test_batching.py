@@ -77,3 +77,21 @@ def test_batching_window_is_milliseconds_not_redis_timer_ticks(redis_client):
     started = time.monotonic()
     assert claimer.claim_batch(idle_timeout_s=1.0) == [b"job0"]
     assert time.monotonic() - started < 0.05
+
+
+def test_a_lone_caller_does_not_wait_for_company_that_is_not_coming(redis_client):
+    claimer = BatchClaimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.2)
+    fill(redis_client, "cpu0", 1)
+    started = time.monotonic()
+    assert len(claimer.claim_batch(idle_timeout_s=1.0)) == 1  # waited: nothing yet says the load is light
+    assert time.monotonic() - started >= 0.19
+    fill(redis_client, "cpu0", 1)
+    started = time.monotonic()
+    assert len(claimer.claim_batch(idle_timeout_s=1.0)) == 1  # the last batch was alone too: no wait
+    assert time.monotonic() - started < 0.1
+    fill(redis_client, "cpu0", 3)
+    assert len(claimer.claim_batch(idle_timeout_s=1.0)) == 3  # company again: the window is used again
+    fill(redis_client, "cpu0", 1)
+    started = time.monotonic()
+    claimer.claim_batch(idle_timeout_s=1.0)
+    assert time.monotonic() - started >= 0.19
