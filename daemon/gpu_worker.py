@@ -30,7 +30,6 @@ from daemon.errors import (
     EXIT_MODEL_LOAD,
     EXIT_OK,
     ConfigError,
-    InferdError,
     InferenceFailed,
     JobDropped,
     ModelLoadError,
@@ -40,7 +39,7 @@ from daemon.model import Classifier, top_k
 from daemon.redis_conn import connect
 from daemon.replies import fail_queued, queue_replies
 from daemon.settings import Settings, load_settings
-from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards
+from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
 from daemon.wire import (
     SHARDS_KEY,
     STATS_WINDOW,
@@ -278,22 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("worker: configuration error: %s", exc.message)
         return EXIT_CONFIG
-    # Pin before Keras (and so the ML runtime) is imported: device visibility is read once, at import.
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // max(1, settings.devices.cpu_workers)) if shard.kind == "cpu" else None
-    os.environ.update(shard.pin_environment(threads))
-    os.environ.setdefault("KERAS_BACKEND", settings.model.backend)
-    if threads is not None:
-        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
-        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    pin_process(shard, settings)  # before Keras (and so the ML runtime) is imported
     try:
         classifier = Classifier(settings.model)
         classifier.warm_up(settings.batching.max_batch_size)
     except ModelLoadError as exc:
         log.error("%s: %s", shard.shard_id, exc.message)
         return EXIT_MODEL_LOAD
-    except InferdError as exc:
-        log.error("%s: model failed to start: %s", shard.shard_id, exc.message)
+    except Exception:
+        # A model that loads but cannot run a batch will not start working on a retry either.
+        log.exception("%s: the model failed its warm-up batch", shard.shard_id)
         return EXIT_MODEL_LOAD
     client = connect(settings, socket_timeout_s=IDLE_BLOCK_S + 5.0)
     return Worker(settings, shard, client, classifier).work()

@@ -44,6 +44,19 @@ class Shard:
         return env
 
 
+def pin_process(shard: Shard, settings: Settings) -> int | None:
+    """Pin this process to `shard`; call before Keras is imported. Returns the CPU threads it may use."""
+    # Device visibility and thread pools are read once, when the ML runtime loads: after that it is too late.
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // settings.devices.cpu_workers) if shard.kind == "cpu" else None
+    os.environ.update(shard.pin_environment(threads))
+    os.environ.setdefault("KERAS_BACKEND", settings.model.backend)
+    if threads is not None:
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    return threads
+
+
 def load_nvml() -> Any | None:
     """The pynvml module (from nvidia-ml-py) when importable; None means no NVML at all."""
     try:
