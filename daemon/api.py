@@ -18,6 +18,7 @@ import redis
 from daemon.dispatcher import Dispatcher
 from daemon.errors import (
     BadRequest,
+    ConfigError,
     DeadlineExceeded,
     InferdError,
     LengthRequired,
@@ -228,12 +229,16 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception
 
 
 def read_token(settings: Settings) -> str | None:
+    """The bearer token from `api.auth_token_file`, or None when auth is off."""
     path = settings.api.auth_token_file
     if path is None:
         return None
-    token = path.read_text().strip()
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"api.auth_token_file = {str(path)!r} cannot be read: {exc.strerror}") from None
     if not token:
-        raise InferdError(f"api.auth_token_file {path} is empty")
+        raise ConfigError(f"api.auth_token_file = {str(path)!r} is empty: it must hold the token")
     return token
 
 

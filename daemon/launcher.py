@@ -15,6 +15,7 @@ import stat
 import sys
 from pathlib import Path
 
+from daemon.api import read_token
 from daemon.errors import EXIT_CONFIG, ConfigError
 from daemon.metrics import MULTIPROC_ENV
 from daemon.redis_conn import read_password
@@ -113,6 +114,7 @@ def run(config: str | None) -> int:
     config_path = resolve_config_path(config, os.environ).resolve()
     settings = load_settings(config_path)
     check_model_files(settings)
+    read_token(settings)  # a missing or empty token file is a configuration error, said before anything runs
     shards = discover_shards(settings)
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
