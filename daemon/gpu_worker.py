@@ -37,20 +37,17 @@ from daemon.errors import (
 from daemon.metrics import WorkerMetrics
 from daemon.model import Classifier, top_k
 from daemon.redis_conn import connect
-from daemon.replies import fail_queued, queue_replies
+from daemon.replies import answer_jobs, fail_queued
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
 from daemon.wire import (
     SHARDS_KEY,
-    STATS_WINDOW,
     Job,
     Reply,
     WireError,
     as_text,
     heartbeat_key,
     now,
-    processing_key,
-    stats_key,
 )
 
 log = logging.getLogger(__name__)
@@ -217,15 +214,9 @@ class Worker:
         }
 
     def commit(self, replies: dict[str, Reply], batch_size: int) -> None:
-        """Answers, the release of our claims and the batch record, in one transaction: all or none."""
-        pipe = self.client.pipeline(transaction=True)
-        queue_replies(pipe, replies, self.settings.queue.answer_ttl_s)
-        pipe.delete(processing_key(self.shard.shard_id))
-        if batch_size:
-            record = json.dumps({"t": time.time(), "n": batch_size})
-            pipe.lpush(stats_key(self.shard.shard_id), record)
-            pipe.ltrim(stats_key(self.shard.shard_id), 0, STATS_WINDOW - 1)
-        pipe.execute()
+        """Answers, the release of our claims and the batch record, in one atomic step: all or none."""
+        record = json.dumps({"t": time.time(), "n": batch_size}) if batch_size else ""
+        answer_jobs(self.client, self.shard.shard_id, replies, self.settings.queue.answer_ttl_s, True, record)
         self.images_served += batch_size
 
     def sweep_dead_shards(self) -> None:

@@ -24,20 +24,31 @@ IMAGENET_STD_RGB = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
+AFFINE_PREPROCESSING: dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = {
+    # mode: (scale, offset) per RGB channel, so that model input = pixel * scale + offset.
+    "none": (np.ones(3, np.float32), np.zeros(3, np.float32)),
+    "efficientnet_lite": (np.full(3, 1 / 128, np.float32), np.full(3, -127 / 128, np.float32)),
+    "tf": (np.full(3, 1 / 127.5, np.float32), np.full(3, -1.0, np.float32)),
+    "torch": (
+        (1 / IMAGENET_STD_RGB).astype(np.float32),
+        (-IMAGENET_MEAN_RGB / IMAGENET_STD_RGB).astype(np.float32),
+    ),
+    "caffe": (np.ones(3, np.float32), -CAFFE_MEAN_BGR),  # applied to BGR, see normalise
+}
+
+
 def normalise(batch: npt.NDArray[np.uint8], mode: str) -> npt.NDArray[np.float32]:
     """uint8 RGB pixels to the float input the model was trained on (`model.preprocessing`)."""
-    x = batch.astype(np.float32)
-    if mode == "none":
-        return x
-    if mode == "efficientnet_lite":
-        return (x - 127.0) / 128.0
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    if mode == "torch":
-        return (x - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
-    if mode == "caffe":
-        return x[..., ::-1] - CAFFE_MEAN_BGR
-    raise ValueError(f"unknown preprocessing mode {mode!r}")
+    if mode not in AFFINE_PREPROCESSING:
+        raise ValueError(f"unknown preprocessing mode {mode!r}")
+    scale, offset = AFFINE_PREPROCESSING[mode]
+    pixels = batch[..., ::-1] if mode == "caffe" else batch
+    # Two passes over a float32 buffer, converting while multiplying: no float64 and no temporaries, which
+    # matters at 16 x 224 x 224 x 3 values per batch.
+    out = np.empty(batch.shape, dtype=np.float32)
+    np.multiply(pixels, scale, out=out, casting="unsafe")
+    np.add(out, offset, out=out)
+    return out
 
 
 def load_labels(path: Path) -> list[str]:

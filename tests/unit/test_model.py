@@ -1,0 +1,58 @@
+"""The worker's pure model helpers: preprocessing, probabilities, top-k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from daemon.model import (
+    CAFFE_MEAN_BGR,
+    IMAGENET_MEAN_RGB,
+    IMAGENET_STD_RGB,
+    as_probabilities,
+    normalise,
+    top_k,
+)
+
+PIXELS = np.random.default_rng(3).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+AS_FLOAT = PIXELS.astype(np.float64)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("none", AS_FLOAT),
+        ("efficientnet_lite", (AS_FLOAT - 127) / 128),
+        ("tf", AS_FLOAT / 127.5 - 1),
+        ("torch", (AS_FLOAT - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB),
+        ("caffe", AS_FLOAT[..., ::-1] - CAFFE_MEAN_BGR),
+    ],
+)
+def test_preprocessing_modes_match_their_definitions(mode, expected):
+    result = normalise(PIXELS, mode)
+    assert result.dtype == np.float32 and result.shape == PIXELS.shape
+    np.testing.assert_allclose(result, expected, atol=1e-4)
+
+
+def test_unknown_preprocessing_is_refused():
+    with pytest.raises(ValueError, match="unknown preprocessing"):
+        normalise(PIXELS, "magic")
+
+
+def test_logits_get_a_softmax_and_probabilities_pass_through():
+    probabilities = np.array([[0.7, 0.2, 0.1]], dtype=np.float32)
+    assert as_probabilities(probabilities) is probabilities
+    logits = np.array([[2.0, 1.0, -1.0]], dtype=np.float32)
+    softmax = as_probabilities(logits)
+    np.testing.assert_allclose(softmax.sum(axis=1), 1.0, rtol=1e-6)
+    assert softmax[0].argmax() == 0 and (softmax > 0).all()
+
+
+def test_top_k_is_ordered_and_bounded_by_the_class_count():
+    rows = np.array([[0.1, 0.5, 0.05, 0.35], [0.4, 0.1, 0.3, 0.2]], dtype=np.float32)
+    labels = ["a", "b", "c", "d"]
+    first, second = top_k(rows, labels, 3)
+    assert [p.label for p in first] == ["b", "d", "a"]
+    assert [p.label for p in second] == ["a", "c", "d"]
+    assert [p.probability for p in first] == [0.5, 0.35, 0.1]
+    assert len(top_k(rows, labels, 10)[0]) == 4
