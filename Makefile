@@ -1,5 +1,5 @@
 # Verbs for developers; ./setup.sh is what a new machine runs first.
-.PHONY: setup run test lint bench install uninstall
+.PHONY: setup run test lint bench bench-soak install uninstall
 
 setup:
 	./setup.sh setup
@@ -17,6 +17,10 @@ lint:
 
 bench:
 	./setup.sh bench
+
+# The memory target's full 10-minute soak, on its own (about 13 minutes).
+bench-soak:
+	./setup.sh bench --phases served --soak-minutes 10
 
 # As root: inferd as a systemd service (DESTDIR=dir stages into a folder instead). System python3 on
 # purpose: the installer builds the service's own venv under /opt/inferd.

@@ -1,0 +1,65 @@
+"""The API tier's ceiling: a bare Falcon app that parses the upload, decodes and resizes it, and answers.
+
+No queue, no Redis, no model: whatever `/predict` does beyond this is what the appliance adds. It decodes
+with the same `daemon.imaging.decode_image` and runs under the same gunicorn settings (workers, threads,
+worker class) as inferd's API, so the two differ only in what happens after the pixels are ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import cast
+
+import falcon
+
+from bench.procs import PYTHON, Service
+from daemon.imaging import decode_image
+from daemon.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+class DecodeOnlyResource:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        image: bytes | None = None
+        for part in req.get_media():
+            if part.name == "image" and image is None:
+                image = part.stream.read()
+            else:
+                part.stream.read()
+        if image is None:
+            raise falcon.HTTPBadRequest(description="multipart field 'image' is missing")
+        pixels = decode_image(image, self._settings.model, self._settings.api.max_image_pixels)
+        resp.media = {"success": True, "shape": list(pixels.shape), "mean": round(float(pixels.mean()), 3)}
+
+
+def create_app(settings: Settings) -> falcon.App[falcon.Request, falcon.Response]:
+    app = falcon.App()
+    multipart = cast(
+        falcon.media.MultipartFormHandler, app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
+    )
+    multipart.parse_options.max_body_part_buffer_size = settings.api.max_body_bytes
+    app.add_route("/predict", DecodeOnlyResource(settings))
+    return app
+
+
+def get_app() -> falcon.App[falcon.Request, falcon.Response]:
+    """Entry point for gunicorn: settings from INFERD_CONFIG, as inferd's own API reads them."""
+    return create_app(load_settings())
+
+
+def decode_only_service(config: Path, env: dict[str, str], folder: Path) -> Service:
+    """gunicorn serving this app with inferd's own gunicorn settings (`config` plus INFERD_* in `env`)."""
+    argv = [
+        PYTHON,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:daemon.gunicorn_conf",
+        "bench.decode_only:get_app()",
+    ]
+    return Service("decode-only", argv, folder / "decode-only.log", {**env, "INFERD_CONFIG": str(config)})

@@ -1,0 +1,346 @@
+"""Writes what a run measured: bench/RESULTS.md (tables), a PNG plot, and the summary printed at the end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench.loadgen import LoadResult
+from bench.results import BenchResults, Target, targets
+
+
+def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def load_cell(result: LoadResult | None) -> str:
+    if result is None:
+        return "-"
+    errors = f", {result.errors} errors" if result.errors else ""
+    return f"{result.rps:,.1f} ({result.p50_ms:,.0f} / {result.p99_ms:,.0f} ms{errors})"
+
+
+def targets_table(found: list[Target]) -> list[str]:
+    return table(
+        ["target", "measured", "goal", "verdict"],
+        [[t.what, t.measured, t.goal, f"**{t.verdict}**"] for t in found],
+    )
+
+
+def render_markdown(r: BenchResults, plot_name: str) -> str:
+    meta = r.meta
+    out = ["# inferd benchmark results", ""]
+    out += [f"- **Date**: {meta.get('date', '-')}"]
+    out += [f"- **Machine**: {meta.get('machine', '-')}"]
+    out += [f"- **Software**: {meta.get('software', '-')}"]
+    out += [f"- **Command**: `{meta.get('command', '-')}` ({meta.get('wall_s', 0):.0f} s in all)"]
+    out += [f"- **Shared machine**: {meta.get('sharing', '-')}"]
+    phase_s, others = meta.get("phase_s", {}), meta.get("phase_others_pct", {})
+    timing = ", ".join(f"{name} {phase_s[name]:.0f} s ({others.get(name, 0):.0f}%)" for name in phase_s)
+    out += [f"- **Phases** (seconds, and the share of the cores other processes used meanwhile): {timing}"]
+    out += [f"- **Phase settings**: {meta.get('durations', '-')}"]
+    out += [f"- **Appliance settings** (conf/settings.toml plus overrides): {meta.get('settings', '-')}"]
+    for failure in meta.get("failures", []):
+        out += [f"- **FAILED phase** {failure}"]
+    out += ["", "Figures are machine-specific: compare them as ratios measured in the same run.", ""]
+
+    out += ["## Targets (issue 5, part 3)", "", *targets_table(targets(r))]
+
+    model = meta.get("served_model", "default model")
+    out += [f"## (a) Offline throughput of the {model}", ""]
+    out += [f"`Classifier.predict` on uint8 batches of the decoded photo, on {r.offline_device or '-'}.", ""]
+    best = r.offline_best()
+    out += table(
+        ["batch size", "images/s", "p50 per call (ms)", "calls"],
+        [
+            [
+                str(p.batch_size),
+                fmt(p.images_per_s) + (" **best**" if p is best else ""),
+                fmt(p.batch_p50_ms),
+                str(p.calls),
+            ]
+            for p in r.offline
+        ],
+    )
+
+    out += ["## (b) Served throughput through the whole appliance, and (c) its ratio to offline", ""]
+    out += [
+        f"The {model}, JPEG 451x300 (astronaut), wrk closed-loop clients, `inferd run` under supervisord.",
+        "",
+    ]
+    out += table(
+        ["clients", "req/s", "p50 (ms)", "p90 (ms)", "p99 (ms)", "errors", "served / offline best"],
+        [
+            [
+                str(s.clients),
+                fmt(s.rps),
+                fmt(s.p50_ms),
+                fmt(s.p90_ms),
+                fmt(s.p99_ms),
+                str(s.errors),
+                fmt(100 * s.rps / best.images_per_s, 0, "%") if best else "-",
+            ]
+            for s in r.served
+        ],
+    )
+    out += ["## (f) Added latency at one client", ""]
+    one = r.served_at(1)
+    out += [
+        f"Served p50 at 1 client {fmt(one.p50_ms if one else None)} ms - one batch-1 inference "
+        f"{fmt(r.batch1_ms())} ms = **{fmt(r.added_latency_ms())} ms** (upload, decode, queue, reply).",
+        "",
+    ]
+
+    out += ["## (d) Tiny model: inferd vs the decode-only ceiling vs the old design", ""]
+    out += [
+        "Same tiny Keras model (tests/tiny_model.py) behind inferd and the old design; the decode-only app",
+        "(bench/decode_only.py) runs under inferd's gunicorn settings. Cells: req/s (p50 / p99).",
+        meta.get("tiny_method", ""),
+        "Old design: Flask under gunicorn gthread, 1 process x 10 threads, standing in for mod_wsgi.",
+        "",
+    ]
+    for image in sorted({t.image for t in r.tiny}, reverse=True):
+        rows = []
+        for clients in sorted({t.clients for t in r.tiny if t.image == image}):
+            inferd = r.tiny_at("inferd", image, clients)
+            ceiling = r.tiny_at("decode-only", image, clients)
+            old = r.tiny_at("old design", image, clients)
+            rows.append(
+                [
+                    str(clients),
+                    load_cell(inferd),
+                    load_cell(ceiling),
+                    load_cell(old),
+                    fmt(100 * inferd.rps / ceiling.rps, 0, "%")
+                    if inferd and ceiling and ceiling.rps
+                    else "-",
+                    fmt(inferd.rps / old.rps, 1, "x") if inferd and old and old.rps else "-",
+                ]
+            )
+        out += [f"**{image.upper()} 451x300**", ""]
+        out += table(
+            ["clients", "inferd", "decode-only", "old design", "inferd / ceiling", "inferd / old"], rows
+        )
+
+    out += ["## (e) Simulated shards: dispatcher scaling and dispatch policies", ""]
+    out += [f"{r.meta.get('simulated', '')}", ""]
+    one_shard = next((s.jobs_per_s for s in r.scaling if s.shards == 1), None)
+    out += table(
+        ["shards", "clients", "jobs/s", "n x one shard", "efficiency", "p50 (ms)", "p99 (ms)", "rejected"],
+        [
+            [
+                str(s.shards),
+                str(s.clients),
+                fmt(s.jobs_per_s),
+                fmt(s.shards * one_shard if one_shard else None),
+                fmt(100 * (r.scaling_efficiency(s.shards) or math.nan), 0, "%"),
+                fmt(s.p50_ms),
+                fmt(s.p99_ms),
+                str(s.rejected),
+            ]
+            for s in r.scaling
+        ],
+    )
+    out += [f"Unequal speeds: {r.meta.get('policies', '')}", ""]
+    out += table(
+        ["policy", "clients", "jobs/s", "p50 (ms)", "p99 (ms)", "jobs per shard"],
+        [
+            [
+                p.policy,
+                str(p.clients),
+                fmt(p.jobs_per_s),
+                fmt(p.p50_ms),
+                fmt(p.p99_ms),
+                ", ".join(f"{k}: {v}" for k, v in p.per_shard.items()),
+            ]
+            for p in r.policies
+        ],
+    )
+
+    out += ["## (g) Soak", ""]
+    soak = r.soak
+    if soak is None:
+        out += ["Not run (`--soak-minutes 0`).", ""]
+    else:
+        out += [
+            f"{soak.minutes:g} min at {soak.clients} clients ({model}, JPEG): {fmt(soak.rps)} req/s, "
+            f"p50 {fmt(soak.p50_ms)} ms, p99 {fmt(soak.p99_ms)} ms, {soak.errors} errors. RSS sampled every "
+            f"{r.meta.get('soak_interval_s', '-')} s; growth measured from the first sample after a "
+            f"{soak.warmup_s:.0f} s warm-up to the last.",
+            "",
+        ]
+        out += table(
+            ["process", "pids seen", "RSS after warm-up (MB)", "final (MB)", "peak (MB)", "growth"],
+            [
+                [
+                    g.role,
+                    str(g.pids),
+                    fmt(g.after_warmup_mb),
+                    fmt(g.final_mb),
+                    fmt(g.peak_mb),
+                    fmt(g.growth_pct, 1, "%"),
+                ]
+                for g in soak.growth
+            ],
+        )
+        out += [
+            f"Redis `used_memory`: peak {fmt(soak.redis_peak_mb)} MB; the bound the queue limits imply "
+            f"(`daemon.launcher.redis_maxmemory_mb`, Redis's maxmemory) is {soak.redis_bound_mb} MB.",
+            "",
+        ]
+
+    if r.profiles:
+        out += [f"## Profiles (py-spy, under 64 clients, {model})", ""]
+        out += [
+            "Share of py-spy samples by innermost Python frame (threads py-spy judges idle are left out, but a",
+            "thread waiting in a Redis read can still be counted; TensorFlow's compute threads are native and",
+            "do not appear). Worker samples are few because its time is spent in those native threads.",
+            "",
+        ]
+        for summary in r.profiles:
+            out += [
+                f"**{summary.name}** ({summary.samples} samples, folded stacks in `{summary.raw_path}`)",
+                "",
+            ]
+            out += table(
+                ["function", "share"], [[name, fmt(share, 1, "%")] for name, share in summary.top_self]
+            )
+
+    out += ["## Plot", "", f"![benchmark plot]({plot_name})", ""]
+    return "\n".join(out)
+
+
+def render_plot(r: BenchResults, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    ax = axes[0][0]
+    if r.offline:
+        ax.plot([p.batch_size for p in r.offline], [p.images_per_s for p in r.offline], "o-", label="offline")
+        ax.set_xscale("log", base=2)
+    for s in r.served:
+        ax.axhline(s.rps, linestyle="--", linewidth=0.8, color="tab:orange")
+    ax.set(
+        title="(a) offline images/s by batch size\n(dashed: served req/s at each client count)",
+        xlabel="batch size",
+        ylabel="images/s",
+    )
+
+    ax = axes[0][1]
+    if r.served:
+        clients = [s.clients for s in r.served]
+        ax.plot(clients, [s.rps for s in r.served], "o-", label="served req/s")
+        best = r.offline_best()
+        if best:
+            ax.axhline(best.images_per_s, color="grey", linestyle=":", label="offline best")
+        ax.set_xscale("log", base=2)
+        twin = ax.twinx()
+        twin.plot(clients, [s.p99_ms for s in r.served], "s--", color="tab:red", label="p99 ms")
+        twin.plot(clients, [s.p50_ms for s in r.served], "^--", color="tab:pink", label="p50 ms")
+        twin.set_ylabel("latency (ms)")
+        twin.legend(loc="lower right")
+        ax.legend(loc="upper left")
+    ax.set(
+        title=f"(b) served, {r.meta.get('served_model', 'default model')}, JPEG",
+        xlabel="concurrent clients",
+        ylabel="req/s",
+    )
+
+    ax = axes[0][2]
+    systems = ["inferd", "decode-only", "old design"]
+    groups = sorted({(t.image, t.clients) for t in r.tiny}, key=lambda g: (g[0] != "png", g[1]))
+    width = 0.27
+    for i, system in enumerate(systems):
+        values = [(r.tiny_at(system, image, c) or _EMPTY).rps for image, c in groups]
+        ax.bar([x + (i - 1) * width for x in range(len(groups))], values, width, label=system)
+    ax.set_xticks(range(len(groups)), [f"{image}\n{c}" for image, c in groups])
+    ax.set(title="(d) tiny model: req/s by image and clients", ylabel="req/s")
+    ax.legend()
+
+    ax = axes[1][0]
+    if r.scaling:
+        shards = [s.shards for s in r.scaling]
+        one = next((s.jobs_per_s for s in r.scaling if s.shards == 1), 0.0)
+        ax.plot(shards, [s.jobs_per_s for s in r.scaling], "o-", label="measured")
+        ax.plot(shards, [n * one for n in shards], ":", color="grey", label="linear (n x one shard)")
+        ax.plot(
+            shards,
+            [0.9 * n * one for n in shards],
+            "--",
+            color="tab:red",
+            linewidth=0.8,
+            label="90% of linear",
+        )
+        ax.legend()
+    ax.set(title="(e) simulated shards: jobs/s", xlabel="shards", ylabel="jobs/s")
+
+    ax = axes[1][1]
+    if r.policies:
+        names = [p.policy for p in r.policies]
+        ax.bar([x - 0.2 for x in range(len(names))], [p.p50_ms for p in r.policies], 0.4, label="p50")
+        ax.bar([x + 0.2 for x in range(len(names))], [p.p99_ms for p in r.policies], 0.4, label="p99")
+        ax.set_xticks(range(len(names)), names)
+        ax.legend()
+    ax.set(title="(e) unequal shard speeds: latency by policy", ylabel="ms")
+
+    ax = axes[1][2]
+    if r.soak is not None:
+        minutes = [t / 60 for t in r.soak.samples.times_s]
+        for role, history in sorted(r.soak.samples.rss.items()):
+            ax.plot(minutes, [v / 2**20 if v else math.nan for v in history], label=role)
+        ax.plot(minutes, [v / 2**20 for v in r.soak.samples.redis_used], "k--", label="Redis used_memory")
+        ax.axvline(r.soak.warmup_s / 60, color="grey", linestyle=":")
+        ax.axhline(r.soak.redis_bound_mb, color="k", linestyle=":", label="Redis bound (maxmemory)")
+        ax.set_yscale("log")
+        ax.legend(fontsize="x-small")
+    ax.set(title="(g) soak: RSS by process (MB)", xlabel="minutes", ylabel="MB")
+
+    fig.suptitle(f"inferd benchmark, {r.meta.get('date', '')}, {r.meta.get('machine', '')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+_EMPTY = LoadResult("", "", 0, 0.0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def summary(r: BenchResults) -> str:
+    """The lines printed at the end of a run: each target next to its figure, then the key figures."""
+    lines = ["", "inferd benchmark summary", "=" * 24]
+    for t in targets(r):
+        lines.append(f"[{t.verdict:>4}] {t.what}: {t.measured} (goal {t.goal})")
+    best = r.offline_best()
+    if best:
+        lines.append(
+            f"offline best: {best.images_per_s:.1f} img/s at batch {best.batch_size} on {r.offline_device}"
+        )
+    for s in r.served:
+        lines.append(f"served c={s.clients}: {s.rps:.1f} req/s p50 {s.p50_ms:.1f} ms p99 {s.p99_ms:.1f} ms")
+    for image in sorted({t.image for t in r.tiny}, reverse=True):
+        clients = max(t.clients for t in r.tiny if t.image == image)
+        cells = [
+            f"{system} {(r.tiny_at(system, image, clients) or _EMPTY).rps:.1f}"
+            for system in ("inferd", "decode-only", "old design")
+        ]
+        lines.append(f"tiny {image} c={clients}: " + ", ".join(cells) + " req/s")
+    for p in r.policies:
+        lines.append(
+            f"policy {p.policy}: {p.jobs_per_s:.1f} jobs/s p50 {p.p50_ms:.1f} ms p99 {p.p99_ms:.1f} ms"
+        )
+    return "\n".join(lines)
+
+
+def write_report(r: BenchResults, markdown: Path, plot: Path) -> None:
+    render_plot(r, plot)
+    markdown.write_text(render_markdown(r, plot.name))

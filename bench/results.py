@@ -1,0 +1,191 @@
+"""Everything one benchmark run measured, and the targets of issue 5 judged against it.
+
+The driver fills a `BenchResults`; the report writer and the summary only read it, so a quick run and a
+full run produce the same tables. Figures a run did not measure are left empty and their targets say so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import LoadResult
+from bench.offline import OfflinePoint
+from bench.profile import ProfileSummary
+from bench.simulated import SimResult
+from bench.soak import Growth, SoakSamples
+
+SERVED_TARGET = 0.90
+"""Served throughput of the default model at 64 clients, as a share of its best offline throughput."""
+CEILING_TARGET = 0.75
+"""Tiny model at 64 clients, as a share of the decode-only app's requests/s."""
+OLD_DESIGN_TARGET = 10.0
+"""Tiny model at 64 clients, as a multiple of the old design's requests/s."""
+ADDED_LATENCY_TARGET_MS = 5.0
+"""Served p50 at one client minus one batch-1 inference."""
+SCALING_TARGET = 0.90
+"""Throughput of 8 simulated shards, as a share of 8x one shard's."""
+RSS_GROWTH_TARGET_PCT = 5.0
+"""Largest RSS growth of any appliance process after warm-up during the soak."""
+TARGET_CLIENTS = 64
+
+
+@dataclass
+class SoakReport:
+    clients: int
+    minutes: float
+    warmup_s: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    growth: list[Growth]
+    samples: SoakSamples
+    redis_bound_mb: int
+    redis_peak_mb: float
+
+
+@dataclass
+class BenchResults:
+    meta: dict[str, Any] = field(default_factory=dict)
+    offline_device: str = ""
+    offline: list[OfflinePoint] = field(default_factory=list)
+    served: list[LoadResult] = field(default_factory=list)
+    tiny: list[LoadResult] = field(default_factory=list)
+    scaling: list[SimResult] = field(default_factory=list)
+    policies: list[SimResult] = field(default_factory=list)
+    soak: SoakReport | None = None
+    profiles: list[ProfileSummary] = field(default_factory=list)
+
+    # -- derived figures ----------------------------------------------------------------------------
+    def offline_best(self) -> OfflinePoint | None:
+        return max(self.offline, key=lambda p: p.images_per_s, default=None)
+
+    def batch1_ms(self) -> float | None:
+        return next((p.batch_p50_ms for p in self.offline if p.batch_size == 1), None)
+
+    def served_at(self, clients: int) -> LoadResult | None:
+        return next((r for r in self.served if r.clients == clients), None)
+
+    def tiny_at(self, system: str, image: str, clients: int) -> LoadResult | None:
+        return next(
+            (r for r in self.tiny if (r.system, r.image, r.clients) == (system, image, clients)), None
+        )
+
+    def added_latency_ms(self) -> float | None:
+        one, batch1 = self.served_at(1), self.batch1_ms()
+        return None if one is None or batch1 is None else one.p50_ms - batch1
+
+    def scaling_efficiency(self, shards: int) -> float | None:
+        one = next((r for r in self.scaling if r.shards == 1), None)
+        many = next((r for r in self.scaling if r.shards == shards), None)
+        if one is None or many is None or not one.jobs_per_s:
+            return None
+        return many.jobs_per_s / (shards * one.jobs_per_s)
+
+    def to_json(self, path: Path) -> None:
+        body = asdict(self)
+        if self.soak is not None:
+            body["soak"]["samples"]["pids"] = {k: sorted(v) for k, v in self.soak.samples.pids.items()}
+        path.write_text(json.dumps(body, indent=1, default=str) + "\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    what: str
+    measured: str
+    goal: str
+    passed: bool | None
+    """None: not measured in this run."""
+
+    @property
+    def verdict(self) -> str:
+        return "n/a" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+
+def _ratio(numerator: LoadResult | None, denominator: LoadResult | None) -> float | None:
+    if numerator is None or denominator is None or not denominator.rps:
+        return None
+    return numerator.rps / denominator.rps
+
+
+def targets(r: BenchResults) -> list[Target]:
+    """Issue 5 part 3's targets, each with the figure that decides it."""
+    found: list[Target] = []
+    best, served = r.offline_best(), r.served_at(TARGET_CLIENTS)
+    if best is not None and served is not None:
+        share = served.rps / best.images_per_s
+        found.append(
+            Target(
+                f"default model served at {TARGET_CLIENTS} clients / offline best",
+                f"{served.rps:.1f} / {best.images_per_s:.1f} img/s = {share:.1%}",
+                f">= {SERVED_TARGET:.0%}",
+                share >= SERVED_TARGET,
+            )
+        )
+    else:
+        found.append(
+            Target("default model served / offline", "not measured", f">= {SERVED_TARGET:.0%}", None)
+        )
+    for image in ("png", "jpeg"):
+        inferd = r.tiny_at("inferd", image, TARGET_CLIENTS)
+        ceiling = _ratio(inferd, r.tiny_at("decode-only", image, TARGET_CLIENTS))
+        old = _ratio(inferd, r.tiny_at("old design", image, TARGET_CLIENTS))
+        found.append(
+            Target(
+                f"tiny model {image.upper()} at {TARGET_CLIENTS} clients / decode-only ceiling",
+                "not measured" if ceiling is None else f"{ceiling:.1%}",
+                f">= {CEILING_TARGET:.0%}",
+                None if ceiling is None else ceiling >= CEILING_TARGET,
+            )
+        )
+        found.append(
+            Target(
+                f"tiny model {image.upper()} at {TARGET_CLIENTS} clients / old design",
+                "not measured" if old is None else f"{old:.1f}x",
+                f">= {OLD_DESIGN_TARGET:g}x",
+                None if old is None else old >= OLD_DESIGN_TARGET,
+            )
+        )
+    added = r.added_latency_ms()
+    found.append(
+        Target(
+            "added latency at 1 client (served p50 - batch-1 inference)",
+            "not measured" if added is None else f"{added:.1f} ms",
+            f"<= {ADDED_LATENCY_TARGET_MS:g} ms",
+            None if added is None else added <= ADDED_LATENCY_TARGET_MS,
+        )
+    )
+    widest = max((s.shards for s in r.scaling), default=0)
+    efficiency = r.scaling_efficiency(widest) if widest > 1 else None
+    found.append(
+        Target(
+            f"{widest or 8} simulated shards / {widest or 8}x one shard",
+            "not measured" if efficiency is None else f"{efficiency:.1%}",
+            f">= {SCALING_TARGET:.0%}",
+            None if efficiency is None else efficiency >= SCALING_TARGET,
+        )
+    )
+    if r.soak is not None and r.soak.growth:
+        worst = max(r.soak.growth, key=lambda g: g.growth_pct)
+        found.append(
+            Target(
+                f"soak {r.soak.minutes:g} min at {r.soak.clients} clients: largest RSS growth after warm-up",
+                f"{worst.growth_pct:+.1f}% ({worst.role})",
+                f"<= {RSS_GROWTH_TARGET_PCT:g}%",
+                worst.growth_pct <= RSS_GROWTH_TARGET_PCT,
+            )
+        )
+        found.append(
+            Target(
+                "soak: Redis used_memory peak vs the bound the queue limits imply",
+                f"{r.soak.redis_peak_mb:.1f} MB of {r.soak.redis_bound_mb} MB",
+                "< bound",
+                r.soak.redis_peak_mb < r.soak.redis_bound_mb,
+            )
+        )
+    else:
+        found.append(Target("soak: RSS growth and Redis bound", "not measured", "<= 5%, < bound", None))
+    return found
