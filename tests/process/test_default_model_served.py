@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import skimage
 from PIL import Image
 
 from daemon.default_model import MODEL_FILENAME, default_weights_path, export_default_model
@@ -14,7 +15,7 @@ from tests.conftest import encode_image
 
 pytestmark = pytest.mark.slow
 
-SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
+SKIMAGE_DATA = Path(str(skimage.__file__)).parent / "data"
 
 
 @pytest.fixture(scope="module")
