@@ -15,7 +15,7 @@ from typing import Any, cast
 import falcon
 import redis
 
-from daemon.dispatcher import Dispatcher
+from daemon.dispatcher import Dispatcher, shard_liveness
 from daemon.errors import (
     BadRequest,
     ConfigError,
@@ -31,7 +31,7 @@ from daemon.imaging import decode_image
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.redis_conn import connect
 from daemon.settings import Settings, load_settings
-from daemon.wire import SHARDS_KEY, Job, Reply, as_text, heartbeat_key, new_job_id, now, reply_key
+from daemon.wire import Job, Reply, new_job_id, now, reply_key
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +72,15 @@ class ReadyResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            shards = sorted(as_text(key) for key in self._client.hkeys(SHARDS_KEY))
-            pipe = self._client.pipeline(transaction=False)
-            for shard in shards:
-                pipe.exists(heartbeat_key(shard))
-            live = [shard for shard, alive in zip(shards, pipe.execute(), strict=True) if alive]
+            liveness = shard_liveness(self._client)
         except redis.RedisError as exc:
             resp.status = falcon.HTTP_503
             resp.media = {"ready": False, "reason": f"Redis unreachable: {exc}"}
             return
+        live = [shard for shard, alive in liveness.items() if alive]
         ready = bool(live)
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        resp.media = {"ready": ready, "live_shards": live, "registered_shards": shards}
+        resp.media = {"ready": ready, "live_shards": live, "registered_shards": list(liveness)}
         if not ready:
             resp.media["reason"] = "no worker has a fresh heartbeat"
 

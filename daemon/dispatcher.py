@@ -54,6 +54,15 @@ return best_slot
 """
 
 
+def shard_liveness(client: redis.Redis) -> dict[str, bool]:
+    """Every registered shard, in order, and whether its worker has a fresh heartbeat (two round trips)."""
+    shards = sorted(as_text(key) for key in client.hkeys(SHARDS_KEY))
+    pipe = client.pipeline(transaction=False)
+    for shard in shards:
+        pipe.exists(heartbeat_key(shard))
+    return {shard: bool(alive) for shard, alive in zip(shards, pipe.execute(), strict=True)}
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     shard: str

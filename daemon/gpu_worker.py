@@ -25,6 +25,7 @@ import numpy.typing as npt
 import redis
 
 from daemon.batching import BatchClaimer, adopt_orphans
+from daemon.dispatcher import shard_liveness
 from daemon.errors import (
     EXIT_CONFIG,
     EXIT_MODEL_LOAD,
@@ -45,7 +46,6 @@ from daemon.wire import (
     Job,
     Reply,
     WireError,
-    as_text,
     heartbeat_key,
     now,
 )
@@ -224,9 +224,8 @@ class Worker:
         if time.monotonic() - self._last_sweep < SWEEP_INTERVAL_S:
             return
         self._last_sweep = time.monotonic()
-        for raw in self.client.hkeys(SHARDS_KEY):
-            other = as_text(raw)
-            if other == self.shard.shard_id or self.client.exists(heartbeat_key(other)):
+        for other, alive in shard_liveness(self.client).items():
+            if alive or other == self.shard.shard_id:
                 continue
             moved = adopt_orphans(self.client, other, self.shard.shard_id)
             if moved:
