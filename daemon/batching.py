@@ -92,12 +92,9 @@ class BatchClaimer:
 
 
 def adopt_orphans(client: redis.Redis, dead_shard: str, into_shard: str) -> int:
-    """Move a dead shard's claimed and queued jobs onto a live shard's queue, claimed ones first."""
-    script = client.register_script(REQUEUE_SCRIPT)
-    moved = int(script(keys=[processing_key(dead_shard), queue_key(into_shard)]))
-    # The dead shard's queue keeps its order: oldest (right end) jobs move first and stay oldest.
-    while True:
-        job = client.lmove(queue_key(dead_shard), queue_key(into_shard), "RIGHT", "LEFT")
-        if job is None:
-            return moved
-        moved += 1
+    """Move a dead shard's claimed and queued jobs onto a live shard's queue, ahead of its own (they are
+    older), in their original order: claims first, then the queue; one round trip per list."""
+    requeue = client.register_script(REQUEUE_SCRIPT)
+    # Each move lands at the end the worker pops from, so the list moved last runs first: the claims.
+    moved = int(requeue(keys=[queue_key(dead_shard), queue_key(into_shard)]))
+    return moved + int(requeue(keys=[processing_key(dead_shard), queue_key(into_shard)]))

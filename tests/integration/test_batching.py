@@ -95,3 +95,12 @@ def test_a_lone_caller_does_not_wait_for_company_that_is_not_coming(redis_client
     started = time.monotonic()
     claimer.claim_batch(idle_timeout_s=1.0)
     assert time.monotonic() - started >= 0.19
+
+
+def test_adopted_jobs_keep_their_order_and_run_before_the_live_shards_newer_ones(redis_client):
+    fill(redis_client, "cpu1", 5)  # job0 (oldest) .. job4
+    BatchClaimer(redis_client, "cpu1", max_batch_size=2, max_wait_s=0.0).claim_batch(1.0)  # claims job0, job1
+    redis_client.lpush(queue_key("cpu0"), b"live-newer")
+    assert adopt_orphans(redis_client, "cpu1", "cpu0") == 5
+    claimed = BatchClaimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0).claim_batch(1.0)
+    assert claimed == [b"job0", b"job1", b"job2", b"job3", b"job4", b"live-newer"]
