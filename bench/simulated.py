@@ -3,7 +3,7 @@
 Each shard is a process running `daemon.gpu_worker.Worker` unchanged, with a stand-in predictor whose
 `predict()` sleeps `base_ms + per_image_ms * batch` (a device with a fixed cost per batch), so what limits
 throughput is the queueing and dispatch, not the CPU. The load bypasses HTTP on purpose: client threads in
-a few processes push jobs through the real `daemon.dispatcher.Dispatcher` and BLPOP their replies, exactly
+a few processes push jobs through the real `daemon.queues.ApiQueues` and BLPOP their replies, exactly
 as the API does after decoding, which keeps the load generator far cheaper than the shards it feeds.
 """
 
@@ -22,19 +22,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import redis
 
 from bench.procs import PYTHON, Service, stop_all
-from daemon.dispatcher import Dispatcher
 from daemon.errors import Unavailable
 from daemon.gpu_worker import Worker
+from daemon.queues import ApiQueues, ShardQueues, heartbeat_key
 from daemon.settings import Settings, load_settings
 from daemon.shard import Shard
-from daemon.wire import Job, Reply, heartbeat_key, new_job_id, now, reply_key
+from daemon.wire import Job, new_job_id
 from tests.processes import write_settings
 
 log = logging.getLogger(__name__)
@@ -98,28 +98,26 @@ class ClientTally:
 
 def client_thread(
     settings: Settings,
-    dispatcher: Dispatcher,
-    client: redis.Redis,
+    queues: ApiQueues,
     window: tuple[float, float],
     tally: ClientTally,
 ) -> None:
     """A closed-loop client: push a job, wait for its reply, again, until the window closes."""
     pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     opens, closes = window
-    while now() < closes:
-        started = now()
+    while time.monotonic() < closes:
+        started = time.monotonic()
         job = Job(
             new_job_id(), deadline=started + REPLY_TIMEOUT_S, enqueued_at=started, top_k=1, pixels=pixels
         )
         try:
-            dispatcher.pick_and_push(job.encode())
+            queues.submit(job)
         except Unavailable:
             tally.rejected += 1
             time.sleep(RETRY_PAUSE_S)
             continue
-        popped = cast(Any, client.blpop([reply_key(job.job_id)], timeout=REPLY_TIMEOUT_S))
-        finished = now()
-        reply = None if popped is None else Reply.decode(popped[1])
+        reply = queues.await_reply(job.job_id, REPLY_TIMEOUT_S)
+        finished = time.monotonic()
         if reply is None or reply.error_kind is not None:
             tally.failed += 1
         elif opens <= finished < closes:
@@ -132,11 +130,10 @@ def client_process(
 ) -> None:
     settings = load_settings(config)
     client = redis.Redis(unix_socket_path=str(settings.redis.socket), max_connections=threads + 4)
-    dispatcher = Dispatcher(settings, client)
+    queues = ApiQueues(client, settings.queue)
     tallies = [ClientTally() for _ in range(threads)]
     workers = [
-        threading.Thread(target=client_thread, args=(settings, dispatcher, client, window, tally))
-        for tally in tallies
+        threading.Thread(target=client_thread, args=(settings, queues, window, tally)) for tally in tallies
     ]
     for thread in workers:
         thread.start()
@@ -176,7 +173,7 @@ def offer_load(config: Path, clients: int, warmup_s: float, seconds: float) -> C
     """Run `clients` closed-loop clients across LOAD_PROCESSES processes; the tally of the timed window."""
     context = multiprocessing.get_context("fork")
     results: Queue[ClientTally] = context.Queue()
-    opens = now() + warmup_s
+    opens = time.monotonic() + warmup_s
     window = (opens, opens + seconds)
     processes = []
     for index in range(min(LOAD_PROCESSES, clients)):
@@ -264,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.config)
     client = redis.Redis(unix_socket_path=str(settings.redis.socket), socket_timeout=10.0)
     model = SleepingModel(args.base_ms, args.per_image_ms)
-    return Worker(settings, simulated_shard(args.shard_index), client, model).work()
+    shard = simulated_shard(args.shard_index)
+    return Worker(settings, shard, ShardQueues(client, shard.shard_id, settings), model).work()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The HTTP API: a Falcon app factory (`create_app`) and the thin `get_app()` gunicorn loads.
 
-`POST /predict` decodes the upload here, once, pushes a compact uint8 job to a shard's queue through the
-dispatcher, then waits for the answer with one blocking Redis call bounded by the request's deadline.
+`POST /predict` decodes the upload here, once, and hands a compact uint8 job to the dispatcher, which puts it
+on a shard's queue and waits for the answer within the request's deadline.
 """
 
 from __future__ import annotations
@@ -10,28 +10,28 @@ import hmac
 import json
 import logging
 import os
+import time
 from typing import Any, cast
 
 import falcon
 import redis
 
-from daemon.dispatcher import Dispatcher, shard_liveness
+from daemon.dispatcher import Dispatch, Dispatcher
 from daemon.errors import (
     BadRequest,
     ConfigError,
-    DeadlineExceeded,
     InferdError,
     LengthRequired,
     PayloadTooLarge,
-    RedisUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
 from daemon.imaging import decode_image
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
+from daemon.queues import ApiQueues
 from daemon.redis_conn import connect
 from daemon.settings import Settings, load_settings
-from daemon.wire import Job, Reply, new_job_id, now, reply_key
+from daemon.wire import Job, new_job_id
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,12 @@ class HealthResource:
 
 
 class ReadyResource:
-    def __init__(self, client: redis.Redis) -> None:
-        self._client = client
+    def __init__(self, dispatcher: Dispatch) -> None:
+        self._dispatcher = dispatcher
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            liveness = shard_liveness(self._client)
+            liveness = self._dispatcher.liveness()
         except redis.RedisError as exc:
             resp.status = falcon.HTTP_503
             resp.media = {"ready": False, "reason": f"Redis unreachable: {exc}"}
@@ -86,24 +86,21 @@ class ReadyResource:
 
 
 class PredictResource:
-    def __init__(
-        self, settings: Settings, client: redis.Redis, dispatcher: Dispatcher, metrics: ApiMetrics
-    ) -> None:
+    def __init__(self, settings: Settings, dispatcher: Dispatch, metrics: ApiMetrics) -> None:
         self._settings = settings
-        self._client = client
         self._dispatcher = dispatcher
         self._metrics = metrics
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        started = now()
+        started = time.monotonic()
         deadline = started + self._settings.api.request_timeout_s
         data, form_top = self._read_image(req)
         top = self._top(req, form_top)
         pixels = decode_image(data, self._settings.model, self._settings.api.max_image_pixels)
-        job = Job(job_id=new_job_id(), deadline=deadline, enqueued_at=now(), top_k=top, pixels=pixels)
-        placement = self._dispatcher.pick_and_push(job.encode())
-        reply = self._await_reply(job.job_id, deadline, placement.shard)
-        reply.raise_if_error()
+        job = Job(
+            job_id=new_job_id(), deadline=deadline, enqueued_at=time.monotonic(), top_k=top, pixels=pixels
+        )
+        reply = self._dispatcher.dispatch(job)
         self._metrics.queue_wait_seconds.observe(reply.queue_ms / 1000.0)
         resp.set_header("X-Inferd-Shard", reply.shard)
         resp.set_header("X-Inferd-Batch-Size", str(reply.batch_size))
@@ -113,19 +110,6 @@ class PredictResource:
             "success": True,
             "predictions": [{"label": p.label, "probability": p.probability} for p in reply.predictions],
         }
-
-    def _await_reply(self, job_id: str, deadline: float, shard: str) -> Reply:
-        remaining = deadline - now()
-        try:
-            popped = self._client.blpop([reply_key(job_id)], timeout=max(remaining, 0.01))
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"lost the queue service while waiting for the answer: {exc}") from exc
-        if popped is None:
-            raise DeadlineExceeded(
-                f"no answer from shard {shard} within {self._settings.api.request_timeout_s:g}s; "
-                "the appliance is overloaded or a worker is stuck"
-            )
-        return Reply.decode(cast(bytes, popped[1]))
 
     def _read_image(self, req: falcon.Request) -> tuple[bytes, str | None]:
         limit = self._settings.api.max_body_bytes
@@ -240,9 +224,12 @@ def read_token(settings: Settings) -> str | None:
 
 
 def create_app(
-    settings: Settings, client: redis.Redis, dispatcher: Dispatcher | None = None
+    settings: Settings, client: redis.Redis, dispatcher: Dispatch | None = None
 ) -> falcon.App[falcon.Request, falcon.Response]:
-    """Build the WSGI app around an injected Redis client (tests pass their own)."""
+    """Build the WSGI app around an injected Redis client (for /metrics' queue figures) and dispatcher
+    (by default the real one on that client; tests may pass a fake)."""
+    if dispatcher is None:
+        dispatcher = Dispatcher(ApiQueues(client, settings.queue), settings.api.request_timeout_s)
     token = read_token(settings)
     metrics = ApiMetrics()
     middleware: list[Any] = [MetricsMiddleware(metrics)]
@@ -255,11 +242,9 @@ def create_app(
     multipart.parse_options.max_body_part_buffer_size = settings.api.max_body_bytes
     app.add_route("/", IndexResource(settings))
     app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadyResource(client))
+    app.add_route("/readyz", ReadyResource(dispatcher))
     app.add_route("/metrics", MetricsResource(metrics, client))
-    app.add_route(
-        "/predict", PredictResource(settings, client, dispatcher or Dispatcher(settings, client), metrics)
-    )
+    app.add_route("/predict", PredictResource(settings, dispatcher, metrics))
     # Most specific first in effect: Falcon picks the handler registered for the nearest class.
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

@@ -21,8 +21,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from daemon.queues import read_shards
 from daemon.shard import load_nvml
-from daemon.wire import SHARDS_KEY, as_text, heartbeat_key, processing_key, queue_key
 
 log = logging.getLogger(__name__)
 
@@ -119,23 +119,17 @@ class QueueCollector(Collector):
         )
         up = GaugeMetricFamily("inferd_redis_up", "1 if Redis answered this scrape")
         try:
-            shards = sorted(as_text(key) for key in self._client.hkeys(SHARDS_KEY))
-            pipe = self._client.pipeline(transaction=False)
-            for shard in shards:
-                pipe.llen(queue_key(shard))
-                pipe.llen(processing_key(shard))
-                pipe.exists(heartbeat_key(shard))
-            values = pipe.execute()
+            shards = read_shards(self._client)
         except redis.RedisError as exc:
             log.warning("metrics: Redis unreachable: %s", exc)
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
-        for i, shard in enumerate(shards):
-            depth.add_metric([shard], values[3 * i])
-            claimed.add_metric([shard], values[3 * i + 1])
-            live.add_metric([shard], 1 if values[3 * i + 2] else 0)
+        for state in shards:
+            depth.add_metric([state.shard], state.queue_depth)
+            claimed.add_metric([state.shard], state.in_flight)
+            live.add_metric([state.shard], 1 if state.live else 0)
         yield from (up, depth, claimed, live)
 
 

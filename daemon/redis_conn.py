@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from daemon.settings import Settings
@@ -42,3 +44,22 @@ def connect(
             max_connections=max_connections,
         )
     return redis.Redis(connection_pool=pool)
+
+
+class Backoff:
+    """Capped exponential pause between retries of Redis calls, so a worker neither spins nor sleeps long."""
+
+    START_S = 0.1
+    """First pause after an error; doubles on each further error."""
+    CAP_S = 2.0
+    """Longest pause, so service resumes within this long after Redis returns."""
+
+    def __init__(self) -> None:
+        self.delay_s = self.START_S
+
+    def pause(self) -> None:
+        time.sleep(self.delay_s)
+        self.delay_s = min(self.delay_s * 2, self.CAP_S)
+
+    def reset(self) -> None:
+        self.delay_s = self.START_S

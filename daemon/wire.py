@@ -1,8 +1,13 @@
-"""The wire format between API and workers: Redis key names, binary jobs and JSON replies.
+"""The wire format between API and workers: every message that crosses Redis, typed and parsed here alone.
 
 A job is a fixed 44-byte header followed by the already resized uint8 pixels (150,528 bytes for
 224x224x3), a quarter of the float32 array the old design shipped and without base64 or JSON around it.
-Nothing read from Redis is ever unpickled or evaluated: jobs are parsed with `struct`, replies with `json`.
+Replies, registry entries, heartbeats and batch records are small JSON objects. Nothing read from Redis is
+ever unpickled or evaluated: jobs are parsed with `struct`, everything else with `json`, and a malformed
+message raises `WireError`. Where each message lives in Redis is `daemon.queues`' business.
+
+Deadlines and enqueue times are CLOCK_MONOTONIC seconds: on Linux that clock is host-wide (the API and the
+workers run on one host) and never jumps.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,43 +23,10 @@ import numpy.typing as npt
 
 from daemon.errors import InferdError, error_from_wire
 
-KEY_PREFIX = "inferd:"
-"""Every key the appliance owns starts with this, so tools can touch ours and nothing else."""
-
 JOB_MAGIC = b"IFD1"
 JOB_HEADER = struct.Struct("<4sBBHHHdd16s")
 """magic, version, channels, top_k, height, width, deadline, enqueued_at, job id."""
 JOB_VERSION = 1
-
-
-def queue_key(shard: str) -> str:
-    return f"{KEY_PREFIX}queue:{shard}"
-
-
-def processing_key(shard: str) -> str:
-    return f"{KEY_PREFIX}processing:{shard}"
-
-
-def heartbeat_key(shard: str) -> str:
-    return f"{KEY_PREFIX}heartbeat:{shard}"
-
-
-def stats_key(shard: str) -> str:
-    return f"{KEY_PREFIX}stats:{shard}"
-
-
-STATS_WINDOW = 120
-"""Batch records (JSON {"t": unix time, "n": size}, newest first) kept per shard for tools/gpu_status."""
-
-
-def reply_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}reply:{job_id}"
-
-
-SHARDS_KEY = f"{KEY_PREFIX}shards"
-"""Hash shard id -> JSON description, written by each worker when it starts."""
-ROTATION_KEY = f"{KEY_PREFIX}rotation"
-"""Counter shared by every API process, so round-robin is global and not per process."""
 
 
 def as_text(value: bytes | str) -> str:
@@ -65,11 +36,6 @@ def as_text(value: bytes | str) -> str:
 
 def new_job_id() -> str:
     return os.urandom(16).hex()
-
-
-def now() -> float:
-    """Clock for deadlines that cross processes: CLOCK_MONOTONIC is host-wide on Linux and never jumps."""
-    return time.monotonic()
 
 
 class WireError(ValueError):
@@ -178,3 +144,71 @@ class Reply:
     def raise_if_error(self) -> None:
         if self.error_kind is not None:
             raise error_from_wire(self.error_kind, self.error_message or "")
+
+
+def _json_object(payload: bytes | str, what: str) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise WireError(f"{what} is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise WireError(f"{what} is not a JSON object: {body!r}")
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class ShardInfo:
+    """A shard's entry in the registry: what device it serves. Written by its worker on every beat."""
+
+    kind: str
+    """"gpu" or "cpu"."""
+    index: int
+    name: str
+
+    def encode(self) -> str:
+        return json.dumps({"kind": self.kind, "index": self.index, "name": self.name})
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> ShardInfo:
+        body = _json_object(payload, "shard registry entry")
+        try:
+            return cls(kind=str(body["kind"]), index=int(body["index"]), name=str(body["name"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError(f"shard registry entry {body!r} is incomplete: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What a live worker says about itself; the key's expiry, not its content, is what makes it live."""
+
+    pid: int
+
+    def encode(self) -> str:
+        return json.dumps({"pid": self.pid})
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Heartbeat:
+        body = _json_object(payload, "heartbeat")
+        try:
+            return cls(pid=int(body["pid"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError(f"heartbeat {body!r} is incomplete: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One batch a worker ran: when it finished (unix time, for humans and rates) and how many images."""
+
+    finished_at: float
+    size: int
+
+    def encode(self) -> str:
+        return json.dumps({"t": round(self.finished_at, 3), "n": self.size})
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> BatchRecord:
+        body = _json_object(payload, "batch record")
+        try:
+            return cls(finished_at=float(body["t"]), size=int(body["n"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError(f"batch record {body!r} is incomplete: {exc}") from None

@@ -13,7 +13,6 @@ import redis
 from daemon.errors import EXIT_CONFIG, ConfigError
 from daemon.redis_conn import connect
 from daemon.settings import Settings, load_settings
-from daemon.wire import SHARDS_KEY, as_text
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -75,12 +74,6 @@ def redis_address(settings: Settings) -> str:
 
 def connect_redis(settings: Settings) -> redis.Redis:
     return connect(settings, socket_timeout_s=REDIS_TIMEOUT_S)
-
-
-def registered_shards(client: redis.Redis) -> dict[str, str]:
-    """Shard id -> the JSON description its worker registered, in shard id order."""
-    shards = {as_text(key): as_text(value) for key, value in client.hgetall(SHARDS_KEY).items()}
-    return dict(sorted(shards.items()))
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int]) -> str:

@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass
 import redis
 
 from daemon.errors import EXIT_CONFIG, JobDropped
-from daemon.replies import fail_queued
+from daemon.queues import KEY_PREFIX, ShardQueues, known_shards, processing_key, queue_key
 from daemon.settings import Settings
-from daemon.wire import KEY_PREFIX, as_text, processing_key, queue_key
 from tools.common import (
     EXIT_OK,
     EXIT_REDIS_DOWN,
@@ -24,7 +23,6 @@ from tools.common import (
     ToolArgumentParser,
     connect_redis,
     redis_address,
-    registered_shards,
     render_table,
     settings_or_exit,
 )
@@ -42,14 +40,6 @@ class ShardFlush:
     """Jobs a worker had already claimed: never touched, they finish normally."""
 
 
-def known_shards(client: redis.Redis) -> list[str]:
-    """Registered shards, plus any shard that still has a queue key (e.g. one no longer configured)."""
-    shards = set(registered_shards(client))
-    prefix = queue_key("")
-    shards.update(as_text(key)[len(prefix) :] for key in client.scan_iter(match=f"{prefix}*", count=1000))
-    return sorted(shards)
-
-
 def flush(client: redis.Redis, settings: Settings, shards: list[str], dry_run: bool) -> list[ShardFlush]:
     """Count (dry run) or drop each shard's waiting jobs; dropped jobs' callers are answered 503."""
     results = []
@@ -58,7 +48,7 @@ def flush(client: redis.Redis, settings: Settings, shards: list[str], dry_run: b
         if dry_run:
             queued = int(client.llen(queue_key(shard)))
         else:
-            queued = fail_queued(client, shard, JobDropped(DROP_MESSAGE), settings.queue.answer_ttl_s)
+            queued = ShardQueues(client, shard, settings).fail_waiting(JobDropped(DROP_MESSAGE))
         results.append(ShardFlush(shard, queued, in_flight))
     return results
 

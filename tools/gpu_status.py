@@ -18,9 +18,10 @@ from typing import Any
 import redis
 
 from daemon.errors import EXIT_CONFIG
+from daemon.queues import STATS_WINDOW, ShardState, read_shards
 from daemon.settings import Settings
 from daemon.shard import load_nvml
-from daemon.wire import STATS_WINDOW, heartbeat_key, processing_key, queue_key, stats_key
+from daemon.wire import BatchRecord
 from tools.common import (
     EXIT_OK,
     EXIT_REDIS_DOWN,
@@ -29,7 +30,6 @@ from tools.common import (
     ToolArgumentParser,
     connect_redis,
     redis_address,
-    registered_shards,
     render_table,
     settings_or_exit,
 )
@@ -42,7 +42,6 @@ DEFAULT_WATCH_S = 2.0
 """Refresh interval of `--watch` given without a value (as `watch` does)."""
 HOME_CURSOR, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 GIB = 2**30
-READS_PER_SHARD = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,65 +118,49 @@ class ShardStatus:
 
 
 def batch_rates(
-    records: list[bytes], now: float, window_s: float = RATE_WINDOW_S
+    records: tuple[BatchRecord, ...], now: float, window_s: float = RATE_WINDOW_S
 ) -> tuple[float, float | None]:
     """Images/s and mean batch size over the last `window_s`, from a worker's records (newest first)."""
-    batches = [json.loads(record) for record in records]
-    recent = [batch for batch in batches if batch["t"] >= now - window_s]
+    recent = [batch for batch in records if batch.finished_at >= now - window_s]
     if not recent:
         return 0.0, None
-    mean_batch = sum(batch["n"] for batch in recent) / len(recent)
-    if len(batches) >= STATS_WINDOW and len(recent) == len(batches) and len(recent) > 1:
+    mean_batch = sum(batch.size for batch in recent) / len(recent)
+    if len(records) >= STATS_WINDOW and len(recent) == len(records) and len(recent) > 1:
         # The worker keeps only STATS_WINDOW records: when all of them are recent, older batches of the
         # window were trimmed, so the rate is taken over the span the records cover (the oldest batch's
         # images were done before that span began).
-        span = now - recent[-1]["t"]
-        return sum(batch["n"] for batch in recent[:-1]) / max(span, 1e-3), mean_batch
-    return sum(batch["n"] for batch in recent) / window_s, mean_batch
+        span = now - recent[-1].finished_at
+        return sum(batch.size for batch in recent[:-1]) / max(span, 1e-3), mean_batch
+    return sum(batch.size for batch in recent) / window_s, mean_batch
 
 
 def collect(
     client: redis.Redis, settings: Settings, reader: NvmlReader, now: float | None = None
 ) -> list[ShardStatus]:
-    """The status of every registered shard, read in one Redis round trip (READS_PER_SHARD per shard)."""
-    shards = registered_shards(client)
-    pipe = client.pipeline(transaction=False)
-    for shard in shards:
-        pipe.llen(queue_key(shard))
-        pipe.llen(processing_key(shard))
-        pipe.get(heartbeat_key(shard))
-        pipe.pttl(heartbeat_key(shard))
-        pipe.lrange(stats_key(shard), 0, -1)
-    answers = pipe.execute()
+    """The status of every registered shard, read in two Redis round trips."""
+    states = read_shards(client, with_records=True)
     now = time.time() if now is None else now
-    reads = [answers[i : i + READS_PER_SHARD] for i in range(0, len(answers), READS_PER_SHARD)]
-    return [
-        _shard_status(shard, json.loads(description), shard_reads, settings, reader, now)
-        for (shard, description), shard_reads in zip(shards.items(), reads, strict=True)
-    ]
+    return [_shard_status(state, settings, reader, now) for state in states]
 
 
-def _shard_status(
-    shard: str, info: dict[str, Any], reads: list[Any], settings: Settings, reader: NvmlReader, now: float
-) -> ShardStatus:
-    depth, in_flight, heartbeat, ttl_ms, records = reads
-    kind = str(info.get("kind", "?"))
-    index = info.get("index") if kind == "gpu" else None
-    images_per_s, mean_batch = batch_rates(records, now)
+def _shard_status(state: ShardState, settings: Settings, reader: NvmlReader, now: float) -> ShardStatus:
+    kind = state.info.kind if state.info else "?"
+    index = state.info.index if state.info and kind == "gpu" else None
+    images_per_s, mean_batch = batch_rates(state.records, now)
     age = None
-    if heartbeat is not None and ttl_ms >= 0:
+    if state.heartbeat_ttl_ms is not None:
         # Each beat sets the key with a TTL of heartbeat_ttl_s, so what has run off since is the beat's age.
-        age = round(max(0.0, settings.queue.heartbeat_ttl_s - ttl_ms / 1000.0), 3)
+        age = round(max(0.0, settings.queue.heartbeat_ttl_s - state.heartbeat_ttl_ms / 1000.0), 3)
     return ShardStatus(
-        shard=shard,
+        shard=state.shard,
         kind=kind,
         device_index=index,
-        device_name=str(info.get("name", "?")),
-        live=heartbeat is not None,
-        pid=int(json.loads(heartbeat)["pid"]) if heartbeat is not None else None,
+        device_name=state.info.name if state.info else "?",
+        live=state.live,
+        pid=state.heartbeat.pid if state.heartbeat is not None else None,
         heartbeat_age_s=age,
-        queue_depth=int(depth),
-        in_flight=int(in_flight),
+        queue_depth=state.queue_depth,
+        in_flight=state.in_flight,
         images_per_s=round(images_per_s, 3),
         mean_batch_size=None if mean_batch is None else round(mean_batch, 3),
         gpu=reader.read(index) if index is not None else None,

@@ -1,12 +1,18 @@
-"""Claiming batches from a real Redis: size and deadline paths, and claims that survive a crash."""
+"""Claiming batches from a real Redis: size and deadline paths, claims that survive a crash, adoption."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from daemon.batching import BatchClaimer, adopt_orphans
-from daemon.wire import processing_key, queue_key
+from daemon.queues import ShardQueues, processing_key, queue_key
+from daemon.settings import BatchingSettings, Settings
+
+
+def claimer(client, shard: str, max_batch_size: int = 8, max_wait_s: float = 0.0) -> ShardQueues:
+    """A shard's face of the queues with the given batching settings."""
+    batching = BatchingSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_s * 1000)
+    return ShardQueues(client, shard, Settings(batching=batching))
 
 
 def fill(client, shard: str, count: int) -> None:
@@ -16,9 +22,9 @@ def fill(client, shard: str, count: int) -> None:
 
 def test_batch_stops_at_max_size_and_keeps_fifo_order(redis_client):
     fill(redis_client, "cpu0", 10)
-    claimer = BatchClaimer(redis_client, "cpu0", max_batch_size=4, max_wait_s=5.0)
+    queues = claimer(redis_client, "cpu0", max_batch_size=4, max_wait_s=5.0)
     started = time.monotonic()
-    batch = claimer.claim_batch(idle_timeout_s=1.0)
+    batch = queues.claim_batch(idle_timeout_s=1.0)
     assert batch == [b"job0", b"job1", b"job2", b"job3"]
     assert time.monotonic() - started < 1.0  # a full batch never waits for the deadline
     assert redis_client.llen(queue_key("cpu0")) == 6
@@ -26,7 +32,7 @@ def test_batch_stops_at_max_size_and_keeps_fifo_order(redis_client):
 
 
 def test_batch_closes_at_the_deadline_when_jobs_trickle(redis_client):
-    claimer = BatchClaimer(redis_client, "cpu0", max_batch_size=32, max_wait_s=0.3)
+    queues = claimer(redis_client, "cpu0", max_batch_size=32, max_wait_s=0.3)
 
     def trickle() -> None:
         for i in range(20):
@@ -36,7 +42,7 @@ def test_batch_closes_at_the_deadline_when_jobs_trickle(redis_client):
     feeder = threading.Thread(target=trickle)
     feeder.start()
     started = time.monotonic()
-    batch = claimer.claim_batch(idle_timeout_s=2.0)
+    batch = queues.claim_batch(idle_timeout_s=2.0)
     elapsed = time.monotonic() - started
     feeder.join()
     assert 2 <= len(batch) < 20  # gathered what arrived within the window, no more
@@ -45,62 +51,95 @@ def test_batch_closes_at_the_deadline_when_jobs_trickle(redis_client):
 
 
 def test_idle_claim_returns_empty_after_its_timeout(redis_client):
-    claimer = BatchClaimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.01)
+    queues = claimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.01)
     started = time.monotonic()
-    assert claimer.claim_batch(idle_timeout_s=0.2) == []
+    assert queues.claim_batch(idle_timeout_s=0.2) == []
     assert 0.15 <= time.monotonic() - started < 1.0
 
 
 def test_orphaned_claims_go_back_to_the_front_of_the_queue(redis_client):
     fill(redis_client, "cpu0", 5)
-    crashed = BatchClaimer(redis_client, "cpu0", max_batch_size=3, max_wait_s=0.0)
+    crashed = claimer(redis_client, "cpu0", max_batch_size=3, max_wait_s=0.0)
     assert crashed.claim_batch(idle_timeout_s=1.0) == [b"job0", b"job1", b"job2"]
     # The worker died here. Its successor puts the claims back, and they run before newer jobs.
-    successor = BatchClaimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0)
+    successor = claimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0)
     assert successor.requeue_orphans() == 3
     assert successor.claim_batch(idle_timeout_s=1.0) == [b"job0", b"job1", b"job2", b"job3", b"job4"]
 
 
 def test_a_live_shard_adopts_a_dead_shards_claims_and_queue(redis_client):
     fill(redis_client, "cpu1", 4)
-    BatchClaimer(redis_client, "cpu1", max_batch_size=2, max_wait_s=0.0).claim_batch(idle_timeout_s=1.0)
-    assert adopt_orphans(redis_client, "cpu1", "cpu0") == 4
+    claimer(redis_client, "cpu1", max_batch_size=2, max_wait_s=0.0).claim_batch(idle_timeout_s=1.0)
+    assert claimer(redis_client, "cpu0").adopt("cpu1") == 4
     assert redis_client.llen(queue_key("cpu1")) == redis_client.llen(processing_key("cpu1")) == 0
-    adopted = BatchClaimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0).claim_batch(1.0)
+    adopted = claimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0).claim_batch(1.0)
     assert sorted(adopted) == [b"job0", b"job1", b"job2", b"job3"]
 
 
 def test_batching_window_is_milliseconds_not_redis_timer_ticks(redis_client):
     # An idle Redis would stretch a 5 ms BLMOVE to ~100 ms; the window must stay near max_wait_s.
     fill(redis_client, "cpu0", 1)
-    claimer = BatchClaimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.005)
+    queues = claimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.005)
     started = time.monotonic()
-    assert claimer.claim_batch(idle_timeout_s=1.0) == [b"job0"]
+    assert queues.claim_batch(idle_timeout_s=1.0) == [b"job0"]
     assert time.monotonic() - started < 0.05
 
 
 def test_a_lone_caller_does_not_wait_for_company_that_is_not_coming(redis_client):
-    claimer = BatchClaimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.2)
+    queues = claimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.2)
     fill(redis_client, "cpu0", 1)
     started = time.monotonic()
-    assert len(claimer.claim_batch(idle_timeout_s=1.0)) == 1  # waited: nothing yet says the load is light
+    assert len(queues.claim_batch(idle_timeout_s=1.0)) == 1  # waited: nothing yet says the load is light
     assert time.monotonic() - started >= 0.19
     fill(redis_client, "cpu0", 1)
     started = time.monotonic()
-    assert len(claimer.claim_batch(idle_timeout_s=1.0)) == 1  # the last batch was alone too: no wait
+    assert len(queues.claim_batch(idle_timeout_s=1.0)) == 1  # the last batch was alone too: no wait
     assert time.monotonic() - started < 0.1
     fill(redis_client, "cpu0", 3)
-    assert len(claimer.claim_batch(idle_timeout_s=1.0)) == 3  # company again: the window is used again
+    assert len(queues.claim_batch(idle_timeout_s=1.0)) == 3  # company again: the window is used again
     fill(redis_client, "cpu0", 1)
     started = time.monotonic()
-    claimer.claim_batch(idle_timeout_s=1.0)
+    queues.claim_batch(idle_timeout_s=1.0)
     assert time.monotonic() - started >= 0.19
 
 
 def test_adopted_jobs_keep_their_order_and_run_before_the_live_shards_newer_ones(redis_client):
     fill(redis_client, "cpu1", 5)  # job0 (oldest) .. job4
-    BatchClaimer(redis_client, "cpu1", max_batch_size=2, max_wait_s=0.0).claim_batch(1.0)  # claims job0, job1
+    claimer(redis_client, "cpu1", max_batch_size=2, max_wait_s=0.0).claim_batch(1.0)  # claims job0, job1
     redis_client.lpush(queue_key("cpu0"), b"live-newer")
-    assert adopt_orphans(redis_client, "cpu1", "cpu0") == 5
-    claimed = BatchClaimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0).claim_batch(1.0)
+    assert claimer(redis_client, "cpu0").adopt("cpu1") == 5
+    claimed = claimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0).claim_batch(1.0)
     assert claimed == [b"job0", b"job1", b"job2", b"job3", b"job4", b"live-newer"]
+
+
+def test_a_frozen_owner_that_wakes_after_adoption_answers_nothing_twice(redis_client):
+    from daemon.wire import Reply
+
+    fill(redis_client, "cpu1", 3)
+    frozen = claimer(redis_client, "cpu1", max_batch_size=2)
+    assert frozen.claim_batch(1.0) == [b"job0", b"job1"]
+    # The owner stalls past its heartbeat; a live shard adopts its batch and its queue.
+    assert claimer(redis_client, "cpu0").adopt("cpu1") == 3
+    # Woken mid-gather, the owner claims a job that arrived after the adoption, then commits.
+    redis_client.lpush(queue_key("cpu1"), b"after")
+    assert frozen.claim_batch(1.0) == [b"after"]
+    answers = {"a": Reply(shard="cpu1"), "b": Reply(shard="cpu1")}
+    assert frozen.commit(answers, None) is False
+    assert not redis_client.exists("inferd:reply:a") and not redis_client.exists("inferd:reply:b")
+    # What it claimed since the adoption goes back to its own queue, not lost; the mark is spent.
+    assert redis_client.lrange(queue_key("cpu1"), 0, -1) == [b"after"]
+    assert redis_client.llen(processing_key("cpu1")) == 0
+    assert frozen.commit({"c": Reply(shard="cpu1")}, None) is True
+    assert redis_client.exists("inferd:reply:c")
+
+
+def test_a_restarted_worker_forgets_an_adoption_meant_for_its_predecessor(redis_client):
+    from daemon.wire import Reply
+
+    fill(redis_client, "cpu1", 1)
+    claimer(redis_client, "cpu1").claim_batch(1.0)
+    claimer(redis_client, "cpu0").adopt("cpu1")  # the predecessor was SIGKILLed with a claim in hand
+    successor = claimer(redis_client, "cpu1")
+    assert successor.requeue_orphans() == 0
+    assert successor.commit({"x": Reply(shard="cpu1")}, None) is True
+    assert redis_client.exists("inferd:reply:x")

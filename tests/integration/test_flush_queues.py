@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 
-from daemon.wire import (
-    SHARDS_KEY,
-    Job,
-    Reply,
-    heartbeat_key,
-    new_job_id,
-    now,
-    processing_key,
-    queue_key,
-    reply_key,
-    stats_key,
-)
+from daemon.queues import SHARDS_KEY, heartbeat_key, processing_key, queue_key, reply_key, stats_key
+from daemon.wire import Job, Reply, new_job_id
 from tools import flush_queues
 from tools.common import EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE
 
@@ -26,7 +17,9 @@ from tools.common import EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE
 def push_jobs(client, shard: str, count: int) -> list[str]:
     ids = []
     for _ in range(count):
-        job = Job(new_job_id(), now() + 30, now(), 5, np.zeros((32, 32, 3), dtype=np.uint8))
+        job = Job(
+            new_job_id(), time.monotonic() + 30, time.monotonic(), 5, np.zeros((32, 32, 3), dtype=np.uint8)
+        )
         client.lpush(queue_key(shard), job.encode())
         ids.append(job.job_id)
     return ids
@@ -37,7 +30,7 @@ def busy_redis(redis_client):
     """Two registered shards with waiting jobs, one job in flight, and keys that must survive any flush."""
     for shard in ("cpu0", "cpu1"):
         redis_client.hset(SHARDS_KEY, shard, json.dumps({"kind": "cpu", "index": 0, "name": "CPU"}))
-        redis_client.set(heartbeat_key(shard), json.dumps({"pid": 1, "images": 0}), ex=60)
+        redis_client.set(heartbeat_key(shard), json.dumps({"pid": 1}), ex=60)
         redis_client.lpush(stats_key(shard), json.dumps({"t": 0, "n": 1}))
     redis_client.lpush(processing_key("cpu0"), b"claimed job")
     redis_client.lpush(reply_key("earlier"), b'{"shard":"cpu0","predictions":[]}')

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
 
 from daemon.gpu_worker import Worker
+from daemon.queues import ShardQueues, heartbeat_key, processing_key, queue_key
 from daemon.shard import Shard
-from daemon.wire import heartbeat_key, processing_key, queue_key
+from daemon.wire import BatchRecord
 from tests.unit.test_gpu_status import GIB, H100, FakeNvml
 from tools import gpu_status
 from tools.common import EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN
@@ -28,10 +30,11 @@ class NeverCalled:
 
 def start_worker(settings, client, shard: Shard, batches: list[int]) -> Worker:
     """Register and beat the way a starting worker does, then record `batches` as if it had run them."""
-    worker = Worker(settings, shard, client, NeverCalled())
-    worker.bootstrap_with_backoff()
+    queues = ShardQueues(client, shard.shard_id, settings)
+    worker = Worker(settings, shard, queues, NeverCalled(), handle_signals=False)
+    worker.bootstrap()
     for size in batches:
-        worker.commit({}, batch_size=size)
+        queues.commit({}, BatchRecord(finished_at=time.time(), size=size))
     return worker
 
 

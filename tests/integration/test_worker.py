@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from daemon.gpu_worker import Worker
 from daemon.model import Classifier
+from daemon.queues import ShardQueues, processing_key, queue_key, reply_key
 from daemon.shard import cpu_shards
-from daemon.wire import Job, Reply, new_job_id, now, processing_key, queue_key, reply_key
+from daemon.wire import Job, Reply, new_job_id
 from tests.conftest import TINY_INPUT
 
 
 @pytest.fixture()
 def worker(redis_settings, redis_client):
-    return Worker(redis_settings, cpu_shards(1)[0], redis_client, Classifier(redis_settings.model))
+    queues = ShardQueues(redis_client, "cpu0", redis_settings)
+    return Worker(
+        redis_settings, cpu_shards(1)[0], queues, Classifier(redis_settings.model), handle_signals=False
+    )
 
 
 def enqueue(client, *, deadline_in_s: float = 10.0, top: int = 5, size: int = TINY_INPUT) -> str:
-    job = Job(new_job_id(), now() + deadline_in_s, now(), top, np.full((size, size, 3), 90, dtype=np.uint8))
+    job = Job(
+        new_job_id(),
+        time.monotonic() + deadline_in_s,
+        time.monotonic(),
+        top,
+        np.full((size, size, 3), 90, dtype=np.uint8),
+    )
     client.lpush(queue_key("cpu0"), job.encode())
     return job.job_id
 
@@ -30,7 +42,7 @@ def reply_of(client, job_id: str) -> Reply:
 
 
 def run_one_batch(worker: Worker) -> None:
-    worker.execute_batch(worker.claimer.claim_batch(idle_timeout_s=1.0))
+    worker.execute_batch(worker.queues.claim_batch(idle_timeout_s=1.0))
 
 
 def test_a_batch_answers_each_caller_once_with_its_own_top_k(worker, redis_client):
@@ -56,7 +68,9 @@ def test_jobs_whose_caller_gave_up_are_not_computed(worker, redis_client):
 def test_malformed_and_mis_sized_jobs_get_an_error_not_a_crash(worker, redis_client):
     wrong_size = enqueue(redis_client, size=TINY_INPUT + 1)
     good = enqueue(redis_client)
-    truncated = Job(new_job_id(), now() + 10, now(), 5, np.zeros((4, 4, 3), dtype=np.uint8)).encode()[:-7]
+    truncated = Job(
+        new_job_id(), time.monotonic() + 10, time.monotonic(), 5, np.zeros((4, 4, 3), dtype=np.uint8)
+    ).encode()[:-7]
     redis_client.lpush(queue_key("cpu0"), truncated, b"not a job at all")
     run_one_batch(worker)
     assert reply_of(redis_client, wrong_size).error_kind == "InferenceFailed"
@@ -67,12 +81,12 @@ def test_malformed_and_mis_sized_jobs_get_an_error_not_a_crash(worker, redis_cli
 
 def test_a_failing_model_fails_the_whole_batch_at_once(worker, redis_client):
     class Broken:
-        labels = worker.classifier.labels
+        labels = worker.predictor.labels
 
         def predict(self, batch):
             raise RuntimeError("device lost")
 
-    worker.classifier = Broken()
+    worker.predictor = Broken()
     ids = [enqueue(redis_client) for _ in range(4)]
     run_one_batch(worker)
     errors = [reply_of(redis_client, job_id) for job_id in ids]

@@ -23,6 +23,7 @@ from urllib3 import encode_multipart_formdata
 from daemon.api import create_app
 from daemon.gpu_worker import IDLE_BLOCK_S, Worker
 from daemon.model import Classifier
+from daemon.queues import ShardQueues
 from daemon.settings import Settings, load_settings
 from daemon.shard import cpu_shards
 from tests.conftest import encode_image, tiny_sections
@@ -38,18 +39,10 @@ OVER_LIMIT_PNG = encode_image(np.random.default_rng(0).integers(0, 256, (400, 40
 """A real, valid picture of noise (about 480 KB) that is larger than BODY_LIMIT."""
 
 
-class ThreadedWorker(Worker):
-    """The real worker loop, run in a thread; it is stopped through its flag instead of a signal."""
-
-    def install_signal_handlers(self) -> None:
-        # Python installs signal handlers only from the main thread, which belongs to pytest.
-        pass
-
-
 @dataclass
 class Served:
     settings: Settings
-    worker: ThreadedWorker
+    worker: Worker
     thread: threading.Thread
 
 
@@ -66,11 +59,13 @@ def served(
     )
     settings = load_settings(write_settings(tmp_path_factory.mktemp("api-input"), sections), env={})
     client = redis.Redis(unix_socket_path=str(redis_socket))
-    worker = ThreadedWorker(settings, cpu_shards(1)[0], client, Classifier(settings.model))
+    queues = ShardQueues(client, "cpu0", settings)
+    # Signals stay pytest's: the loop runs in a thread and is stopped through its flag.
+    worker = Worker(settings, cpu_shards(1)[0], queues, Classifier(settings.model), handle_signals=False)
     thread = threading.Thread(target=worker.work, name="worker-cpu0", daemon=True)
     thread.start()
     yield Served(settings, worker, thread)
-    worker.stop_signals = 1
+    worker.request_stop()
     thread.join(timeout=IDLE_BLOCK_S + 5.0)
     client.close()
     assert not thread.is_alive(), "the worker thread did not stop within its idle wait"

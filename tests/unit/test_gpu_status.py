@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.wire import BatchRecord
 from tools.common import EXIT_OK, EXIT_SHARD_DOWN
 from tools.gpu_status import GpuReading, NvmlReader, ShardStatus, batch_rates, exit_code, render_status_table
 
@@ -87,8 +87,8 @@ def test_without_a_working_nvml_nothing_is_read():
     assert broken.read(0) is None
 
 
-def records(*batches: tuple[float, int]) -> list[bytes]:
-    return [json.dumps({"t": t, "n": n}).encode() for t, n in batches]
+def records(*batches: tuple[float, int]) -> tuple[BatchRecord, ...]:
+    return tuple(BatchRecord(finished_at=t, size=n) for t, n in batches)
 
 
 def test_batch_rates_count_only_the_last_minute():
@@ -98,7 +98,7 @@ def test_batch_rates_count_only_the_last_minute():
     assert rate == 60 / 60.0
     assert mean == 20.0
     assert batch_rates(records((now - 90, 32)), now) == (0.0, None)
-    assert batch_rates([], now) == (0.0, None)
+    assert batch_rates((), now) == (0.0, None)
 
 
 def test_batch_rates_over_a_trimmed_list_use_the_span_it_covers():

@@ -1,0 +1,92 @@
+"""One batch, from the bytes a shard claimed to the reply each caller gets: pure, with no Redis in sight.
+
+Triage first: a job that does not parse, or whose pixels do not fit the model, is answered with an error;
+a job whose caller has passed its deadline is skipped (the caller already has its 504, and computing it would
+only waste the device). The rest go through the model in one call; if that call fails, every one of them is
+answered with the failure at once rather than left to time out (as MLServer fails a whole batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.errors import InferenceFailed
+from daemon.model import top_k
+from daemon.wire import Job, Reply, WireError
+
+log = logging.getLogger(__name__)
+
+
+class Predictor(Protocol):
+    """What a batch needs of a model: `daemon.model.Classifier`, or a stand-in with a fixed cost in bench."""
+
+    labels: list[str]
+
+    def predict(self, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    replies: dict[str, Reply] = field(default_factory=dict)
+    """One reply per job that still has a caller, keyed by job id."""
+    computed: int = 0
+    """Images that went through the model (0 if the call failed or nothing was left to compute)."""
+    infer_s: float = 0.0
+    """Seconds the model call (and top-k) took."""
+
+
+def run_batch(
+    payloads: Sequence[bytes],
+    predictor: Predictor,
+    shard: str,
+    input_shape: tuple[int, int, int],
+    clock: Callable[[], float] = time.monotonic,
+) -> BatchOutcome:
+    """Triage the claimed jobs and classify the ones worth computing; every caller still waiting gets a reply."""
+    started = clock()
+    replies: dict[str, Reply] = {}
+    live: list[Job] = []
+    for payload in payloads:
+        try:
+            job = Job.decode(payload)
+        except WireError as exc:
+            log.error("%s: dropping malformed job: %s", shard, exc)
+            with contextlib.suppress(WireError):
+                replies[Job.peek_id(payload)] = Reply.failure(shard, InferenceFailed(str(exc)))
+            continue
+        if job.deadline <= started:
+            continue
+        if job.pixels.shape != input_shape:
+            error = InferenceFailed(f"job pixels {job.pixels.shape} != model input {input_shape}")
+            replies[job.job_id] = Reply.failure(shard, error)
+            continue
+        live.append(job)
+    if not live:
+        return BatchOutcome(replies)
+    try:
+        probabilities = predictor.predict(np.stack([job.pixels for job in live]))
+        ranked = top_k(probabilities, predictor.labels, max(job.top_k for job in live))
+    except Exception as exc:
+        # A failing model must not take the worker down: its callers get the reason, the next batch a chance.
+        log.exception("%s: batch of %d failed", shard, len(live))
+        failure = InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}")
+        replies.update({job.job_id: Reply.failure(shard, failure) for job in live})
+        return BatchOutcome(replies)
+    infer_s = clock() - started
+    for job, predictions in zip(live, ranked, strict=True):
+        replies[job.job_id] = Reply(
+            shard=shard,
+            predictions=predictions[: job.top_k],
+            batch_size=len(live),
+            queue_ms=max(0.0, (started - job.enqueued_at) * 1000.0),
+            infer_ms=infer_s * 1000.0,
+        )
+    return BatchOutcome(replies, computed=len(live), infer_s=infer_s)

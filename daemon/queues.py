@@ -1,0 +1,451 @@
+"""The Redis protocol between the API and the shards: every key, every script, and one face for each side.
+
+Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing else.
+
+| key | type | written by | read by | bounded by |
+| --- | --- | --- | --- | --- |
+| `inferd:shards` | hash: shard id -> `wire.ShardInfo` | each worker, on every beat | API, tools | a field per shard |
+| `inferd:heartbeat:<shard>` | string: `wire.Heartbeat` | the worker, every `queue.heartbeat_interval_s` | enqueue script, /readyz, tools | expires after `queue.heartbeat_ttl_s` |
+| `inferd:queue:<shard>` | list of `wire.Job`, newest at the left | the API (`ApiQueues.submit`) | its shard, from the right | `queue.max_depth` |
+| `inferd:processing:<shard>` | list: the jobs of the batch in hand | the shard, in the step that takes them off its queue | the shard (`commit` releases them); a live shard adopts a dead one's | `batching.max_batch_size` |
+| `inferd:adopted:<shard>` | string marker | a live shard that adopted this shard's batch | this shard's next `commit` | expires after ADOPTED_MARK_TTL_S |
+| `inferd:reply:<job id>` | list holding one `wire.Reply` | the shard, or whoever drops the job | the API's BLPOP (`await_reply`) | expires after `queue.answer_ttl_s` |
+| `inferd:stats:<shard>` | list of `wire.BatchRecord`, newest first | the shard, with each commit | tools/gpu_status | STATS_WINDOW records |
+| `inferd:rotation` | integer | the enqueue script | the enqueue script | - |
+
+Invariants:
+- A job is in one place at a time: a queue, a processing list, or answered. Every move between lists is one
+  Redis command or one script, so a worker killed at any instant loses nothing.
+- Only the enqueue script pushes onto a queue, and it checks liveness and the depth limit in the same atomic
+  step, so a queue never passes `queue.max_depth` however many API threads race.
+- A shard pushes its batch's answers and releases the claims in one script: all or none. A batch that a live
+  shard adopted while its owner was frozen is not answered again by the owner when it wakes (the `adopted`
+  marker), so each job is answered once.
+
+The API's face is `ApiQueues` (submit a job, await its reply, liveness); a shard's face is `ShardQueues`
+(claim a batch, commit its answers, requeue or adopt orphans, fail what waits, beat); `read_shards` is the one
+reader of the registry for /readyz, /metrics and the tools.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from daemon.errors import InferdError, NoLiveWorker, QueueFull, RedisUnavailable
+from daemon.settings import QueueSettings, Settings
+from daemon.wire import BatchRecord, Heartbeat, Job, Reply, ShardInfo, WireError, as_text
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "inferd:"
+SHARDS_KEY = f"{KEY_PREFIX}shards"
+ROTATION_KEY = f"{KEY_PREFIX}rotation"
+STATS_WINDOW = 120
+"""Batch records kept per shard for tools/gpu_status's rates."""
+ADOPTED_MARK_TTL_S = 3600
+"""How long an adoption marker waits for its frozen owner to wake; past it any caller has long gone."""
+SHARD_LIST_TTL_S = 1.0
+"""How long an API process trusts its copy of the registered shard list before reading it again."""
+GATHER_MIN_SLICE_S = 0.001
+"""Shortest pause between looks for more jobs while a batch fills: about three looks per window."""
+
+
+def queue_key(shard: str) -> str:
+    return f"{KEY_PREFIX}queue:{shard}"
+
+
+def processing_key(shard: str) -> str:
+    return f"{KEY_PREFIX}processing:{shard}"
+
+
+def adopted_key(shard: str) -> str:
+    return f"{KEY_PREFIX}adopted:{shard}"
+
+
+def heartbeat_key(shard: str) -> str:
+    return f"{KEY_PREFIX}heartbeat:{shard}"
+
+
+def stats_key(shard: str) -> str:
+    return f"{KEY_PREFIX}stats:{shard}"
+
+
+def reply_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}reply:{job_id}"
+
+
+# -- scripts ------------------------------------------------------------------------------------------------
+# Nothing a script moves is ever evaluated; each returns counts or the jobs it took.
+
+NO_LIVE_SHARD = -1
+ALL_QUEUES_FULL = -2
+# KEYS: rotation counter, then (queue, heartbeat) per shard. ARGV: job bytes, max depth, policy.
+# Returns the chosen slot, NO_LIVE_SHARD or ALL_QUEUES_FULL.
+ENQUEUE_SCRIPT = """
+local shard_count = (#KEYS - 1) / 2
+local max_depth = tonumber(ARGV[2])
+local policy = ARGV[3]
+-- Rotate over live shards only, so a dead shard's turn is not handed to its neighbour twice.
+local live = {}
+for slot = 0, shard_count - 1 do
+  if redis.call('EXISTS', KEYS[3 + slot * 2]) == 1 then live[#live + 1] = slot end
+end
+if #live == 0 then return -1 end
+local start = redis.call('INCR', KEYS[1])
+local best_slot, best_depth = -1, max_depth
+for offset = 0, #live - 1 do
+  local slot = live[((start + offset) % #live) + 1]
+  local depth = redis.call('LLEN', KEYS[2 + slot * 2])
+  if depth < best_depth then
+    best_slot, best_depth = slot, depth
+    if policy == 'round_robin' then break end
+  end
+end
+if best_slot < 0 then return -2 end
+redis.call('LPUSH', KEYS[2 + best_slot * 2], ARGV[1])
+return best_slot
+"""
+
+# KEYS: queue, processing. ARGV: how many. Claims up to that many jobs that are already waiting, in one trip.
+CLAIM_WAITING_SCRIPT = """
+local claimed = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local job = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not job then break end
+  claimed[#claimed + 1] = job
+end
+return claimed
+"""
+
+# KEYS: processing, queue, adopted marker. A restarted worker puts its predecessor's claims back at the end
+# it pops from, so they run first, and forgets any adoption mark meant for the predecessor.
+REQUEUE_SCRIPT = """
+redis.call('DEL', KEYS[3])
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do moved = moved + 1 end
+return moved
+"""
+
+# KEYS: dead queue, dead processing, live queue, dead shard's adopted marker. ARGV: marker ttl.
+# Moves the dead shard's queue, then its claims, to the end the live worker pops from: the claims (oldest)
+# run first, then the queue in its order, then the live shard's own jobs. Marks the adoption of claims so
+# that a frozen owner which wakes does not answer them a second time.
+ADOPT_SCRIPT = """
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[3], 'LEFT', 'RIGHT') do moved = moved + 1 end
+local claims = 0
+while redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT') do claims = claims + 1 end
+if claims > 0 then redis.call('SET', KEYS[4], '1', 'EX', tonumber(ARGV[1])) end
+return moved + claims
+"""
+
+BATCH_ADOPTED = -1
+# KEYS: processing, stats, adopted marker, queue, then one reply key per answer.
+# ARGV: answer ttl, batch record ('' for none), stats window, then one encoded reply per reply key.
+# Pushes every answer, records the batch and releases the claims, atomically. If a live shard adopted this
+# batch meanwhile, it answers nothing (the adopter does) and puts back what was claimed since the adoption.
+COMMIT_SCRIPT = """
+if redis.call('DEL', KEYS[3]) == 1 then
+  while redis.call('LMOVE', KEYS[1], KEYS[4], 'LEFT', 'RIGHT') do end
+  return -1
+end
+for i = 5, #KEYS do
+  redis.call('LPUSH', KEYS[i], ARGV[i - 1])
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+end
+if ARGV[2] ~= '' then
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+end
+redis.call('DEL', KEYS[1])
+return #KEYS - 4
+"""
+
+# KEYS: queue. Takes every waiting job off a queue in one atomic step.
+TAKE_ALL_SCRIPT = """
+local jobs = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return jobs
+"""
+
+# KEYS: one reply key per answer. ARGV: answer ttl, then one encoded reply per key.
+PUSH_REPLIES_SCRIPT = """
+for i = 1, #KEYS do
+  redis.call('LPUSH', KEYS[i], ARGV[i + 1])
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+end
+return #KEYS
+"""
+
+
+class _Scripts:
+    """Every script registered once per client (redis-py then runs them by SHA, loading on a miss)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.enqueue = client.register_script(ENQUEUE_SCRIPT)
+        self.claim_waiting = client.register_script(CLAIM_WAITING_SCRIPT)
+        self.requeue = client.register_script(REQUEUE_SCRIPT)
+        self.adopt = client.register_script(ADOPT_SCRIPT)
+        self.commit = client.register_script(COMMIT_SCRIPT)
+        self.take_all = client.register_script(TAKE_ALL_SCRIPT)
+        self.push_replies = client.register_script(PUSH_REPLIES_SCRIPT)
+
+
+def _ttl(seconds: float) -> int:
+    return max(1, int(seconds))
+
+
+def _push_replies(scripts: _Scripts, replies: Mapping[str, Reply], ttl_s: float) -> None:
+    if replies:
+        args: list[str | bytes | int] = [_ttl(ttl_s), *(reply.encode() for reply in replies.values())]
+        scripts.push_replies(keys=[reply_key(job_id) for job_id in replies], args=args)
+
+
+# -- the registry, read ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ShardState:
+    """One registered shard as Redis holds it now."""
+
+    shard: str
+    info: ShardInfo | None
+    """None when the registry entry does not parse (written by something else)."""
+    heartbeat: Heartbeat | None
+    """None when the heartbeat expired: the shard gets no jobs and its work may be adopted."""
+    heartbeat_ttl_ms: int | None
+    queue_depth: int
+    in_flight: int
+    records: tuple[BatchRecord, ...] = ()
+
+    @property
+    def live(self) -> bool:
+        return self.heartbeat is not None
+
+
+def registered_shard_ids(client: redis.Redis) -> list[str]:
+    return sorted(as_text(key) for key in client.hkeys(SHARDS_KEY))
+
+
+def read_shards(client: redis.Redis, with_records: bool = False) -> list[ShardState]:
+    """Every registered shard in id order, with liveness, queue and claims (and batch records when asked),
+    read in two round trips."""
+    entries = {as_text(key): value for key, value in client.hgetall(SHARDS_KEY).items()}
+    shards = sorted(entries)
+    pipe = client.pipeline(transaction=False)
+    for shard in shards:
+        pipe.get(heartbeat_key(shard))
+        pipe.pttl(heartbeat_key(shard))
+        pipe.llen(queue_key(shard))
+        pipe.llen(processing_key(shard))
+        if with_records:
+            pipe.lrange(stats_key(shard), 0, -1)
+    answers = iter(pipe.execute())
+    states = []
+    for shard in shards:
+        beat, ttl_ms, depth, in_flight = (next(answers) for _ in range(4))
+        records = tuple(_parse_all(BatchRecord.decode, next(answers))) if with_records else ()
+        states.append(
+            ShardState(
+                shard=shard,
+                info=_parse_or_none(ShardInfo.decode, entries[shard]),
+                heartbeat=None if beat is None else _parse_or_none(Heartbeat.decode, beat) or Heartbeat(0),
+                heartbeat_ttl_ms=int(ttl_ms) if beat is not None and int(ttl_ms) >= 0 else None,
+                queue_depth=int(depth),
+                in_flight=int(in_flight),
+                records=records,
+            )
+        )
+    return states
+
+
+def known_shards(client: redis.Redis) -> list[str]:
+    """Registered shards, plus any shard that still has a queue (one no longer configured, say)."""
+    shards = set(registered_shard_ids(client))
+    prefix = queue_key("")
+    shards.update(as_text(key)[len(prefix) :] for key in client.scan_iter(match=f"{prefix}*", count=1000))
+    return sorted(shards)
+
+
+def _parse_or_none(parse: Any, payload: bytes | str) -> Any:
+    try:
+        return parse(payload)
+    except WireError as exc:
+        log.warning("queues: ignoring a malformed entry: %s", exc)
+        return None
+
+
+def _parse_all(parse: Any, payloads: list[bytes]) -> list[Any]:
+    parsed = (_parse_or_none(parse, payload) for payload in payloads)
+    return [item for item in parsed if item is not None]
+
+
+# -- the API's face -----------------------------------------------------------------------------------------
+class ApiQueues:
+    """What the API needs: put a job on a live shard's queue, await its reply, and see which shards live."""
+
+    def __init__(self, client: redis.Redis, settings: QueueSettings) -> None:
+        self._client = client
+        self._max_depth = settings.max_depth
+        self._policy = settings.dispatch
+        self._scripts = _Scripts(client)
+        self._lock = threading.Lock()
+        self._shards: list[str] = []
+        self._shards_read_at = float("-inf")
+
+    def registered_shards(self) -> list[str]:
+        """Shard ids workers have registered, cached for SHARD_LIST_TTL_S."""
+        with self._lock:
+            if time.monotonic() - self._shards_read_at < SHARD_LIST_TTL_S:
+                return self._shards
+        shards = registered_shard_ids(self._client)
+        with self._lock:
+            self._shards, self._shards_read_at = shards, time.monotonic()
+        return shards
+
+    def submit(self, job: Job) -> str:
+        """Push `job` onto one live shard's queue (by `queue.dispatch`) and return the shard, or raise the
+        503 that says why not."""
+        try:
+            shards = self.registered_shards()
+            if not shards:
+                raise NoLiveWorker("no worker has registered yet; the appliance is starting")
+            keys = [ROTATION_KEY]
+            for shard in shards:
+                keys += [queue_key(shard), heartbeat_key(shard)]
+            slot = int(self._scripts.enqueue(keys=keys, args=[job.encode(), self._max_depth, self._policy]))
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"queue service unavailable: {exc}") from exc
+        if slot == NO_LIVE_SHARD:
+            raise NoLiveWorker("no live worker: every shard's heartbeat is stale")
+        if slot == ALL_QUEUES_FULL:
+            raise QueueFull(
+                f"all {len(shards)} shard queue(s) are full ({self._max_depth} jobs each); retry shortly"
+            )
+        return shards[slot]
+
+    def await_reply(self, job_id: str, timeout_s: float) -> Reply | None:
+        """The job's reply, or None if none came within `timeout_s`."""
+        try:
+            popped = self._client.blpop([reply_key(job_id)], timeout=max(timeout_s, 0.01))
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"lost the queue service while waiting for the answer: {exc}") from exc
+        return None if popped is None else Reply.decode(cast(Any, popped)[1])
+
+    def liveness(self) -> dict[str, bool]:
+        """Every registered shard, in order, and whether its worker has a fresh heartbeat."""
+        shards = registered_shard_ids(self._client)
+        pipe = self._client.pipeline(transaction=False)
+        for shard in shards:
+            pipe.exists(heartbeat_key(shard))
+        return {shard: bool(alive) for shard, alive in zip(shards, pipe.execute(), strict=True)}
+
+
+# -- a shard's face -----------------------------------------------------------------------------------------
+class ShardQueues:
+    """What one shard's worker needs: claim batches, commit answers, recover orphans, beat, leave.
+
+    A batch fills until `batching.max_batch_size` jobs or `batching.max_wait_ms` after its first job,
+    with the remaining wait recomputed on the monotonic clock for every look (as MLServer does). The wait is
+    only spent when jobs are arriving together (the last batch, or what was already queued, had more than
+    one): a lone caller at low load would pay it in full and gain nothing.
+    """
+
+    def __init__(self, client: redis.Redis, shard: str, settings: Settings) -> None:
+        self.shard = shard
+        self._client = client
+        self._scripts = _Scripts(client)
+        self._queue, self._processing = queue_key(shard), processing_key(shard)
+        self.max_batch_size = settings.batching.max_batch_size
+        self.max_wait_s = settings.batching.max_wait_ms / 1000.0
+        self._answer_ttl_s = settings.queue.answer_ttl_s
+        self._heartbeat_ttl_ms = int(settings.queue.heartbeat_ttl_s * 1000)
+        self._last_batch_size = self.max_batch_size  # assume company until a batch shows otherwise
+
+    def claim_batch(self, idle_timeout_s: float) -> list[bytes]:
+        """Block up to `idle_timeout_s` for a first job, then gather more until size or deadline. Every job
+        claimed sits in the processing list until `commit`."""
+        first = self._blocking_claim(idle_timeout_s)
+        if first is None:
+            return []
+        batch: list[bytes] = [first]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            batch.extend(
+                self._scripts.claim_waiting(
+                    keys=[self._queue, self._processing], args=[self.max_batch_size - len(batch)]
+                )
+            )
+            remaining = deadline - time.monotonic()
+            alone = len(batch) == 1 and self._last_batch_size == 1
+            if len(batch) >= self.max_batch_size or remaining <= 0 or alone:
+                break
+            # Wait in a few slices rather than with BLMOVE: an idle Redis checks blocked clients' timeouts
+            # only every 1000/hz ms (100 ms by default), which would stretch a 5 ms window twentyfold. Each
+            # look takes every job that arrived meanwhile in one round trip.
+            time.sleep(max(remaining / 2, min(remaining, GATHER_MIN_SLICE_S)))
+        self._last_batch_size = len(batch)
+        return batch
+
+    def _blocking_claim(self, timeout_s: float) -> bytes | None:
+        # Sent raw: Redis takes a fractional timeout here, which redis-py's typed blmove() does not admit.
+        command: Any = self._client.execute_command
+        job: bytes | None = command("BLMOVE", self._queue, self._processing, "RIGHT", "LEFT", timeout_s)
+        return job
+
+    def commit(self, replies: Mapping[str, Reply], record: BatchRecord | None) -> bool:
+        """Push every answer, record the batch and release the claims, in one atomic step. False when a
+        live shard adopted this batch meanwhile: it answers them, and we answered nothing."""
+        keys = [self._processing, stats_key(self.shard), adopted_key(self.shard), self._queue]
+        keys += [reply_key(job_id) for job_id in replies]
+        args: list[str | bytes | int] = [_ttl(self._answer_ttl_s), record.encode() if record else ""]
+        args += [STATS_WINDOW, *(reply.encode() for reply in replies.values())]
+        return int(self._scripts.commit(keys=keys, args=args)) != BATCH_ADOPTED
+
+    def requeue_orphans(self) -> int:
+        """Put the claims a killed predecessor left in our processing list back on our queue, first in line."""
+        keys = [self._processing, self._queue, adopted_key(self.shard)]
+        return int(self._scripts.requeue(keys=keys))
+
+    def adopt(self, dead_shard: str) -> int:
+        """Move a dead shard's claims and queue onto ours, ahead of our own jobs (they are older), in order."""
+        keys = [queue_key(dead_shard), processing_key(dead_shard), self._queue, adopted_key(dead_shard)]
+        return int(self._scripts.adopt(keys=keys, args=[ADOPTED_MARK_TTL_S]))
+
+    def adopt_dead_shards(self) -> dict[str, int]:
+        """Adopt the work of every registered shard whose worker has no fresh heartbeat; jobs moved by shard."""
+        pipe = self._client.pipeline(transaction=False)
+        shards = [shard for shard in registered_shard_ids(self._client) if shard != self.shard]
+        for shard in shards:
+            pipe.exists(heartbeat_key(shard))
+        dead = [shard for shard, alive in zip(shards, pipe.execute(), strict=True) if not alive]
+        moved = {shard: self.adopt(shard) for shard in dead}
+        return {shard: count for shard, count in moved.items() if count}
+
+    def fail_waiting(self, error: InferdError) -> int:
+        """Take every job waiting on our queue and answer each caller at once with `error`."""
+        payloads = self._scripts.take_all(keys=[self._queue])
+        replies: dict[str, Reply] = {}
+        for payload in payloads:
+            try:
+                replies[Job.peek_id(payload)] = Reply.failure(self.shard, error)
+            except WireError:
+                continue  # nothing to answer: not a job of ours
+        _push_replies(self._scripts, replies, self._answer_ttl_s)
+        return len(payloads)
+
+    def beat(self, info: ShardInfo, heartbeat: Heartbeat) -> None:
+        """Say we are alive; registering again each time lets a restarted (empty) Redis learn of us."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(SHARDS_KEY, self.shard, info.encode())
+        pipe.set(heartbeat_key(self.shard), heartbeat.encode(), px=self._heartbeat_ttl_ms)
+        pipe.execute()
+
+    def leave(self) -> None:
+        """Stop receiving jobs at once (the registry entry stays, so the tools show the shard as down)."""
+        self._client.delete(heartbeat_key(self.shard))

@@ -1,0 +1,87 @@
+"""/predict and /readyz against a fake dispatcher: the resources alone, no Redis and no worker."""
+
+from __future__ import annotations
+
+import time
+
+import falcon.testing
+import numpy as np
+import pytest
+import redis
+
+from daemon.api import create_app
+from daemon.errors import DeadlineExceeded, InferdError, QueueFull
+from daemon.wire import Job, Prediction, Reply
+from tests.conftest import TINY_INPUT, encode_image
+
+
+class FakeDispatcher:
+    """Answers every job with `reply`, or raises `error`; records the jobs it was given."""
+
+    def __init__(self, reply: Reply | None = None, error: InferdError | None = None) -> None:
+        self.reply = reply or Reply(shard="gpu3", predictions=(Prediction("cat", 0.9),), batch_size=7)
+        self.error = error
+        self.jobs: list[Job] = []
+        self.live = {"gpu3": True, "gpu4": False}
+
+    def dispatch(self, job: Job) -> Reply:
+        self.jobs.append(job)
+        if self.error is not None:
+            raise self.error
+        return self.reply
+
+    def liveness(self) -> dict[str, bool]:
+        return self.live
+
+
+@pytest.fixture()
+def app(make_settings):
+    def build(dispatcher: FakeDispatcher) -> falcon.testing.TestClient:
+        settings = make_settings(api={"request_timeout_s": 7.0, "default_top": 2})
+        # The client is never used: /metrics is not asked for, and the dispatcher is the fake.
+        nowhere = redis.Redis(unix_socket_path="/nonexistent/redis.sock")
+        return falcon.testing.TestClient(create_app(settings, nowhere, dispatcher))
+
+    return build
+
+
+def photo() -> bytes:
+    return encode_image(np.full((50, 80, 3), 120, dtype=np.uint8))
+
+
+def test_predict_hands_one_decoded_job_to_the_dispatcher_and_shows_its_answer(app):
+    dispatcher = FakeDispatcher()
+    started = time.monotonic()
+    result = app(dispatcher).simulate_post("/predict", body=photo(), content_type="image/png")
+    assert result.status_code == 200
+    assert result.json == {"success": True, "predictions": [{"label": "cat", "probability": 0.9}]}
+    assert result.headers["X-Inferd-Shard"] == "gpu3" and result.headers["X-Inferd-Batch-Size"] == "7"
+    (job,) = dispatcher.jobs
+    assert job.pixels.shape == (TINY_INPUT, TINY_INPUT, 3) and job.top_k == 2
+    assert started + 7.0 <= job.deadline <= time.monotonic() + 7.0  # the deadline is the request's
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(DeadlineExceeded("no answer"), 504), (QueueFull("all full"), 503)],
+)
+def test_dispatch_errors_become_their_status_as_json(app, error, status):
+    result = app(FakeDispatcher(error=error)).simulate_post(
+        "/predict", body=photo(), content_type="image/png"
+    )
+    assert result.status_code == status
+    assert result.json == {"success": False, "error": error.message}
+    assert ("Retry-After" in result.headers) == (status == 503)
+
+
+def test_readyz_lists_live_and_registered_shards(app):
+    dispatcher = FakeDispatcher()
+    client = app(dispatcher)
+    assert client.simulate_get("/readyz").json == {
+        "ready": True,
+        "live_shards": ["gpu3"],
+        "registered_shards": ["gpu3", "gpu4"],
+    }
+    dispatcher.live = {"gpu3": False}
+    result = client.simulate_get("/readyz")
+    assert result.status_code == 503 and result.json["ready"] is False
