@@ -11,7 +11,7 @@ import pytest
 from daemon.gpu_worker import Worker
 from daemon.shard import Shard
 from daemon.wire import heartbeat_key, processing_key, queue_key
-from tests.unit.test_gpu_status import GIB, H100, FakeNvml
+from tests.fake_nvml import GIB, H100, FakeNvml
 from tools import gpu_status
 from tools.common import EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN
 
