@@ -35,6 +35,7 @@ from daemon.errors import (
     JobDropped,
     ModelLoadError,
 )
+from daemon.logs import setup_logging
 from daemon.metrics import WorkerMetrics
 from daemon.model import Classifier, top_k
 from daemon.redis_conn import connect
@@ -258,9 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "--shard-index", type=int, default=0, help="which discovered shard this worker serves"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    setup_logging()
     try:
         settings = load_settings(args.config)
         shard = pick_own_shard(settings, args.shard_index)
