@@ -29,6 +29,7 @@ from bench.phases import Durations, Plan
 from bench.procs import PYTHON, machine_busy_s, own_cpu_s
 from bench.report import summary, write_report
 from bench.results import BenchResults
+from daemon.settings import gpu_selection_text
 from tests.processes import REPO
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def settings_description(env: dict[str, str]) -> str:
     return (
         f"api.workers={s.api.workers}, api.threads={s.api.threads} (gunicorn gthread), "
         f"batching.max_batch_size={s.batching.max_batch_size}, batching.max_wait_ms={s.batching.max_wait_ms:g}, "
-        f"queue.max_depth={s.queue.max_depth}, queue.dispatch={s.queue.dispatch}, devices.gpus={s.devices.gpus}, "
+        f"queue.max_depth={s.queue.max_depth}, queue.dispatch={s.queue.dispatch}, devices.gpus={gpu_selection_text(s.devices.gpus)}, "
         f"devices.cpu_workers={s.devices.cpu_workers}, model.backend={s.model.backend}; overrides: port, run/log "
         f"dirs, model.path/labels (tiny: model.input_size={TINY_INPUT}, model.preprocessing=tf)"
     )

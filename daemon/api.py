@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 from typing import Any, cast
 
 import falcon
@@ -18,7 +17,6 @@ import redis
 from daemon.dispatcher import Dispatcher, shard_liveness
 from daemon.errors import (
     BadRequest,
-    ConfigError,
     DeadlineExceeded,
     InferdError,
     LengthRequired,
@@ -28,6 +26,7 @@ from daemon.errors import (
     UnsupportedMediaType,
 )
 from daemon.imaging import decode_image
+from daemon.logs import setup_logging
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.redis_conn import connect
 from daemon.settings import Settings, load_settings
@@ -225,25 +224,11 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception
     _json_error(resp, 500, f"internal error: {type(exc).__name__}")
 
 
-def read_token(settings: Settings) -> str | None:
-    """The bearer token from `api.auth_token_file`, or None when auth is off."""
-    path = settings.api.auth_token_file
-    if path is None:
-        return None
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"api.auth_token_file = {str(path)!r} cannot be read: {exc.strerror}") from None
-    if not token:
-        raise ConfigError(f"api.auth_token_file = {str(path)!r} is empty: it must hold the token")
-    return token
-
-
 def create_app(
     settings: Settings, client: redis.Redis, dispatcher: Dispatcher | None = None
 ) -> falcon.App[falcon.Request, falcon.Response]:
     """Build the WSGI app around an injected Redis client (tests pass their own)."""
-    token = read_token(settings)
+    token = settings.secrets.auth_token
     metrics = ApiMetrics()
     middleware: list[Any] = [MetricsMiddleware(metrics)]
     if token:
@@ -269,9 +254,7 @@ def create_app(
 
 def get_app() -> falcon.App[falcon.Request, falcon.Response]:
     """Entry point for gunicorn (`daemon.api:get_app()`): settings from INFERD_CONFIG or the default."""
-    logging.basicConfig(
-        level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    setup_logging()
     settings = load_settings()
     client = connect(settings, socket_timeout_s=settings.api.request_timeout_s + 2.0)
     return create_app(settings, client)

@@ -2,47 +2,15 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from daemon.shard import Shard, decode_shards, discover_shards, encode_shards
+from tests.fake_nvml import FakeGpu, FakeNvml
 
 pytestmark = pytest.mark.usefixtures("tiny_model")
 
 
-class FakeNvml:
-    """Implements the few NVML calls discovery makes, over a list of (name, uuid, total bytes)."""
-
-    def __init__(self, gpus: list[tuple[str, str, int]], fail_init: bool = False):
-        self.gpus = gpus
-        self.fail_init = fail_init
-        self.shutdowns = 0
-
-    def nvmlInit(self):
-        if self.fail_init:
-            raise RuntimeError("NVML Shared Library Not Found")
-
-    def nvmlShutdown(self):
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self):
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return index
-
-    def nvmlDeviceGetName(self, handle):
-        return self.gpus[handle][0].encode()
-
-    def nvmlDeviceGetUUID(self, handle):
-        return self.gpus[handle][1]
-
-    def nvmlDeviceGetMemoryInfo(self, handle):
-        return SimpleNamespace(total=self.gpus[handle][2], used=0, free=self.gpus[handle][2])
-
-
-FOUR_GPUS = [(f"NVIDIA H100 80GB HBM3 #{i}", f"GPU-{i}aaa-bbbb", 80 * 2**30) for i in range(4)]
+FOUR_GPUS = [FakeGpu(name=f"NVIDIA H100 80GB HBM3 #{i}", uuid=f"GPU-{i}aaa-bbbb") for i in range(4)]
 
 
 @pytest.fixture()
