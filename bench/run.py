@@ -1,4 +1,4 @@
-"""`python -m bench.run`: measure everything of issue 5 in one run, write bench/RESULTS.md and a plot.
+"""`python -m bench.run`: measure what every benchmark target needs in one run, write bench/RESULTS.md and a plot.
 
 Phases, each with the machine to itself: (a) the default model offline; (b) the whole appliance with it at
 1/16/64/256 clients, then a py-spy profile and (g) a soak; (d) the tiny model behind inferd, the decode-only

@@ -100,7 +100,7 @@ def encode_image(array: np.ndarray, fmt: str = "PNG", **save: Any) -> bytes:
 
 @pytest.fixture(scope="session")
 def photo_png() -> bytes:
-    """A 451x300 natural photo (scikit-image's astronaut), the size the seed measured with."""
+    """A 451x300 natural photo (scikit-image's astronaut), the size the benchmark uploads."""
     from skimage import data
 
     astronaut = data.astronaut()  # type: ignore[no-untyped-call]
