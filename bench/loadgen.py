@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "multipart.lua"
 PHOTO_SIZE = (451, 300)
-"""The upload size SEED_NOTES measured with."""
+"""The size of the photo every phase uploads: one size in every run, so runs and phases compare."""
 JPEG_QUALITY = 90
 WRK_TIMEOUT_S = 30
 """Far above any latency we expect, so a slow design is measured as slow rather than as timed out."""

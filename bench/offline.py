@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from daemon.logs import setup_logging
 from daemon.settings import load_settings
 from daemon.shard import discover_shards, pin_process
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per batch size")
     parser.add_argument("--rounds", type=int, default=3, help="windows per batch size; the best one counts")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     with open(args.image, "rb") as handle:
         image = handle.read()

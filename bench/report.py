@@ -52,7 +52,7 @@ def render_markdown(r: BenchResults, plot_name: str) -> str:
         out += [f"- **FAILED phase** {failure}"]
     out += ["", "Figures are machine-specific: compare them as ratios measured in the same run.", ""]
 
-    out += ["## Targets (issue 5, part 3)", "", *targets_table(targets(r))]
+    out += ["## Targets", "", *targets_table(targets(r))]
 
     model = meta.get("served_model", "default model")
     out += [f"## (a) Offline throughput of the {model}", ""]

@@ -1,4 +1,4 @@
-"""Everything one benchmark run measured, and the targets of issue 5 judged against it.
+"""Everything one benchmark run measured, and the targets judged against it.
 
 The driver fills a `BenchResults`; the report writer and the summary only read it, so a quick run and a
 full run produce the same tables. Figures a run did not measure are left empty and their targets say so.
@@ -112,7 +112,7 @@ def _ratio(numerator: LoadResult | None, denominator: LoadResult | None) -> floa
 
 
 def targets(r: BenchResults) -> list[Target]:
-    """Issue 5 part 3's targets, each with the figure that decides it."""
+    """The benchmark's targets, each with the figure that decides it."""
     found: list[Target] = []
     best, served = r.offline_best(), r.served_at(TARGET_CLIENTS)
     if best is not None and served is not None:

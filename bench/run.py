@@ -1,4 +1,4 @@
-"""`python -m bench.run`: measure everything of issue 5 in one run, write bench/RESULTS.md and a plot.
+"""`python -m bench.run`: measure what every benchmark target needs in one run, write bench/RESULTS.md and a plot.
 
 Phases, each with the machine to itself: (a) the default model offline; (b) the whole appliance with it at
 1/16/64/256 clients, then a py-spy profile and (g) a soak; (d) the tiny model behind inferd, the decode-only
@@ -29,6 +29,7 @@ from bench.phases import Durations, Plan
 from bench.procs import PYTHON, machine_busy_s, own_cpu_s
 from bench.report import summary, write_report
 from bench.results import BenchResults
+from daemon.settings import gpu_selection_text
 from tests.processes import REPO
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def settings_description(env: dict[str, str]) -> str:
     return (
         f"api.workers={s.api.workers}, api.threads={s.api.threads} (gunicorn gthread), "
         f"batching.max_batch_size={s.batching.max_batch_size}, batching.max_wait_ms={s.batching.max_wait_ms:g}, "
-        f"queue.max_depth={s.queue.max_depth}, queue.dispatch={s.queue.dispatch}, devices.gpus={s.devices.gpus}, "
+        f"queue.max_depth={s.queue.max_depth}, queue.dispatch={s.queue.dispatch}, devices.gpus={gpu_selection_text(s.devices.gpus)}, "
         f"devices.cpu_workers={s.devices.cpu_workers}, model.backend={s.model.backend}; overrides: port, run/log "
         f"dirs, model.path/labels (tiny: model.input_size={TINY_INPUT}, model.preprocessing=tf)"
     )

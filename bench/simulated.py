@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
-import os
 import statistics
 import sys
 import threading
@@ -31,6 +30,7 @@ import redis
 from bench.procs import PYTHON, Service, stop_all
 from daemon.errors import Unavailable
 from daemon.gpu_worker import Worker
+from daemon.logs import setup_logging
 from daemon.queues import ApiQueues, ShardQueues, heartbeat_key
 from daemon.settings import Settings, load_settings
 from daemon.shard import Shard
@@ -255,9 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-ms", type=float, required=True, help="sleep per batch")
     parser.add_argument("--per-image-ms", type=float, required=True, help="extra sleep per image")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    setup_logging()
     settings = load_settings(args.config)
     client = redis.Redis(unix_socket_path=str(settings.redis.socket), socket_timeout=10.0)
     model = SleepingModel(args.base_ms, args.per_image_ms)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import time
 from typing import Any, cast
 
@@ -19,7 +18,6 @@ import redis
 from daemon.dispatcher import Dispatch, Dispatcher
 from daemon.errors import (
     BadRequest,
-    ConfigError,
     InferdError,
     LengthRequired,
     PayloadTooLarge,
@@ -27,6 +25,7 @@ from daemon.errors import (
     UnsupportedMediaType,
 )
 from daemon.imaging import decode_image
+from daemon.logs import setup_logging
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.queues import ApiQueues
 from daemon.redis_conn import connect
@@ -209,20 +208,6 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception
     _json_error(resp, 500, f"internal error: {type(exc).__name__}")
 
 
-def read_token(settings: Settings) -> str | None:
-    """The bearer token from `api.auth_token_file`, or None when auth is off."""
-    path = settings.api.auth_token_file
-    if path is None:
-        return None
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"api.auth_token_file = {str(path)!r} cannot be read: {exc.strerror}") from None
-    if not token:
-        raise ConfigError(f"api.auth_token_file = {str(path)!r} is empty: it must hold the token")
-    return token
-
-
 def create_app(
     settings: Settings, client: redis.Redis, dispatcher: Dispatch | None = None
 ) -> falcon.App[falcon.Request, falcon.Response]:
@@ -230,7 +215,7 @@ def create_app(
     (by default the real one on that client; tests may pass a fake)."""
     if dispatcher is None:
         dispatcher = Dispatcher(ApiQueues(client, settings.queue), settings.api.request_timeout_s)
-    token = read_token(settings)
+    token = settings.secrets.auth_token
     metrics = ApiMetrics()
     middleware: list[Any] = [MetricsMiddleware(metrics)]
     if token:
@@ -254,9 +239,7 @@ def create_app(
 
 def get_app() -> falcon.App[falcon.Request, falcon.Response]:
     """Entry point for gunicorn (`daemon.api:get_app()`): settings from INFERD_CONFIG or the default."""
-    logging.basicConfig(
-        level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    setup_logging()
     settings = load_settings()
     client = connect(settings, socket_timeout_s=settings.api.request_timeout_s + 2.0)
     return create_app(settings, client)

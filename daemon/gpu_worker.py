@@ -22,6 +22,7 @@ import redis
 from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_OK, ConfigError, JobDropped, ModelLoadError
 from daemon.heartbeat import HeartbeatThread
 from daemon.inference import Predictor, run_batch
+from daemon.logs import setup_logging
 from daemon.metrics import WorkerMetrics
 from daemon.model import Classifier
 from daemon.queues import ShardQueues
@@ -169,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "--shard-index", type=int, default=0, help="which discovered shard this worker serves"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    setup_logging()
     try:
         settings = load_settings(args.config)
         shard = pick_own_shard(settings, args.shard_index)

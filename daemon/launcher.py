@@ -15,27 +15,25 @@ import stat
 import sys
 from pathlib import Path
 
-from daemon.api import read_token
 from daemon.errors import EXIT_CONFIG, ConfigError
+from daemon.logs import setup_logging
 from daemon.metrics import MULTIPROC_ENV
-from daemon.redis_conn import read_password
-from daemon.settings import Settings, load_settings, resolve_config_path
+from daemon.settings import HOME, Settings, check_model_files, load_settings, resolve_config_path
 from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards
+from daemon.wire import JOB_HEADER
 
 log = logging.getLogger(__name__)
 
-HOME = Path(__file__).resolve().parent.parent
 SUPERVISORD_CONF = HOME / "conf" / "supervisord.conf"
 REDIS_OVERHEAD_MB = 64
 """Redis's own memory plus replies, stats and keys, on top of what full queues hold."""
-JOB_HEADER_BYTES = 64
 
 
 def redis_maxmemory_mb(settings: Settings, shard_count: int) -> int:
     """The memory full queues and processing lists can hold, plus overhead: Redis refuses writes past it."""
     if settings.redis.maxmemory_mb:
         return settings.redis.maxmemory_mb
-    job_bytes = settings.model.input_size**2 * 3 + JOB_HEADER_BYTES
+    job_bytes = settings.model.input_size**2 * 3 + JOB_HEADER.size
     jobs = shard_count * (settings.queue.max_depth + settings.batching.max_batch_size)
     return REDIS_OVERHEAD_MB + (2 * jobs * job_bytes) // 2**20
 
@@ -54,9 +52,8 @@ def render_redis_conf(settings: Settings, shard_count: int) -> str:
         "daemonize no",
         'logfile ""',
     ]
-    password = read_password(settings)
-    if password:
-        lines.append(f"requirepass {password}")
+    if settings.secrets.redis_password is not None:
+        lines.append(f"requirepass {settings.secrets.redis_password}")
     return "\n".join(lines) + "\n"
 
 
@@ -101,20 +98,10 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
     }
 
 
-def check_model_files(settings: Settings) -> None:
-    for what, path in (("model.path", settings.model.path), ("model.labels", settings.model.labels)):
-        if not path.is_file():
-            raise ConfigError(
-                f"{what} = {str(path)!r} does not exist; build the embedded default with "
-                "`inferd build-default-model` or point it at your own file"
-            )
-
-
 def run(config: str | None) -> int:
     config_path = resolve_config_path(config, os.environ).resolve()
-    settings = load_settings(config_path)
+    settings = load_settings(config_path)  # also reads the secret files: unreadable or empty ones stop here
     check_model_files(settings)
-    read_token(settings)  # a missing or empty token file is a configuration error, said before anything runs
     shards = discover_shards(settings)
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
@@ -149,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser("build-default-model", help="build the embedded EfficientNet-Lite0 model")
     build.add_argument("--out", help="folder for the .keras file and labels (default: model.path's folder)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    setup_logging()
     if args.config:
         os.environ["INFERD_CONFIG"] = str(Path(args.config).resolve())
     try:

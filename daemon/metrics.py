@@ -21,8 +21,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from daemon.nvml import Nvml
 from daemon.queues import read_shards
-from daemon.shard import load_nvml
 
 log = logging.getLogger(__name__)
 
@@ -137,30 +137,31 @@ class GpuCollector(Collector):
     """Utilisation and memory of every GPU, from NVML; nothing at all on a machine without NVML."""
 
     def __init__(self, nvml: Any = None) -> None:
-        self._nvml = nvml if nvml is not None else load_nvml()
-        self._ready = False
+        self._module = nvml
+        self._session: Nvml | None = None  # started at the first scrape: most API processes are never scraped
 
     def collect(self) -> Iterator[Metric]:
-        if self._nvml is None:
-            return
+        if self._session is None:
+            self._session = Nvml.open(self._module)
+            if not self._session.available:
+                log.debug("metrics: NVML unavailable: %s", self._session.unavailable_reason)
         util = GaugeMetricFamily("inferd_gpu_utilization_percent", "GPU utilisation", labels=["gpu"])
         used = GaugeMetricFamily("inferd_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
         total = GaugeMetricFamily("inferd_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
-        try:
-            if not self._ready:
-                self._nvml.nvmlInit()
-                self._ready = True
-            for index in range(self._nvml.nvmlDeviceGetCount()):
-                handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
-                memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-                util.add_metric([str(index)], self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-                used.add_metric([str(index)], memory.used)
-                total.add_metric([str(index)], memory.total)
-        except Exception as exc:  # NVMLError has many subclasses; no GPU is not an error for a scrape
-            log.debug("metrics: NVML unavailable: %s", exc)
-            self._nvml = None
-            return
-        yield from (util, used, total)
+        for index in range(self._session.gpu_count()):
+            reading = self._session.read(index)
+            if reading is None:
+                continue
+            # A figure this GPU does not report is left out rather than shown as 0.
+            for family, value in (
+                (util, reading.utilization_pct),
+                (used, reading.memory_used_bytes),
+                (total, reading.memory_total_bytes),
+            ):
+                if value is not None:
+                    family.add_metric([str(index)], value)
+        if self._session.available:
+            yield from (util, used, total)
 
 
 class MetricsResource:

@@ -12,17 +12,11 @@ CONNECT_TIMEOUT_S = 1.0
 """A Redis that does not accept a connection within this is treated as down (API answers 503 at once)."""
 
 
-def read_password(settings: Settings) -> str | None:
-    if settings.redis.password_file is None:
-        return None
-    return settings.redis.password_file.read_text().strip() or None
-
-
 def connect(
     settings: Settings, socket_timeout_s: float | None, max_connections: int | None = None
 ) -> redis.Redis:
     """A client whose commands fail fast when Redis is gone; blocking calls must stay under the timeout."""
-    password = read_password(settings)
+    password = settings.secrets.redis_password
     socket = settings.redis_socket
     pool: redis.ConnectionPool
     if socket is not None:

@@ -1,4 +1,8 @@
-"""Typed, frozen settings: loaded from TOML, overridden from the environment, validated once at start."""
+"""Typed, frozen settings: loaded from TOML, overridden from the environment, validated once at start.
+
+Every start-time check lives here: `load_settings` checks the values and reads the secret files, and
+`check_model_files` checks the model's files for the commands that serve (tools load settings without them).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ from typing import Any
 
 from daemon.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "settings.toml"
+HOME = Path(__file__).resolve().parent.parent
+"""The checkout (or installed app folder): relative paths among the defaults below are relative to it."""
+DEFAULT_CONFIG = HOME / "conf" / "settings.toml"
 """The settings file used when neither --config nor INFERD_CONFIG names one."""
 
 ENV_PREFIX = "INFERD_"
@@ -28,12 +34,17 @@ DISPATCH_POLICIES = ("round_robin", "shortest_queue")
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 
 
+# The defaults below are the values conf/settings.toml ships, so a key a file leaves out means what the shipped
+# file says. Both are written down because code builds sections without a file (tests, bench) and operators
+# read the file; tests/unit/test_settings.py compares them key by key, so they cannot drift apart.
+
+
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
-    threads: int = 32
+    threads: int = 16
     request_timeout_s: float = 10.0
     max_body_bytes: int = 20_000_000
     max_image_pixels: int = 50_000_000
@@ -54,8 +65,8 @@ class RedisSettings:
 
 @dataclass(frozen=True, slots=True)
 class ModelSettings:
-    path: Path = Path("model.keras")
-    labels: Path = Path("labels.txt")
+    path: Path = Path("var/models/efficientnet-lite0.keras")
+    labels: Path = Path("var/models/imagenet-labels.txt")
     input_size: int = 224
     resize: str = "crop"
     crop_fraction: float = 0.875
@@ -78,9 +89,13 @@ class QueueSettings:
     dispatch: str = "round_robin"
 
 
+GpuSelection = tuple[int, ...] | None
+"""`devices.gpus`: None selects every visible GPU ("auto"), () none at all ("none"), else these indices."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceSettings:
-    gpus: str = "auto"
+    gpus: GpuSelection = None
     cpu_workers: int = 1
 
 
@@ -88,6 +103,14 @@ class DeviceSettings:
 class PathSettings:
     run_dir: Path = Path("var/run")
     log_dir: Path = Path("var/log")
+
+
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """What the secret files named in the settings hold, read once at load; never shown in a repr."""
+
+    auth_token: str | None = field(default=None, repr=False)
+    redis_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +122,7 @@ class Settings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     devices: DeviceSettings = field(default_factory=DeviceSettings)
     paths: PathSettings = field(default_factory=PathSettings)
+    secrets: Secrets = field(default_factory=Secrets)
     source: Path | None = None
 
     @property
@@ -108,23 +132,11 @@ class Settings:
             return self.redis.socket
         return self.paths.run_dir / "redis.sock" if self.redis.managed else None
 
-    def gpu_indices(self) -> list[int] | None:
-        """Explicit GPU indices from `devices.gpus`, [] for "none", None for "auto"."""
-        return parse_gpu_list(self.devices.gpus)
-
 
 SECTIONS: dict[str, type[Any]] = {
-    name: hint for name, hint in typing.get_type_hints(Settings).items() if name != "source"
+    name: hint for name, hint in typing.get_type_hints(Settings).items() if name not in ("secrets", "source")
 }
-
-
-def parse_gpu_list(value: str) -> list[int] | None:
-    text = value.strip().lower()
-    if text == "auto":
-        return None
-    if text in ("none", ""):
-        return []
-    return [int(part) for part in text.replace(" ", "").split(",")]
+"""The file's [sections]: every field of Settings but what is derived at load."""
 
 
 def resolve_config_path(cli_path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
@@ -160,15 +172,53 @@ def load_settings(
         raise ConfigError(f"unknown section(s) {sorted(raw)}; allowed: {sorted(SECTIONS)}")
     settings = Settings(**sections, source=config_path)
     validate(settings)
-    return settings
+    secrets = Secrets(
+        auth_token=read_secret("api.auth_token_file", settings.api.auth_token_file),
+        redis_password=read_secret("redis.password_file", settings.redis.password_file),
+    )
+    return dataclasses.replace(settings, secrets=secrets)
+
+
+def read_secret(key: str, path: Path | None) -> str | None:
+    """The stripped content of the file `key` names, None when it names none; unreadable or empty is an error."""
+    if path is None:
+        return None
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{key} = {str(path)!r} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key} = {str(path)!r} is not text: it must hold the secret") from None
+    if not secret:
+        raise ConfigError(f"{key} = {str(path)!r} is empty: it must hold the secret")
+    return secret
+
+
+def check_model_files(settings: Settings) -> None:
+    """The model and labels files exist: checked by the commands that serve, before anything starts."""
+    for key, path in (("model.path", settings.model.path), ("model.labels", settings.model.labels)):
+        if not path.is_file():
+            raise ConfigError(
+                f"{key} = {str(path)!r} does not exist; build the embedded default with "
+                "`inferd build-default-model` or point it at your own file"
+            )
 
 
 def _field_type(section_type: type[Any], name: str) -> Any:
     hints = typing.get_type_hints(section_type)
     hint = hints[name]
-    if isinstance(hint, types.UnionType):  # `Path | None`
+    if isinstance(hint, types.UnionType):  # `Path | None`, `GpuSelection`
         return next(arg for arg in typing.get_args(hint) if arg is not type(None))
     return hint
+
+
+def _default(section_type: type[Any], name: str) -> Any:
+    default = next(f.default for f in dataclasses.fields(section_type) if f.name == name)
+    # A relative default path is relative to HOME, as the shipped file's own paths are, not to the
+    # directory a process happens to start in.
+    if isinstance(default, Path) and not default.is_absolute():
+        return (HOME / default).resolve()
+    return default
 
 
 def _build_section(
@@ -186,6 +236,8 @@ def _build_section(
             kwargs[name] = _coerce(key, _field_type(section_type, name), env[env_name], Path.cwd())
         elif name in values:
             kwargs[name] = _coerce(key, _field_type(section_type, name), values[name], base)
+        else:
+            kwargs[name] = _default(section_type, name)
     return section_type(**kwargs)
 
 
@@ -220,11 +272,49 @@ def _coerce(key: str, target: Any, value: Any, base: Path) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key} = {value!r} is not allowed: expected a number") from None
-    if key == "devices.gpus" and isinstance(value, list):
-        return ",".join(str(item) for item in value)
+    if target == tuple[int, ...]:
+        return _gpu_selection(key, value)
     if not isinstance(value, str | int):
         raise ConfigError(f"{key} = {value!r} is not allowed: expected a string")
     return str(value)
+
+
+GPU_SELECTION_ALLOWED = '"auto", "none", or a list of GPU indices such as [0, 1]'
+
+
+def _gpu_selection(key: str, value: Any) -> GpuSelection:
+    """`devices.gpus` typed: "auto" is None, "none" (), and [0, 1] from TOML or "0,1" from the environment (0, 1)."""
+    items: list[Any]
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return None
+        if text in ("none", ""):
+            return ()
+        items = [part.strip() for part in text.split(",")]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(f"{key} = {value!r} is not allowed: {GPU_SELECTION_ALLOWED}")
+    indices: list[int] = []
+    for item in items:
+        # bool is an int to Python, and int() takes "+1" and "²": only plain digits name a GPU.
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            indices.append(item)
+        elif isinstance(item, str) and item.isascii() and item.isdigit():
+            indices.append(int(item))
+        else:
+            raise ConfigError(f"{key} = {value!r} is not allowed: {GPU_SELECTION_ALLOWED}")
+    if len(set(indices)) != len(indices):
+        raise ConfigError(f"{key} = {value!r} is not allowed: each GPU index at most once")
+    return tuple(indices)
+
+
+def gpu_selection_text(gpus: GpuSelection) -> str:
+    """`devices.gpus` as an operator writes it: "auto", "none" or "0,1"."""
+    if gpus is None:
+        return "auto"
+    return ",".join(str(index) for index in gpus) or "none"
 
 
 def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
@@ -300,15 +390,5 @@ def validate(s: Settings) -> None:
         "queue.dispatch",
         s.queue.dispatch,
         f"one of {DISPATCH_POLICIES}",
-    )
-    try:
-        gpus = parse_gpu_list(s.devices.gpus)
-    except ValueError:
-        gpus = [-1]
-    _require(
-        gpus is None or all(index >= 0 for index in gpus),
-        "devices.gpus",
-        s.devices.gpus,
-        '"auto", "none", or a list of GPU indices such as [0, 1]',
     )
     _require(1 <= s.devices.cpu_workers <= 64, "devices.cpu_workers", s.devices.cpu_workers, "from 1 to 64")

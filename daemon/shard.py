@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from daemon.nvml import GpuInfo, Nvml
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,6 @@ def pin_process(shard: Shard, settings: Settings) -> int | None:
     return threads
 
 
-def load_nvml() -> Any | None:
-    """The pynvml module (from nvidia-ml-py) when importable; None means no NVML at all."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    return pynvml
-
-
 def _visible_filter(env: Mapping[str, str]) -> list[str] | None:
     """CUDA_VISIBLE_DEVICES as a list of index or UUID tokens; None when unset (all visible)."""
     value = env.get("CUDA_VISIBLE_DEVICES")
@@ -81,29 +73,15 @@ def _visible_filter(env: Mapping[str, str]) -> list[str] | None:
     return visible
 
 
-def nvml_gpus(nvml: Any) -> list[Shard]:
-    """Every GPU NVML reports, in NVML index order; raises if NVML cannot start (no library or driver)."""
-    nvml.nvmlInit()
-    try:
-        gpus = []
-        for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            name = nvml.nvmlDeviceGetName(handle)
-            uuid = nvml.nvmlDeviceGetUUID(handle)
-            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(
-                Shard(
-                    shard_id=f"gpu{index}",
-                    kind="gpu",
-                    index=index,
-                    name=name.decode() if isinstance(name, bytes) else str(name),
-                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
-                    memory_total_bytes=int(memory.total),
-                )
-            )
-        return gpus
-    finally:
-        nvml.nvmlShutdown()
+def gpu_shard(gpu: GpuInfo) -> Shard:
+    return Shard(
+        shard_id=f"gpu{gpu.index}",
+        kind="gpu",
+        index=gpu.index,
+        name=gpu.name,
+        uuid=gpu.uuid,
+        memory_total_bytes=gpu.memory_total_bytes,
+    )
 
 
 def _is_visible(gpu: Shard, visible: list[str] | None) -> bool:
@@ -119,22 +97,30 @@ def cpu_shards(count: int) -> list[Shard]:
 def discover_shards(
     settings: Settings, env: Mapping[str, str] | None = None, nvml: Any = None
 ) -> list[Shard]:
-    """GPUs that are visible and selected by `devices.gpus`, else `devices.cpu_workers` CPU shards."""
+    """GPUs that are visible and selected by `devices.gpus`, else `devices.cpu_workers` CPU shards.
+
+    `nvml` replaces the pynvml module (tests pass a stand-in).
+    """
     env = os.environ if env is None else env
-    wanted = settings.gpu_indices()
-    if wanted == []:
+    wanted = settings.devices.gpus
+    if wanted == ():
         log.info("shard: devices.gpus is none; running %d CPU shard(s)", settings.devices.cpu_workers)
         return cpu_shards(settings.devices.cpu_workers)
-    nvml = load_nvml() if nvml is None else nvml
-    if nvml is None:
-        log.info("shard: no NVML library; running %d CPU shard(s)", settings.devices.cpu_workers)
-        return cpu_shards(settings.devices.cpu_workers)
     visible = _visible_filter(env)
-    try:
-        gpus = [gpu for gpu in nvml_gpus(nvml) if _is_visible(gpu, visible)]
-    except Exception as exc:  # NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
-        log.info("shard: NVML unavailable (%s); running %d CPU shard(s)", exc, settings.devices.cpu_workers)
+    with Nvml.open(nvml) as session:
+        reason = session.unavailable_reason
+        found: list[GpuInfo] = []
+        if reason is None:
+            try:
+                found = session.gpus()
+            except Exception as exc:  # NVML started but could not list its GPUs (a driver fault)
+                reason = str(exc) or type(exc).__name__
+    if reason is not None:
+        log.info(
+            "shard: NVML unavailable (%s); running %d CPU shard(s)", reason, settings.devices.cpu_workers
+        )
         return cpu_shards(settings.devices.cpu_workers)
+    gpus = [shard for shard in map(gpu_shard, found) if _is_visible(shard, visible)]
     if wanted is not None:
         missing = sorted(set(wanted) - {gpu.index for gpu in gpus})
         if missing:

@@ -1,4 +1,13 @@
-"""Shared fixtures: a real redis-server per session, tiny generated models, settings files, appliances."""
+"""Shared fixtures: a real redis-server per session, tiny generated models, settings files, appliances.
+
+The layers, fastest first:
+- tests/unit: pure functions and stand-ins (a fake NVML module, a small in-test HTTP server); no Redis
+  server, no Keras model (tests/unit/conftest.py refuses the fixtures that start them).
+- tests/integration: the session's real redis-server (flushed around each test), the Falcon app through
+  TestClient, and in-process workers on the tiny generated Keras model.
+- tests/model: the real embedded default model.
+- tests/process: the real supervisord, gunicorn and worker processes, signalled and their exit codes checked.
+"""
 
 from __future__ import annotations
 
@@ -100,7 +109,7 @@ def encode_image(array: np.ndarray, fmt: str = "PNG", **save: Any) -> bytes:
 
 @pytest.fixture(scope="session")
 def photo_png() -> bytes:
-    """A 451x300 natural photo (scikit-image's astronaut), the size the seed measured with."""
+    """A 451x300 natural photo (scikit-image's astronaut), the size the benchmark uploads."""
     from skimage import data
 
     astronaut = data.astronaut()  # type: ignore[no-untyped-call]

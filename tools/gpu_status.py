@@ -18,9 +18,9 @@ from typing import Any
 import redis
 
 from daemon.errors import EXIT_CONFIG
+from daemon.nvml import GpuReading, Nvml
 from daemon.queues import STATS_WINDOW, ShardState, read_shards
 from daemon.settings import Settings
-from daemon.shard import load_nvml
 from daemon.wire import BatchRecord
 from tools.common import (
     EXIT_OK,
@@ -42,63 +42,6 @@ DEFAULT_WATCH_S = 2.0
 """Refresh interval of `--watch` given without a value (as `watch` does)."""
 HOME_CURSOR, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 GIB = 2**30
-
-
-@dataclass(frozen=True, slots=True)
-class GpuReading:
-    """One GPU's NVML figures; a figure the GPU does not report (NVML_ERROR_NOT_SUPPORTED) is None."""
-
-    utilization_pct: int | None
-    memory_used_bytes: int | None
-    memory_total_bytes: int | None
-    temperature_c: int | None
-    power_w: float | None
-
-
-def _or_none(read: Callable[[], Any]) -> Any:
-    try:
-        return read()
-    except Exception:  # pynvml raises a class per NVML return code; any of them means "no figure"
-        return None
-
-
-class NvmlReader:
-    """Reads GPUs through an NVML module: pynvml, or the stand-in a test passes; None reads nothing."""
-
-    def __init__(self, nvml: Any | None) -> None:
-        self._nvml: Any = nvml
-        self.available = False
-        if nvml is None:
-            return
-        try:
-            nvml.nvmlInit()
-            self.available = True
-        except Exception as exc:  # NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
-            log.info("gpu_status: NVML unavailable (%s); GPU columns stay empty", exc)
-
-    def read(self, index: int) -> GpuReading | None:
-        if not self.available:
-            return None
-        nvml = self._nvml
-        handle = _or_none(lambda: nvml.nvmlDeviceGetHandleByIndex(index))
-        if handle is None:
-            return None
-        memory = _or_none(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
-        power_mw = _or_none(lambda: nvml.nvmlDeviceGetPowerUsage(handle))
-        return GpuReading(
-            utilization_pct=_or_none(lambda: int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)),
-            memory_used_bytes=None if memory is None else int(memory.used),
-            memory_total_bytes=None if memory is None else int(memory.total),
-            temperature_c=_or_none(
-                lambda: int(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
-            ),
-            power_w=None if power_mw is None else power_mw / 1000.0,
-        )
-
-    def close(self) -> None:
-        if self.available:
-            _or_none(self._nvml.nvmlShutdown)
-            self.available = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +78,7 @@ def batch_rates(
 
 
 def collect(
-    client: redis.Redis, settings: Settings, reader: NvmlReader, now: float | None = None
+    client: redis.Redis, settings: Settings, reader: Nvml, now: float | None = None
 ) -> list[ShardStatus]:
     """The status of every registered shard, read in two Redis round trips."""
     states = read_shards(client, with_records=True)
@@ -143,7 +86,7 @@ def collect(
     return [_shard_status(state, settings, reader, now) for state in states]
 
 
-def _shard_status(state: ShardState, settings: Settings, reader: NvmlReader, now: float) -> ShardStatus:
+def _shard_status(state: ShardState, settings: Settings, reader: Nvml, now: float) -> ShardStatus:
     kind = state.info.kind if state.info else "?"
     index = state.info.index if state.info and kind == "gpu" else None
     images_per_s, mean_batch = batch_rates(state.records, now)
@@ -223,7 +166,7 @@ def status_json(statuses: list[ShardStatus], settings: Settings, nvml: bool) -> 
     }
 
 
-def one_frame(client: redis.Redis, settings: Settings, reader: NvmlReader, as_json: bool) -> tuple[int, str]:
+def one_frame(client: redis.Redis, settings: Settings, reader: Nvml, as_json: bool) -> tuple[int, str]:
     """(exit code, text) of one look at the appliance."""
     try:
         statuses = collect(client, settings, reader)
@@ -291,7 +234,9 @@ def main(argv: list[str] | None = None, nvml: Any | None = None) -> int:
         parser.error("--watch SECONDS must be more than 0")
     settings = settings_or_exit(parser.prog, args.config)
     client = connect_redis(settings)
-    reader = NvmlReader(load_nvml() if nvml is None else nvml)
+    reader = Nvml.open(nvml)
+    if not reader.available:
+        log.info("gpu_status: NVML unavailable (%s); GPU columns stay empty", reader.unavailable_reason)
     try:
 
         def frame() -> tuple[int, str]:

@@ -1,4 +1,4 @@
-"""The design inferd replaces (../shared/SEED_NOTES.md), rebuilt faithfully so it can be measured here.
+"""The classic Keras + Redis + Flask design inferd replaces, rebuilt faithfully so it can be measured here.
 
 A Flask web tier pushes base64 float32 JSON onto one Redis list and polls GET every 0.25 s; one model server
 LRANGEs up to 32 items every 0.25 s, stacks them with `np.vstack`, predicts, SETs the answers and LTRIMs.

@@ -13,7 +13,7 @@ from daemon.gpu_worker import Worker
 from daemon.queues import ShardQueues, heartbeat_key, processing_key, queue_key
 from daemon.shard import Shard
 from daemon.wire import BatchRecord
-from tests.unit.test_gpu_status import GIB, H100, FakeNvml
+from tests.fake_nvml import GIB, H100, FakeNvml
 from tools import gpu_status
 from tools.common import EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN
 

@@ -11,6 +11,7 @@ import redis
 
 from daemon.api import create_app
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
+from daemon.settings import ApiSettings, ModelSettings, Settings
 from daemon.wire import Job, Prediction, Reply
 from tests.conftest import TINY_INPUT, encode_image
 
@@ -35,9 +36,12 @@ class FakeDispatcher:
 
 
 @pytest.fixture()
-def app(make_settings):
+def app():
     def build(dispatcher: FakeDispatcher) -> falcon.testing.TestClient:
-        settings = make_settings(api={"request_timeout_s": 7.0, "default_top": 2})
+        settings = Settings(
+            api=ApiSettings(request_timeout_s=7.0, default_top=2),
+            model=ModelSettings(input_size=TINY_INPUT, preprocessing="tf"),
+        )
         # The client is never used: /metrics is not asked for, and the dispatcher is the fake.
         nowhere = redis.Redis(unix_socket_path="/nonexistent/redis.sock")
         return falcon.testing.TestClient(create_app(settings, nowhere, dispatcher))

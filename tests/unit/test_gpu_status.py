@@ -1,90 +1,14 @@
-"""gpu_status without Redis: NVML readings through a stand-in NVML module, rates, the table and exit codes."""
+"""gpu_status without Redis: rates, the table and exit codes (NVML readings: tests/unit/test_nvml.py)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
 
+from daemon.nvml import GpuReading
 from daemon.wire import BatchRecord
+from tests.fake_nvml import GIB
 from tools.common import EXIT_OK, EXIT_SHARD_DOWN
-from tools.gpu_status import GpuReading, NvmlReader, ShardStatus, batch_rates, exit_code, render_status_table
-
-GIB = 2**30
-
-
-class FakeNVMLError(Exception):
-    """Stands for pynvml's NVMLError subclasses (one per NVML return code)."""
-
-
-@dataclass
-class FakeGpu:
-    utilization: int
-    used: int
-    total: int
-    temperature: int
-    power_mw: int | None  # None: this board does not report power (NVML_ERROR_NOT_SUPPORTED)
-
-
-class FakeNvml:
-    """The slice of pynvml's API gpu_status calls, answering from a list of fake boards.
-
-    The issue asks for exactly this: NVML is unit-tested with a stand-in, and run for real on a GPU box.
-    """
-
-    NVML_TEMPERATURE_GPU = 0
-
-    def __init__(self, gpus: list[FakeGpu], fail_init: bool = False) -> None:
-        self.gpus, self.fail_init = gpus, fail_init
-        self.initialised = 0
-
-    def nvmlInit(self) -> None:
-        if self.fail_init:
-            raise FakeNVMLError("NVML Shared Library Not Found")
-        self.initialised += 1
-
-    def nvmlShutdown(self) -> None:
-        self.initialised -= 1
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
-        if index >= len(self.gpus):
-            raise FakeNVMLError("Invalid Argument")
-        return self.gpus[index]
-
-    def nvmlDeviceGetUtilizationRates(self, gpu: FakeGpu) -> Any:
-        return type("Utilization", (), {"gpu": gpu.utilization, "memory": 0})()
-
-    def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> Any:
-        return type("Memory", (), {"used": gpu.used, "total": gpu.total, "free": gpu.total - gpu.used})()
-
-    def nvmlDeviceGetTemperature(self, gpu: FakeGpu, sensor: int) -> int:
-        assert sensor == self.NVML_TEMPERATURE_GPU
-        return gpu.temperature
-
-    def nvmlDeviceGetPowerUsage(self, gpu: FakeGpu) -> int:
-        if gpu.power_mw is None:
-            raise FakeNVMLError("Not Supported")
-        return gpu.power_mw
-
-
-H100 = FakeGpu(utilization=87, used=10 * GIB, total=80 * GIB, temperature=61, power_mw=312_000)
-
-
-def test_nvml_reader_reads_each_figure_and_leaves_unsupported_ones_empty():
-    nvml = FakeNvml([H100, FakeGpu(3, GIB, 24 * GIB, 40, power_mw=None)])
-    reader = NvmlReader(nvml)
-    assert reader.read(0) == GpuReading(87, 10 * GIB, 80 * GIB, 61, 312.0)
-    assert reader.read(1) == GpuReading(3, GIB, 24 * GIB, 40, None)
-    assert reader.read(7) is None  # a GPU index NVML does not know (e.g. the board was removed)
-    reader.close()
-    assert nvml.initialised == 0
-
-
-def test_without_a_working_nvml_nothing_is_read():
-    assert NvmlReader(None).read(0) is None
-    broken = NvmlReader(FakeNvml([H100], fail_init=True))
-    assert not broken.available
-    assert broken.read(0) is None
+from tools.gpu_status import ShardStatus, batch_rates, exit_code, render_status_table
 
 
 def records(*batches: tuple[float, int]) -> tuple[BatchRecord, ...]:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from daemon.errors import ConfigError
-from daemon.settings import DEFAULT_CONFIG, load_settings, resolve_config_path
+from daemon.settings import (
+    DEFAULT_CONFIG,
+    HOME,
+    SECTIONS,
+    check_model_files,
+    gpu_selection_text,
+    load_settings,
+    resolve_config_path,
+)
 from tests.processes import write_settings
 
 
@@ -20,7 +30,7 @@ def test_shipped_settings_load_with_documented_defaults():
         settings.model.path
         == (DEFAULT_CONFIG.parent.parent / "var/models/efficientnet-lite0.keras").resolve()
     )
-    assert settings.gpu_indices() is None  # "auto"
+    assert settings.devices.gpus is None  # "auto"
 
 
 def test_environment_overrides_any_key(tmp_path: Path):
@@ -37,14 +47,14 @@ def test_environment_overrides_any_key(tmp_path: Path):
     assert settings.model.path == Path("/m.keras")
     assert settings.batching.max_wait_ms == 2.5
     assert settings.redis.managed is False
-    assert settings.gpu_indices() == [0, 2]
+    assert settings.devices.gpus == (0, 2)
 
 
 def test_relative_paths_are_relative_to_the_settings_file(tmp_path: Path):
     config = write_settings(tmp_path, {"model": {"path": "models/m.keras"}, "devices": {"gpus": [1, 3]}})
     settings = load_settings(config, env={})
     assert settings.model.path == (tmp_path / "models/m.keras").resolve()
-    assert settings.gpu_indices() == [1, 3]
+    assert settings.devices.gpus == (1, 3)
 
 
 def test_config_file_choice_cli_then_env_then_default():
@@ -61,6 +71,14 @@ def test_config_file_choice_cli_then_env_then_default():
         ({"batching": {"max_batch_size": 0}}, {}, "batching.max_batch_size = 0 is not allowed"),
         ({"model": {"preprocessing": "magic"}}, {}, "model.preprocessing = 'magic' is not allowed: one of"),
         ({"devices": {"gpus": "first"}}, {}, "devices.gpus = 'first' is not allowed"),
+        ({"devices": {"gpus": [0, -1]}}, {}, 'devices.gpus = [0, -1] is not allowed: "auto", "none", or a'),
+        (
+            {"devices": {"gpus": [1, 1]}},
+            {},
+            "devices.gpus = [1, 1] is not allowed: each GPU index at most once",
+        ),
+        ({"devices": {"gpus": 1}}, {}, "devices.gpus = 1 is not allowed"),
+        ({}, {"INFERD_DEVICES_GPUS": "0,x"}, "devices.gpus = '0,x' is not allowed"),
         ({"api": {"colour": "blue"}}, {}, "unknown key(s) ['colour'] in [api]"),
         ({"queue": {"heartbeat_ttl_s": 0.5}}, {}, "queue.heartbeat_ttl_s = 0.5 is not allowed"),
         (
@@ -91,3 +109,75 @@ def test_pixel_limit_cannot_exceed_what_pillow_decodes(tmp_path: Path):
     config = write_settings(tmp_path, {"api": {"max_image_pixels": 500_000_000}})
     with pytest.raises(ConfigError, match=re.escape("api.max_image_pixels = 500000000 is not allowed")):
         load_settings(config, env={})
+
+
+def test_every_shipped_value_is_the_code_default():
+    # Operators read conf/settings.toml and code builds sections without a file: one must not say 16 threads
+    # while the other says 32. Relative default paths are relative to HOME, as the file's are to conf/.
+    raw = tomllib.loads(DEFAULT_CONFIG.read_text())
+    shipped = load_settings(DEFAULT_CONFIG, env={})
+    assert set(raw) == set(SECTIONS)
+    for section, section_type in SECTIONS.items():
+        fields = {f.name: f.default for f in dataclasses.fields(section_type)}
+        assert set(raw[section]) == set(fields), f"[{section}] in the file lists other keys than the code"
+        for key, default in fields.items():
+            if isinstance(default, Path):
+                default = (HOME / default).resolve()
+            value = getattr(getattr(shipped, section), key)
+            assert value == default, f"{section}.{key}: the file says {value!r}, the code {default!r}"
+
+
+def test_a_key_a_file_leaves_out_takes_the_shipped_value(tmp_path: Path):
+    settings = load_settings(write_settings(tmp_path, {"api": {"port": 9000}}), env={})
+    assert settings.api.threads == load_settings(DEFAULT_CONFIG, env={}).api.threads
+    assert settings.paths.run_dir == load_settings(DEFAULT_CONFIG, env={}).paths.run_dir
+
+
+@pytest.mark.parametrize(
+    ("written", "env", "expected", "text"),
+    [
+        ("auto", None, None, "auto"),
+        ("none", None, (), "none"),
+        ([0, 1], None, (0, 1), "0,1"),
+        ("auto", "none", (), "none"),
+        ("none", " AUTO ", None, "auto"),
+        ("auto", "3, 1", (3, 1), "3,1"),
+    ],
+)
+def test_gpu_selection_is_typed_once_from_the_file_or_the_environment(
+    tmp_path: Path, written, env, expected, text
+):
+    config = write_settings(tmp_path, {"devices": {"gpus": written}})
+    settings = load_settings(config, env={} if env is None else {"INFERD_DEVICES_GPUS": env})
+    assert settings.devices.gpus == expected
+    assert gpu_selection_text(settings.devices.gpus) == text
+
+
+@pytest.mark.parametrize("key", ["api.auth_token_file", "redis.password_file"])
+def test_secret_files_are_read_at_load_and_kept_out_of_the_repr(tmp_path: Path, key: str):
+    section, name = key.split(".")
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-value\n")
+    settings = load_settings(write_settings(tmp_path, {section: {name: str(secret)}}), env={})
+    read = settings.secrets.auth_token if section == "api" else settings.secrets.redis_password
+    assert read == "s3cret-value"
+    assert "s3cret-value" not in repr(settings)
+
+
+@pytest.mark.parametrize("key", ["api.auth_token_file", "redis.password_file"])
+def test_a_missing_or_empty_secret_file_is_a_config_error_naming_the_key(tmp_path: Path, key: str):
+    section, name = key.split(".")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for path, message in ((empty, "is empty"), (tmp_path / "nope", "cannot be read: No such file")):
+        config = write_settings(tmp_path, {section: {name: str(path)}})
+        with pytest.raises(ConfigError) as error:
+            load_settings(config, env={})
+        assert error.value.message.startswith(f"{key} = {str(path)!r} {message}")
+
+
+def test_model_files_are_checked_by_their_own_step(tmp_path: Path):
+    # Tools load settings on machines without the model; only the commands that serve call this.
+    settings = load_settings(write_settings(tmp_path, {"model": {"path": "absent.keras"}}), env={})
+    with pytest.raises(ConfigError, match=re.escape(f"model.path = {str(tmp_path / 'absent.keras')!r} does")):
+        check_model_files(settings)

@@ -2,52 +2,27 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from daemon.settings import Settings, load_settings
 from daemon.shard import Shard, decode_shards, discover_shards, encode_shards
+from tests.fake_nvml import FakeGpu, FakeNvml
+from tests.processes import write_settings
 
-pytestmark = pytest.mark.usefixtures("tiny_model")
-
-
-class FakeNvml:
-    """Implements the few NVML calls discovery makes, over a list of (name, uuid, total bytes)."""
-
-    def __init__(self, gpus: list[tuple[str, str, int]], fail_init: bool = False):
-        self.gpus = gpus
-        self.fail_init = fail_init
-        self.shutdowns = 0
-
-    def nvmlInit(self):
-        if self.fail_init:
-            raise RuntimeError("NVML Shared Library Not Found")
-
-    def nvmlShutdown(self):
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self):
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return index
-
-    def nvmlDeviceGetName(self, handle):
-        return self.gpus[handle][0].encode()
-
-    def nvmlDeviceGetUUID(self, handle):
-        return self.gpus[handle][1]
-
-    def nvmlDeviceGetMemoryInfo(self, handle):
-        return SimpleNamespace(total=self.gpus[handle][2], used=0, free=self.gpus[handle][2])
+FOUR_GPUS = [FakeGpu(name=f"NVIDIA H100 80GB HBM3 #{i}", uuid=f"GPU-{i}aaa-bbbb") for i in range(4)]
 
 
-FOUR_GPUS = [(f"NVIDIA H100 80GB HBM3 #{i}", f"GPU-{i}aaa-bbbb", 80 * 2**30) for i in range(4)]
+def device_settings(folder: Path, **devices: Any) -> Settings:
+    """Settings with these [devices] values; discovery reads nothing else (no model file is needed)."""
+    return load_settings(write_settings(folder, {"devices": devices}), env={})
 
 
 @pytest.fixture()
-def auto_settings(make_settings):
-    return make_settings(devices={"gpus": "auto", "cpu_workers": 2})
+def auto_settings(tmp_path):
+    return device_settings(tmp_path, gpus="auto", cpu_workers=2)
 
 
 def test_every_nvml_gpu_becomes_a_pinned_shard(auto_settings):
@@ -74,8 +49,8 @@ def test_cuda_visible_devices_empty_or_minus_one_hides_every_gpu(auto_settings):
         assert [s.shard_id for s in shards] == ["cpu0", "cpu1"], value
 
 
-def test_explicit_gpu_list_selects_and_ignores_missing(make_settings, caplog):
-    settings = make_settings(devices={"gpus": [0, 2, 7]})
+def test_explicit_gpu_list_selects_and_ignores_missing(tmp_path, caplog):
+    settings = device_settings(tmp_path, gpus=[0, 2, 7])
     shards = discover_shards(settings, env={}, nvml=FakeNvml(FOUR_GPUS))
     assert [s.shard_id for s in shards] == ["gpu0", "gpu2"]
     assert "GPU(s) [7]" in caplog.text
@@ -90,9 +65,9 @@ def test_no_nvml_library_or_no_gpu_means_cpu_shards_said_once(auto_settings, cap
     assert [s.shard_id for s in discover_shards(auto_settings, env={}, nvml=FakeNvml([]))] == ["cpu0", "cpu1"]
 
 
-def test_gpus_none_never_asks_nvml(make_settings):
+def test_gpus_none_never_asks_nvml(tmp_path):
     nvml = FakeNvml(FOUR_GPUS, fail_init=True)
-    shards = discover_shards(make_settings(devices={"gpus": "none", "cpu_workers": 3}), env={}, nvml=nvml)
+    shards = discover_shards(device_settings(tmp_path, gpus="none", cpu_workers=3), env={}, nvml=nvml)
     assert [s.shard_id for s in shards] == ["cpu0", "cpu1", "cpu2"]
     assert shards[0].pin_environment(1)["CUDA_VISIBLE_DEVICES"] == ""
 

@@ -39,17 +39,3 @@ def test_probes_stay_open_and_the_right_token_passes(secured):
     assert result.status_code == 503
     assert result.json["error"].startswith("no worker has registered")
     assert result.headers["Retry-After"] == "1"
-
-
-def test_an_empty_token_file_is_refused_at_start(make_settings, redis_client, tmp_path):
-    from daemon.api import create_app
-    from daemon.errors import ConfigError
-
-    empty = tmp_path / "empty-token"
-    empty.write_text("\n")
-    settings = make_settings(api={"auth_token_file": str(empty)})
-    with pytest.raises(ConfigError, match="is empty"):
-        create_app(settings, redis_client)
-    missing = make_settings(api={"auth_token_file": str(tmp_path / "nope")})
-    with pytest.raises(ConfigError, match="cannot be read"):
-        create_app(missing, redis_client)
