@@ -64,6 +64,9 @@ class HealthResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok"}
 
+    # Load balancers (HAProxy's default check among them) probe with HEAD: same status, no body.
+    on_head = on_get
+
 
 class ReadyResource:
     def __init__(self, dispatcher: Dispatch) -> None:
@@ -74,7 +77,8 @@ class ReadyResource:
             liveness = self._dispatcher.liveness()
         except redis.RedisError as exc:
             resp.status = falcon.HTTP_503
-            resp.media = {"ready": False, "reason": f"Redis unreachable: {exc}"}
+            log.warning("api: /readyz: Redis unreachable: %s", exc)
+            resp.media = {"ready": False, "reason": "Redis unreachable"}
             return
         live = [shard for shard, alive in liveness.items() if alive]
         ready = bool(live)
@@ -82,6 +86,8 @@ class ReadyResource:
         resp.media = {"ready": ready, "live_shards": live, "registered_shards": list(liveness)}
         if not ready:
             resp.media["reason"] = "no worker has a fresh heartbeat"
+
+    on_head = on_get
 
 
 class PredictResource:

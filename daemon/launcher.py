@@ -15,9 +15,10 @@ import stat
 import sys
 from pathlib import Path
 
-from daemon.errors import EXIT_CONFIG, ConfigError
+from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, ConfigError
 from daemon.logs import setup_logging
 from daemon.metrics import MULTIPROC_ENV
+from daemon.run_dir import RUN_DIR_ENV, AlreadyRunning, clear_leftovers, pdeathsig_prefix, take_lock
 from daemon.settings import HOME, Settings, check_model_files, load_settings, resolve_config_path
 from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards
 from daemon.wire import JOB_HEADER
@@ -66,12 +67,17 @@ def child_output() -> dict[str, str]:
     return {"INFERD_CHILD_LOGFILE": "/dev/stdout", "INFERD_CHILD_SYSLOG": "false"}
 
 
-def prepare_environment(settings: Settings, shards: list[Shard], config_path: Path) -> dict[str, str]:
-    """Make the run and log directories and return the variables supervisord.conf expands."""
-    run_dir, log_dir = settings.paths.run_dir, settings.paths.log_dir
+def make_run_dir(settings: Settings) -> Path:
+    run_dir = settings.paths.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o700)  # the Redis socket and supervisord's control socket live here
+    return run_dir
+
+
+def prepare_environment(settings: Settings, shards: list[Shard], config_path: Path) -> dict[str, str]:
+    """Fill the (locked) run dir and make the log dir; return the variables supervisord.conf expands."""
+    run_dir, log_dir = make_run_dir(settings), settings.paths.log_dir
+    log_dir.mkdir(parents=True, exist_ok=True)
     redis_conf = run_dir / "redis.conf"
     fd = os.open(redis_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -85,7 +91,8 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
         "INFERD_CONFIG": str(config_path),
         "INFERD_HOME": str(HOME),
         "INFERD_PYTHON": sys.executable,
-        "INFERD_RUN_DIR": str(run_dir),
+        RUN_DIR_ENV: str(run_dir),
+        "INFERD_PDEATHSIG": pdeathsig_prefix(),
         "INFERD_LOG_DIR": str(log_dir),
         "INFERD_REDIS_SERVER": redis_server,
         "INFERD_REDIS_CONF": str(redis_conf),
@@ -103,6 +110,9 @@ def run(config: str | None) -> int:
     settings = load_settings(config_path)  # also reads the secret files: unreadable or empty ones stop here
     check_model_files(settings)
     shards = discover_shards(settings)
+    # The lock's descriptor survives the exec below, so supervisord holds it until it dies.
+    take_lock(make_run_dir(settings))
+    clear_leftovers(settings.paths.run_dir)
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
     log.info(
@@ -153,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"inferd: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
+    except AlreadyRunning as exc:
+        print(f"inferd: {exc.message}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
 
 
 if __name__ == "__main__":

@@ -314,13 +314,16 @@ class ApiQueues:
         try:
             shards = self.registered_shards()
             if not shards:
-                raise NoLiveWorker("no worker has registered yet; the appliance is starting")
+                # Also what a restarted Redis looks like until the workers' next beat re-registers them.
+                raise NoLiveWorker("no worker is registered yet (the appliance is starting); retry shortly")
             keys = [ROTATION_KEY]
             for shard in shards:
                 keys += [queue_key(shard), heartbeat_key(shard)]
             slot = int(self._scripts.enqueue(keys=keys, args=[job.encode(), self._max_depth, self._policy]))
         except redis.RedisError as exc:
-            raise RedisUnavailable(f"queue service unavailable: {exc}") from exc
+            # The client learns what to do; the cause (socket paths included) stays in the server's log.
+            log.debug("queues: submit failed: %s", exc)
+            raise RedisUnavailable("the queue service is unavailable; retry shortly") from exc
         if slot == NO_LIVE_SHARD:
             raise NoLiveWorker("no live worker: every shard's heartbeat is stale")
         if slot == ALL_QUEUES_FULL:
@@ -334,7 +337,8 @@ class ApiQueues:
         try:
             popped = self._client.blpop([reply_key(job_id)], timeout=max(timeout_s, 0.01))
         except redis.RedisError as exc:
-            raise RedisUnavailable(f"lost the queue service while waiting for the answer: {exc}") from exc
+            log.debug("queues: waiting for a reply failed: %s", exc)
+            raise RedisUnavailable("lost the queue service while waiting for the answer; retry") from exc
         return None if popped is None else Reply.decode(cast(Any, popped)[1])
 
     def liveness(self) -> dict[str, bool]:

@@ -89,3 +89,13 @@ def test_readyz_lists_live_and_registered_shards(app):
     dispatcher.live = {"gpu3": False}
     result = client.simulate_get("/readyz")
     assert result.status_code == 503 and result.json["ready"] is False
+
+
+def test_probes_answer_head_as_load_balancers_send_it(app):
+    dispatcher = FakeDispatcher()
+    client = app(dispatcher)
+    for path in ("/healthz", "/readyz"):
+        result = client.simulate_head(path)
+        assert result.status_code == 200 and result.content == b""
+    dispatcher.live = {}
+    assert client.simulate_head("/readyz").status_code == 503
