@@ -177,13 +177,16 @@ class BearerAuth:
     """Optional bearer-token check, compared in constant time; health probes stay open."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.path in UNAUTHENTICATED_PATHS:
             return
-        given = (req.get_header("Authorization") or "").encode()
-        if not hmac.compare_digest(given, self._expected):
+        scheme, _, given = (req.get_header("Authorization") or "").strip().partition(" ")
+        # The scheme name is case-insensitive (RFC 7235 section 2.1); only the token is secret, so only it
+        # needs the constant-time comparison, and it runs whatever the scheme so timing says nothing.
+        token_ok = hmac.compare_digest(given.strip().encode(), self._expected)
+        if not (token_ok and scheme.lower() == "bearer"):
             raise Unauthorized("missing or wrong bearer token")
 
 
@@ -223,9 +226,10 @@ def create_app(
         dispatcher = Dispatcher(ApiQueues(client, settings.queue), settings.api.request_timeout_s)
     token = settings.secrets.auth_token
     metrics = ApiMetrics()
+    # Metrics first: its clock starts before auth can refuse, so a 401 is timed and counted like any answer.
     middleware: list[Any] = [MetricsMiddleware(metrics)]
     if token:
-        middleware.insert(0, BearerAuth(token))
+        middleware.append(BearerAuth(token))
     app = falcon.App(middleware=middleware)
     multipart = cast(
         falcon.media.MultipartFormHandler, app.req_options.media_handlers[falcon.MEDIA_MULTIPART]

@@ -102,7 +102,11 @@ class MetricsMiddleware:
         if req.path != "/predict":
             return
         self._metrics.requests.labels(str(resp.status_code)).inc()
-        self._metrics.request_seconds.observe(time.monotonic() - req.context.started)
+        # Falcon skips the process_request of middleware behind one that raised, so the clock can be
+        # missing; that must not turn the answer already chosen (a 401, say) into a 500.
+        started: float | None = getattr(req.context, "started", None)
+        if started is not None:
+            self._metrics.request_seconds.observe(time.monotonic() - started)
 
 
 class QueueCollector(Collector):

@@ -7,6 +7,10 @@ from pathlib import Path
 TINY_LABELS = [f"class_{i}" for i in range(10)]
 
 
+def write_labels(path: Path, classes: int) -> None:
+    path.write_text("\n".join(f"class_{i}" for i in range(classes)) + "\n")
+
+
 def build_tiny_model(folder: Path, input_size: int = 32, classes: int = 10) -> tuple[Path, Path]:
     """A conv + dense classifier saved as `.keras`, with a labels file; returns (model, labels)."""
     import keras
@@ -20,7 +24,24 @@ def build_tiny_model(folder: Path, input_size: int = 32, classes: int = 10) -> t
     folder.mkdir(parents=True, exist_ok=True)
     model_path, labels_path = folder / "tiny.keras", folder / "tiny-labels.txt"
     model.save(model_path)
-    labels_path.write_text("\n".join(f"class_{i}" for i in range(classes)) + "\n")
+    write_labels(labels_path, classes)
+    return model_path, labels_path
+
+
+def build_model_failing_warm_up(folder: Path, kernel: int = 64, classes: int = 10) -> tuple[Path, Path]:
+    """A model that loads but cannot run on images smaller than `kernel`: its input takes any height and
+    width, so the loader's size check passes, and the first real batch fails inside a too-large convolution.
+    """
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, kernel, name="conv_needs_large_images")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="fc")(x)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path, labels_path = folder / "fails-warm-up.keras", folder / "fails-warm-up-labels.txt"
+    keras.Model(inputs, outputs, name="fails_warm_up").save(model_path)
+    write_labels(labels_path, classes)
     return model_path, labels_path
 
 

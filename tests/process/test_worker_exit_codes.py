@@ -1,18 +1,36 @@
-"""Exit codes that tell supervisord to stop retrying: 78 for bad settings, 79 for a model that cannot load."""
+"""Exit codes that tell supervisord and systemd to stop retrying: 78 for bad settings, 79 for a model that
+cannot load or run; each with one line that says why. The launcher and the worker run as real processes.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD
+from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_OK
 from tests.conftest import tiny_sections
-from tests.processes import REPO, Appliance, wait_until, write_settings
+from tests.processes import INFERD, REPO, Appliance, wait_until, write_settings
+from tests.tiny_model import build_model_failing_warm_up
 
 pytestmark = pytest.mark.slow
+
+BAD_SETTINGS = {
+    "out of range": (
+        {"batching": {"max_batch_size": 0}},
+        "batching.max_batch_size = 0 is not allowed: from 1 to 1024",
+    ),
+    "wrong type": (
+        {"api": {"request_timeout_s": "soon"}},
+        "api.request_timeout_s = 'soon' is not allowed: expected a number",
+    ),
+}
 
 
 def run_worker(config, extra_env=None) -> subprocess.CompletedProcess[str]:
@@ -80,3 +98,93 @@ def test_supervisord_leaves_a_worker_that_cannot_load_stopped(tmp_path, tiny_mod
         assert appliance.output().count("spawned: 'worker-0'") == 1
     finally:
         appliance.stop()
+
+
+def run_inferd(config: Path, command: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """`inferd --config CONFIG COMMAND` in its own process group, so that a launcher which wrongly goes on
+    to start the appliance is killed with everything it spawned instead of outliving the test."""
+    proc = subprocess.Popen(
+        [*INFERD, "--config", str(config), command],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"inferd {command} still running after {timeout_s}s:\n{stderr[-3000:]}"
+        ) from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+ERROR_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ ERROR (.*)$")
+"""An ERROR line in the worker's log format; TensorFlow's own stderr noise (`E0000 ... ERROR (303)`) is not."""
+
+
+def error_messages(stderr: str) -> list[str]:
+    """The messages of the worker's ERROR log lines (a traceback may follow one)."""
+    return [match[1] for line in stderr.splitlines() if (match := ERROR_LINE.match(line))]
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+@pytest.mark.parametrize("bad", BAD_SETTINGS.values(), ids=BAD_SETTINGS.keys())
+def test_the_launcher_exits_78_with_one_line_before_anything_starts(tmp_path, tiny_model, command, bad):
+    overrides, message = bad
+    sections = tiny_sections(tiny_model, **overrides)
+    result = run_inferd(write_settings(tmp_path, sections), command)
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert result.stderr.splitlines() == [f"inferd: configuration error: {message}"]
+    assert result.stdout == ""
+    # Nothing was prepared, so nothing was started: the run directory (Redis config, sockets) is untouched.
+    assert os.listdir(sections["paths"]["run_dir"]) == []
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_a_missing_model_file_exits_78_naming_it(tmp_path, tiny_model, command):
+    missing = tmp_path / "no-such-model.keras"
+    sections = tiny_sections(tiny_model, model={"path": missing})
+    result = run_inferd(write_settings(tmp_path, sections), command)
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert result.stderr.splitlines() == [
+        f"inferd: configuration error: model.path = {str(missing)!r} does not exist; build the embedded "
+        "default with `inferd build-default-model` or point it at your own file"
+    ]
+    assert os.listdir(sections["paths"]["run_dir"]) == []
+
+
+def test_check_lists_the_cpu_shards_and_exits_0(tmp_path, tiny_model):
+    sections = tiny_sections(tiny_model, devices={"gpus": "none", "cpu_workers": 3})
+    config = write_settings(tmp_path, sections)
+    result = run_inferd(config, "check")
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stdout.splitlines() == [
+        "cpu0\tcpu\tCPU",
+        "cpu1\tcpu\tCPU",
+        "cpu2\tcpu\tCPU",
+        f"settings OK: {config.resolve()}",
+    ]
+    assert os.listdir(sections["paths"]["run_dir"]) == []
+
+
+def test_a_model_whose_input_size_differs_from_the_setting_exits_79(tmp_path, tiny_model):
+    config = write_settings(tmp_path, tiny_sections(tiny_model, model={"input_size": 48}))
+    result = run_worker(config)
+    assert result.returncode == EXIT_MODEL_LOAD, result.stderr
+    assert error_messages(result.stderr) == [
+        f"cpu0: model {tiny_model[0]} takes input (32, 32, 3), but model.input_size gives (48, 48, 3)"
+    ]
+
+
+def test_a_model_that_loads_but_fails_its_warm_up_batch_exits_79(tmp_path):
+    model, labels = build_model_failing_warm_up(tmp_path / "model", kernel=64)
+    sections = tiny_sections((model, labels))  # 32-pixel images: smaller than the 64-pixel kernel
+    result = run_worker(write_settings(tmp_path, sections))
+    assert result.returncode == EXIT_MODEL_LOAD, result.stderr
+    assert error_messages(result.stderr) == ["cpu0: the model failed its warm-up batch"]
+    assert "Negative dimension size" in result.stderr  # the traceback says which layer and why
