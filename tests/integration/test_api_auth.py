@@ -108,5 +108,5 @@ def test_probes_stay_open_and_the_right_token_passes(secured):
     result = call(secured, "POST", "/predict", RIGHT)
     # Past auth: refused only because no worker is live, with a retry hint.
     assert result.status_code == 503
-    assert result.json["error"].startswith("no worker has registered")
+    assert result.json["error"].startswith("no worker is registered yet")
     assert result.headers["Retry-After"] == "1"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from daemon.wire import processing_key, queue_key
+from daemon.queues import processing_key, queue_key
 from tests.conftest import TINY_INPUT, encode_image
 from tests.processes import Appliance, wait_until
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -48,7 +47,9 @@ def test_a_killed_workers_queued_jobs_go_to_a_live_shard_at_once(start_appliance
         os.kill(victim, signal.SIGKILL)
         answers = [future.result() for future in futures]
     elapsed = time.monotonic() - killed_at
-    print(f"\n[killed worker] {waiting} queued job(s) on the dead shard, all 8 answered {elapsed:.1f}s after the kill")
+    print(
+        f"\n[killed worker] {waiting} queued job(s) on the dead shard, all 8 answered {elapsed:.1f}s after the kill"
+    )
     assert [a.status_code for a in answers] == [200] * 8
     # Every one was answered by the live shard: the dead one's jobs were handed over, not left for its restart.
     assert {a.headers["X-Inferd-Shard"] for a in answers} == {"cpu1"}
@@ -56,7 +57,9 @@ def test_a_killed_workers_queued_jobs_go_to_a_live_shard_at_once(start_appliance
     assert "shard_watch: worker of cpu0 exited" in appliance.output()
 
 
-def test_a_killed_supervisord_takes_its_programs_along_and_a_new_launcher_recovers(start_appliance, photo_png):
+def test_a_killed_supervisord_takes_its_programs_along_and_a_new_launcher_recovers(
+    start_appliance, photo_png
+):
     first = start_appliance(shards=1)
     assert first.proc is not None
     tree = [pid for pid in descendants(first.proc.pid) if pid != first.proc.pid]
