@@ -51,7 +51,7 @@ def test_shard_without_fresh_heartbeat_gets_nothing(redis_settings, redis_client
 
 def test_no_live_worker_is_a_503(redis_settings, redis_client):
     dispatcher = queues_for(redis_settings, redis_client)
-    with pytest.raises(NoLiveWorker, match="no worker has registered"):
+    with pytest.raises(NoLiveWorker, match="no worker is registered yet"):
         dispatcher.submit(a_job())
     register(redis_client, "cpu0", live=False)
     dispatcher = queues_for(redis_settings, redis_client)
