@@ -109,10 +109,10 @@ def run(config: str | None) -> int:
     config_path = resolve_config_path(config, os.environ).resolve()
     settings = load_settings(config_path)  # also reads the secret files: unreadable or empty ones stop here
     check_model_files(settings)
-    shards = discover_shards(settings)
     # The lock's descriptor survives the exec below, so supervisord holds it until it dies.
     take_lock(make_run_dir(settings))
     clear_leftovers(settings.paths.run_dir)
+    shards = discover_shards(settings)
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
     log.info(
