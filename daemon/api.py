@@ -74,16 +74,21 @@ class ReadyResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            liveness = self._dispatcher.liveness()
+            status = self._dispatcher.shard_status()
         except redis.RedisError as exc:
-            resp.status = falcon.HTTP_503
             log.warning("api: /readyz: Redis unreachable: %s", exc)
+            resp.status = falcon.HTTP_503
             resp.media = {"ready": False, "reason": "Redis unreachable"}
             return
-        live = [shard for shard, alive in liveness.items() if alive]
+        live = [shard for shard, state in status.items() if state == "live"]
         ready = bool(live)
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        resp.media = {"ready": ready, "live_shards": live, "registered_shards": list(liveness)}
+        resp.media = {
+            "ready": ready,
+            "live_shards": live,
+            "registered_shards": list(status),
+            "shards": status,
+        }
         if not ready:
             resp.media["reason"] = "no worker has a fresh heartbeat"
 

@@ -22,7 +22,7 @@ class Dispatch(Protocol):
 
     def dispatch(self, job: Job) -> Reply: ...
 
-    def liveness(self) -> dict[str, bool]: ...
+    def shard_status(self) -> dict[str, str]: ...
 
 
 class Dispatcher:
@@ -45,6 +45,6 @@ class Dispatcher:
         reply.raise_if_error()
         return reply
 
-    def liveness(self) -> dict[str, bool]:
-        """Every registered shard and whether its worker is live (raises redis errors for /readyz to report)."""
-        return self._queues.liveness()
+    def shard_status(self) -> dict[str, str]:
+        """Every registered shard and its status, live, down or stuck (raises redis errors for /readyz)."""
+        return self._queues.shard_status()

@@ -7,6 +7,8 @@ EXIT_CONFIG = 78
 """Exit code for "the configuration is wrong" (sysexits EX_CONFIG): supervisord must not retry."""
 EXIT_ALREADY_RUNNING = 75
 """Exit code of `inferd run` when another appliance holds the run directory (sysexits EX_TEMPFAIL)."""
+EXIT_STUCK = 70
+"""A worker whose model call hung leaves with this (EX_SOFTWARE): supervisord restarts it."""
 EXIT_MODEL_LOAD = 79
 """Exit code for "the model failed to load": retrying cannot help, so supervisord must not retry."""
 

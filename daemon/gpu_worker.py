@@ -15,11 +15,20 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from types import FrameType
 
 import redis
 
-from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_OK, ConfigError, JobDropped, ModelLoadError
+from daemon.errors import (
+    EXIT_CONFIG,
+    EXIT_MODEL_LOAD,
+    EXIT_OK,
+    EXIT_STUCK,
+    ConfigError,
+    JobDropped,
+    ModelLoadError,
+)
 from daemon.heartbeat import HeartbeatThread
 from daemon.inference import Predictor, run_batch
 from daemon.logs import setup_logging
@@ -29,6 +38,7 @@ from daemon.queues import ShardQueues
 from daemon.redis_conn import Backoff, connect
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
+from daemon.standin import StandinModel, is_standin
 from daemon.wire import BatchRecord, Heartbeat, ShardInfo
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,10 @@ IDLE_BLOCK_S = 1.0
 """Longest blocking wait for a first job, so the stop flag and the sweep are looked at at least this often."""
 SWEEP_INTERVAL_S = 5.0
 """How often a worker looks for dead shards whose claimed or queued jobs it should adopt."""
+STUCK_FLOOR_S = 10.0
+"""Shortest time a batch may run before its worker is taken for stuck, whatever the batches before it took."""
+STUCK_FACTOR = 10.0
+"""A batch running this many times longer than the slowest one so far is stuck (queue.stuck_after_s = 0)."""
 
 
 class Worker:
@@ -59,6 +73,9 @@ class Worker:
         self.info = ShardInfo(kind=shard.kind, index=shard.index, name=shard.name)
         self.stop_signals = 0
         self.images_served = 0
+        self.batch_started: float | None = None
+        """When the batch in hand began (monotonic), None between batches: the heartbeat's test of progress."""
+        self.slowest_batch_s = 0.0
         self._last_sweep = time.monotonic()
         self.metrics = WorkerMetrics(shard.shard_id)
 
@@ -118,11 +135,43 @@ class Worker:
                 backoff.pause()
 
     def beat(self) -> None:
+        """Say we are alive, if we are making progress: a model call that hangs (in native code, where the
+        heartbeat thread still runs) must not keep the shard looking live while every caller times out."""
+        started = self.batch_started
+        if started is not None:
+            running = time.monotonic() - started
+            if running > self.stuck_after_s():
+                self.leave_stuck(running)
         self.queues.beat(self.info, Heartbeat(pid=os.getpid()))
+
+    def stuck_after_s(self) -> float:
+        configured = self.settings.queue.stuck_after_s
+        return configured if configured > 0 else max(STUCK_FLOOR_S, STUCK_FACTOR * self.slowest_batch_s)
+
+    def leave_stuck(self, running_s: float) -> None:
+        """Called from the heartbeat thread: say why, take the shard out of dispatch, and leave at once so
+        supervisord restarts us; supervisord's event hands our jobs to a live shard meanwhile."""
+        reason = (
+            f"a batch has been in the model for {running_s:.0f}s (limit {self.stuck_after_s():.0f}s): "
+            "the model call is stuck; restarting the worker"
+        )
+        log.error("%s %s", self.prefix, reason)
+        self.metrics.stuck.labels(self.shard.shard_id).inc()
+        try:
+            self.queues.mark_failed(replace(self.info, state="stuck", reason=reason))
+        except redis.RedisError as exc:
+            log.warning("%s could not record the stuck state: %s", self.prefix, exc)
+        # The main thread is inside the model call and cannot be interrupted: only leaving the process frees it.
+        os._exit(EXIT_STUCK)
 
     def execute_batch(self, payloads: list[bytes]) -> None:
         """Run one claimed batch and commit every reply plus the release of the claims in one atomic step."""
-        outcome = run_batch(payloads, self.predictor, self.shard.shard_id, self.input_shape)
+        self.batch_started = time.monotonic()
+        try:
+            outcome = run_batch(payloads, self.predictor, self.shard.shard_id, self.input_shape)
+        finally:
+            self.slowest_batch_s = max(self.slowest_batch_s, time.monotonic() - self.batch_started)
+            self.batch_started = None
         if outcome.computed:
             self.metrics.record_batch(outcome.computed, outcome.infer_s)
         record = BatchRecord(finished_at=time.time(), size=outcome.computed) if outcome.computed else None
@@ -181,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         shard, settings
     )  # before Keras (and so the ML runtime) is imported: model.py imports it lazily
     try:
-        classifier = Classifier(settings.model)
-        classifier.warm_up(settings.batching.max_batch_size)
+        predictor = (
+            StandinModel(settings.model) if is_standin(settings.model.path) else Classifier(settings.model)
+        )
+        predictor.warm_up(settings.batching.max_batch_size)
     except ModelLoadError as exc:
         log.error("%s: %s", shard.shard_id, exc.message)
         return EXIT_MODEL_LOAD
@@ -191,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("%s: the model failed its warm-up batch", shard.shard_id)
         return EXIT_MODEL_LOAD
     client = connect(settings, socket_timeout_s=IDLE_BLOCK_S + 5.0)
-    return Worker(settings, shard, ShardQueues(client, shard.shard_id, settings), classifier).work()
+    return Worker(settings, shard, ShardQueues(client, shard.shard_id, settings), predictor).work()
 
 
 if __name__ == "__main__":

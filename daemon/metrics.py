@@ -73,6 +73,12 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             "inferd_batch_size", "Images per batch", ["shard"], buckets=BATCH_BUCKETS, registry=registry
         )
+        self.stuck = Counter(
+            "inferd_worker_stuck",
+            "Workers restarted because a model call ran past queue.stuck_after_s",
+            ["shard"],
+            registry=registry,
+        )
         self.inference_seconds = Histogram(
             "inferd_inference_seconds",
             "Time of one batched prediction",
@@ -118,6 +124,11 @@ class QueueCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("inferd_queue_depth", "Jobs waiting per shard", labels=["shard"])
         claimed = GaugeMetricFamily("inferd_jobs_in_flight", "Jobs claimed by a worker", labels=["shard"])
+        status = GaugeMetricFamily(
+            "inferd_shard_status",
+            "1 for the shard's status: live, down (no fresh heartbeat) or stuck (its model call hung)",
+            labels=["shard", "status"],
+        )
         live = GaugeMetricFamily(
             "inferd_shard_live", "1 if the shard's worker has a fresh heartbeat", labels=["shard"]
         )
@@ -134,7 +145,8 @@ class QueueCollector(Collector):
             depth.add_metric([state.shard], state.queue_depth)
             claimed.add_metric([state.shard], state.in_flight)
             live.add_metric([state.shard], 1 if state.live else 0)
-        yield from (up, depth, claimed, live)
+            status.add_metric([state.shard, state.status], 1)
+        yield from (up, depth, claimed, live, status)
 
 
 class GpuCollector(Collector):

@@ -227,6 +227,15 @@ class ShardState:
     def live(self) -> bool:
         return self.heartbeat is not None
 
+    @property
+    def status(self) -> str:
+        """ "live", "down" (no fresh heartbeat), or the state its worker left in the registry ("stuck")."""
+        if self.heartbeat is not None:
+            return "live"
+        if self.info is not None and self.info.state != "serving":
+            return self.info.state
+        return "down"
+
 
 def registered_shard_ids(client: redis.Redis) -> list[str]:
     return sorted(as_text(key) for key in client.hkeys(SHARDS_KEY))
@@ -341,13 +350,9 @@ class ApiQueues:
             raise RedisUnavailable("lost the queue service while waiting for the answer; retry") from exc
         return None if popped is None else Reply.decode(cast(Any, popped)[1])
 
-    def liveness(self) -> dict[str, bool]:
-        """Every registered shard, in order, and whether its worker has a fresh heartbeat."""
-        shards = registered_shard_ids(self._client)
-        pipe = self._client.pipeline(transaction=False)
-        for shard in shards:
-            pipe.exists(heartbeat_key(shard))
-        return {shard: bool(alive) for shard, alive in zip(shards, pipe.execute(), strict=True)}
+    def shard_status(self) -> dict[str, str]:
+        """Every registered shard, in order, and its status: live, down or stuck."""
+        return {state.shard: state.status for state in read_shards(self._client)}
 
 
 # -- a shard's face -----------------------------------------------------------------------------------------
@@ -448,6 +453,13 @@ class ShardQueues:
         pipe = self._client.pipeline(transaction=False)
         pipe.hset(SHARDS_KEY, self.shard, info.encode())
         pipe.set(heartbeat_key(self.shard), heartbeat.encode(), px=self._heartbeat_ttl_ms)
+        pipe.execute()
+
+    def mark_failed(self, info: ShardInfo) -> None:
+        """Take the shard out of dispatch and leave `info` (its state and reason) for /readyz and the tools."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(SHARDS_KEY, self.shard, info.encode())
+        pipe.delete(heartbeat_key(self.shard))
         pipe.execute()
 
     def leave(self) -> None:

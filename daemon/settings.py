@@ -87,6 +87,8 @@ class QueueSettings:
     heartbeat_interval_s: float = 1.0
     heartbeat_ttl_s: float = 5.0
     dispatch: str = "round_robin"
+    stuck_after_s: float = 0.0
+    """A batch running longer than this marks its worker stuck (restarted, jobs adopted); 0 derives it."""
 
 
 GpuSelection = tuple[int, ...] | None
@@ -378,6 +380,12 @@ def validate(s: Settings) -> None:
         "queue.heartbeat_interval_s",
         s.queue.heartbeat_interval_s,
         "more than 0",
+    )
+    _require(
+        s.queue.stuck_after_s >= 0,
+        "queue.stuck_after_s",
+        s.queue.stuck_after_s,
+        "0 (derived from the measured batch time) or more seconds",
     )
     _require(
         s.queue.heartbeat_ttl_s > s.queue.heartbeat_interval_s,

@@ -164,15 +164,26 @@ class ShardInfo:
     """"gpu" or "cpu"."""
     index: int
     name: str
+    state: str = "serving"
+    """"serving", or "stuck" (its model call hung; the worker is being restarted)."""
+    reason: str = ""
+    """Why the shard is not serving, in words an operator can act on."""
 
     def encode(self) -> str:
-        return json.dumps({"kind": self.kind, "index": self.index, "name": self.name})
+        body = {"kind": self.kind, "index": self.index, "name": self.name, "state": self.state}
+        return json.dumps({**body, "reason": self.reason} if self.reason else body)
 
     @classmethod
     def decode(cls, payload: bytes | str) -> ShardInfo:
         body = _json_object(payload, "shard registry entry")
         try:
-            return cls(kind=str(body["kind"]), index=int(body["index"]), name=str(body["name"]))
+            return cls(
+                kind=str(body["kind"]),
+                index=int(body["index"]),
+                name=str(body["name"]),
+                state=str(body.get("state", "serving")),
+                reason=str(body.get("reason", "")),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"shard registry entry {body!r} is incomplete: {exc}") from None
 

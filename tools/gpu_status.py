@@ -58,6 +58,9 @@ class ShardStatus:
     images_per_s: float
     mean_batch_size: float | None
     gpu: GpuReading | None
+    status: str = "live"
+    """live, down (no fresh heartbeat) or stuck (its model call hung; the worker is being restarted)."""
+    reason: str = ""
 
 
 def batch_rates(
@@ -100,6 +103,8 @@ def _shard_status(state: ShardState, settings: Settings, reader: Nvml, now: floa
         device_index=index,
         device_name=state.info.name if state.info else "?",
         live=state.live,
+        status=state.status,
+        reason=state.info.reason if state.info and not state.live else "",
         pid=state.heartbeat.pid if state.heartbeat is not None else None,
         heartbeat_age_s=age,
         queue_depth=state.queue_depth,
@@ -138,7 +143,7 @@ def render_status_table(statuses: list[ShardStatus]) -> str:
                 _fmt(gpu.power_w, "{:.0f}W"),
                 str(s.queue_depth),
                 str(s.in_flight),
-                "live" if s.live else "DOWN",
+                s.status if s.live else s.status.upper(),
                 _fmt(s.pid, "{}"),
                 _fmt(s.heartbeat_age_s, "{:.1f}s ago"),
                 f"{s.images_per_s:.1f}",
@@ -152,6 +157,7 @@ def render_status_table(statuses: list[ShardStatus]) -> str:
     else:
         summary = f"{len(statuses)} shard(s): {len(statuses) - len(down)} live, {len(down)} down"
         summary += f" ({', '.join(down)})" if down else ""
+        summary += "".join(f"\n{s.shard}: {s.reason}" for s in statuses if s.reason)
     return f"{table}\n{summary}"
 
 

@@ -23,7 +23,7 @@ class FakeDispatcher:
         self.reply = reply or Reply(shard="gpu3", predictions=(Prediction("cat", 0.9),), batch_size=7)
         self.error = error
         self.jobs: list[Job] = []
-        self.live = {"gpu3": True, "gpu4": False}
+        self.status = {"gpu3": "live", "gpu4": "stuck"}
 
     def dispatch(self, job: Job) -> Reply:
         self.jobs.append(job)
@@ -31,8 +31,8 @@ class FakeDispatcher:
             raise self.error
         return self.reply
 
-    def liveness(self) -> dict[str, bool]:
-        return self.live
+    def shard_status(self) -> dict[str, str]:
+        return self.status
 
 
 @pytest.fixture()
@@ -85,8 +85,9 @@ def test_readyz_lists_live_and_registered_shards(app):
         "ready": True,
         "live_shards": ["gpu3"],
         "registered_shards": ["gpu3", "gpu4"],
+        "shards": {"gpu3": "live", "gpu4": "stuck"},
     }
-    dispatcher.live = {"gpu3": False}
+    dispatcher.status = {"gpu3": "down"}
     result = client.simulate_get("/readyz")
     assert result.status_code == 503 and result.json["ready"] is False
 
@@ -97,5 +98,5 @@ def test_probes_answer_head_as_load_balancers_send_it(app):
     for path in ("/healthz", "/readyz"):
         result = client.simulate_head(path)
         assert result.status_code == 200 and result.content == b""
-    dispatcher.live = {}
+    dispatcher.status = {}
     assert client.simulate_head("/readyz").status_code == 503

@@ -34,8 +34,12 @@ def test_batch_rates_over_a_trimmed_list_use_the_span_it_covers():
     assert abs(rate - 119 * 8 / 11.9) < 1.0  # about 80 images/s, not 120*8/60 = 16
 
 
-def shard(name: str, live: bool, gpu: GpuReading | None = None, index: int | None = None) -> ShardStatus:
+def shard(
+    name: str, live: bool, gpu: GpuReading | None = None, index: int | None = None, status: str = ""
+) -> ShardStatus:
     return ShardStatus(
+        status=status or ("live" if live else "down"),
+        reason="a batch has been in the model for 12s (limit 10s)" if status == "stuck" else "",
         shard=name,
         kind="gpu" if gpu else "cpu",
         device_index=index,
@@ -74,3 +78,11 @@ def test_exit_code_is_non_zero_when_a_shard_is_down_or_none_is_registered():
     text = render_status_table([shard("cpu0", True), shard("cpu1", False)])
     assert "DOWN" in text.splitlines()[2]
     assert text.endswith("2 shard(s): 1 live, 1 down (cpu1)")
+
+
+def test_a_stuck_shard_says_so_and_why():
+    text = render_status_table([shard("gpu0", True), shard("gpu1", False, status="stuck")])
+    assert "STUCK" in text.splitlines()[2]
+    assert text.splitlines()[-2] == "2 shard(s): 1 live, 1 down (gpu1)"
+    assert text.splitlines()[-1] == "gpu1: a batch has been in the model for 12s (limit 10s)"
+    assert exit_code([shard("gpu0", True), shard("gpu1", False, status="stuck")]) == EXIT_SHARD_DOWN
