@@ -9,7 +9,7 @@ import pytest
 
 from daemon.errors import ConfigError
 from daemon.settings import DEFAULT_CONFIG, load_settings, resolve_config_path
-from tests.processes import write_settings
+from tools.harness import write_settings
 
 
 def test_shipped_settings_load_with_documented_defaults():
