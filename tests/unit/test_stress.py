@@ -152,7 +152,7 @@ def test_open_loop_starts_requests_on_schedule_whatever_the_latency(server):
     arrived = sorted(at - started for at in PredictLike.arrivals)
     assert len(arrived) == 20
     assert all(at >= i / 20 for i, at in enumerate(arrived)), arrived
-    assert all(at < i / 20 + 0.5 for i, at in enumerate(arrived)), arrived
+    assert all(at < i / 20 + 1.0 for i, at in enumerate(arrived)), arrived  # one client: i x 0.3 s
     # One client in closed loop would need 20 x 0.3 = 6 s; on schedule it is 1 s plus the last latency.
     assert took < 4.0
     assert [round(r.start_s, 3) for r in result.records] == [round(i / 20, 3) for i in range(20)]
@@ -191,6 +191,7 @@ def test_stop_ends_a_long_run_early(server):
 def test_wait_says_when_requests_are_still_in_flight(server):
     PredictLike.delay_s = 3.0
     run = LoadRun(server, [PHOTO], concurrency=2, requests=2).start()
+    wait_until("both requests to reach the server", lambda: PredictLike.served == 2, 10)
     with pytest.raises(LoadStillRunning, match="2 request\\(s\\) in flight") as timed_out:
         run.wait(timeout_s=0.5)
     assert timed_out.value.in_flight == 2 and timed_out.value.records == []
