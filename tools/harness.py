@@ -34,6 +34,8 @@ INFERD = [PYTHON, "-m", "daemon.launcher"]
 STOP_TIMEOUT_S = 30.0
 """How long a service gets to leave after SIGTERM before its whole tree is killed."""
 POLL_S = 0.1
+TREE_REFRESH_S = 1.0
+"""How often a wait walks /proc for the tree: a walk costs milliseconds of a CPU the servers need."""
 OUTPUT_CHARS = 6000
 """How much of a log's end a failure message shows."""
 
@@ -103,6 +105,7 @@ class Service:
         self.leftovers: list[int] = []
         """Pids the last `stop` found alive in the tree after the process had exited, and killed."""
         self._seen: set[ProcessId] = set()
+        self._seen_at = 0.0
 
     def start(self) -> Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,12 +135,13 @@ class Service:
 
         def alive_and_ready() -> bool:
             assert self.proc is not None, f"{self.name} was never started"
-            self._remember_tree()
+            self._remember_tree(TREE_REFRESH_S)
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
             return predicate()
 
         wait_until(f"{self.name}: {what}", alive_and_ready, timeout_s, self.output)
+        self._remember_tree()  # ready: the tree is complete now
 
     def wait_http(self, url: str, timeout_s: float = 60.0) -> None:
         self.wait_until(f"{url} to answer", lambda: requests.get(url, timeout=2).status_code < 500, timeout_s)
@@ -155,7 +159,7 @@ class Service:
         deadline = time.monotonic() + timeout_s
         # Polled rather than proc.wait(): what it starts while it stops belongs to it too.
         while self.proc.poll() is None and time.monotonic() < deadline:
-            self._remember_tree()
+            self._remember_tree(TREE_REFRESH_S)
             time.sleep(POLL_S)
         return self.proc.poll()
 
@@ -182,9 +186,11 @@ class Service:
             log.warning("harness: %s exited but left %s running; killed them", self.name, self.leftovers)
         return returncode
 
-    def _remember_tree(self) -> None:
-        if self.proc is not None:
+    def _remember_tree(self, unless_within_s: float = 0.0) -> None:
+        """Add the live tree to what this service has started, unless it was walked `unless_within_s` ago."""
+        if self.proc is not None and time.monotonic() - self._seen_at >= unless_within_s:
             self._seen.update(tree(self.proc.pid))
+            self._seen_at = time.monotonic()
 
     def __enter__(self) -> Service:
         return self.start() if self.proc is None else self
