@@ -4,13 +4,39 @@
 #   ./setup.sh test   the same set-up plus the test tools, then the whole test suite (extra args go to pytest)
 #   ./setup.sh bench  the same set-up, then the benchmark (bench/RESULTS.md)
 #   ./setup.sh        set-up only
+#   ./setup.sh needs ACTION   print what ACTION installs (Debian packages and pip extras), install nothing
 # Idempotent: a second run installs nothing new and starts at once.
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# Outside programs each action starts, as "program Debian-package". tests/unit/test_outside_programs.py
+# fails when a test or the benchmark starts a program that `test` does not install.
+programs_for() {
+    echo "redis-server redis-server"     # the appliance's own Redis
+    case "$1" in
+        test) echo "wrk wrk"                          # the benchmark's load (tests/process/test_bench_smoke.py)
+              echo "systemd-analyze systemd" ;;       # `systemd-analyze verify` of the unit file
+        bench) echo "wrk wrk" ;;
+    esac
+}
+extras_for() {
+    case "$1" in
+        test|bench) echo "tensorflow,default-model,tools,dev,bench" ;;  # bench brings py-spy
+        *) echo "tensorflow,default-model,tools" ;;
+    esac
+}
+
 action="${1:-setup}"
 [ $# -gt 0 ] && shift
-case "$action" in run|test|bench|setup) ;; *) echo "usage: $0 [run|test|bench|setup] [args...]" >&2; exit 64 ;; esac
+case "$action" in
+    run|test|bench|setup) ;;
+    needs)
+        case "${1:-}" in run|test|bench|setup) ;; *) echo "usage: $0 needs run|test|bench|setup" >&2; exit 64 ;; esac
+        programs_for "$1" | sed 's/^/apt /'
+        echo "pip-extras $(extras_for "$1")"
+        exit 0 ;;
+    *) echo "usage: $0 [run|test|bench|setup|needs] [args...]" >&2; exit 64 ;;
+esac
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -24,10 +50,9 @@ python="${PYTHON:-python3}"
 "$python" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
     || { echo "inferd needs Python 3.11 or newer as $python" >&2; exit 1; }
 
-command -v redis-server >/dev/null || apt_install redis-server
-if [ "$action" = test ] && ! command -v systemd-analyze >/dev/null; then
-    apt_install systemd   # only for `systemd-analyze verify` of the unit file in the tests
-fi
+while read -r program package; do
+    command -v "$program" >/dev/null || apt_install "$package" </dev/null  # apt must not eat the list
+done < <(programs_for "$action")
 
 if [ ! -x .venv/bin/python ]; then
     if ! "$python" -m venv .venv 2>/dev/null; then
@@ -36,9 +61,7 @@ if [ ! -x .venv/bin/python ]; then
         "$python" -m venv .venv
     fi
 fi
-extras="tensorflow,default-model,tools"
-case "$action" in test|bench) extras="$extras,dev,bench" ;; esac
-if [ "$action" = bench ] && ! command -v wrk >/dev/null; then apt_install wrk; fi
+extras="$(extras_for "$action")"
 stamp=".venv/.inferd-installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip

@@ -13,9 +13,9 @@ from typing import cast
 
 import falcon
 
-from bench.procs import PYTHON, Service
 from daemon.imaging import decode_image
 from daemon.settings import Settings, load_settings
+from tools.harness import PYTHON, Service
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ RESULT_PREFIX = "bench-json "
 
 
 @dataclass(frozen=True, slots=True)
-class LoadResult:
-    """One measured load level against one server."""
+class WrkResult:
+    """One wrk-measured load level against one server (its percentiles are wrk's, from 1 µs buckets)."""
 
     system: str
     image: str
@@ -104,7 +104,7 @@ def error_count(raw: dict[str, float]) -> int:
 
 def measure(
     system: str, url: str, image_name: str, image: Path, clients: int, seconds: float, warmup_s: float
-) -> LoadResult:
+) -> WrkResult:
     """Warm up, then measure `clients` concurrent closed-loop clients for `seconds`."""
     if warmup_s > 0:
         run_wrk(url, image, clients, warmup_s)
@@ -112,7 +112,7 @@ def measure(
     errors = error_count(raw)
     requests = int(raw["requests"])
     ok = max(0, requests - int(raw["status_errors"]))
-    result = LoadResult(
+    result = WrkResult(
         system=system,
         image=image_name,
         clients=clients,

@@ -21,15 +21,14 @@ import redis
 
 from bench import loadgen, offline, profile, simulated
 from bench.decode_only import decode_only_service
-from bench.loadgen import LoadResult
+from bench.loadgen import WrkResult
 from bench.old_design import old_design_services
-from bench.procs import PYTHON, stop_all
 from bench.results import BenchResults, SoakReport
 from bench.soak import SoakSampler, rss_growth
 from daemon.launcher import redis_maxmemory_mb
 from daemon.settings import Settings, load_settings
 from daemon.shard import discover_shards
-from tests.processes import REPO, Appliance, free_port, redis_server
+from tools.harness import PYTHON, REPO, Appliance, free_port, redis_server, stop_all
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +203,10 @@ def profile_appliance(
 def soak(
     appliance: Appliance, settings: Settings, url: str, photo: Path, clients: int, d: Durations
 ) -> SoakReport:
-    assert appliance.proc is not None
     seconds = d.soak_minutes * 60.0
     warmup_s = min(60.0, seconds / 4)
     client = appliance.redis()
-    sampler = SoakSampler(appliance.proc.pid, client, d.soak_interval_s).start()
+    sampler = SoakSampler(appliance.pid, client, d.soak_interval_s).start()
     try:
         raw = loadgen.run_wrk(url, photo, clients, seconds)
     finally:
@@ -270,7 +268,7 @@ def measure_tiny(
         urls["old design"] = start_old_design(stack, folder / "old", effective_settings(env))
         for image in plan.tiny_images:
             for clients in plan.tiny_clients:
-                rounds: dict[str, list[LoadResult]] = {system: [] for system in urls}
+                rounds: dict[str, list[WrkResult]] = {system: [] for system in urls}
                 for _ in range(plan.tiny_rounds):
                     for system, url in urls.items():
                         rounds[system].append(

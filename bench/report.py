@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench.loadgen import LoadResult
+from bench.loadgen import WrkResult
 from bench.results import BenchResults, Target, targets
 
 
@@ -21,7 +21,7 @@ def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
-def load_cell(result: LoadResult | None) -> str:
+def load_cell(result: WrkResult | None) -> str:
     if result is None:
         return "-"
     errors = f", {result.errors} errors" if result.errors else ""
@@ -312,7 +312,7 @@ def render_plot(r: BenchResults, path: Path) -> None:
     plt.close(fig)
 
 
-_EMPTY = LoadResult("", "", 0, 0.0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
+_EMPTY = WrkResult("", "", 0, 0.0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def summary(r: BenchResults) -> str:

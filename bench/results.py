@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import LoadResult
+from bench.loadgen import WrkResult
 from bench.offline import OfflinePoint
 from bench.profile import ProfileSummary
 from bench.simulated import SimResult
@@ -52,8 +52,8 @@ class BenchResults:
     meta: dict[str, Any] = field(default_factory=dict)
     offline_device: str = ""
     offline: list[OfflinePoint] = field(default_factory=list)
-    served: list[LoadResult] = field(default_factory=list)
-    tiny: list[LoadResult] = field(default_factory=list)
+    served: list[WrkResult] = field(default_factory=list)
+    tiny: list[WrkResult] = field(default_factory=list)
     scaling: list[SimResult] = field(default_factory=list)
     policies: list[SimResult] = field(default_factory=list)
     soak: SoakReport | None = None
@@ -66,10 +66,10 @@ class BenchResults:
     def batch1_ms(self) -> float | None:
         return next((p.batch_p50_ms for p in self.offline if p.batch_size == 1), None)
 
-    def served_at(self, clients: int) -> LoadResult | None:
+    def served_at(self, clients: int) -> WrkResult | None:
         return next((r for r in self.served if r.clients == clients), None)
 
-    def tiny_at(self, system: str, image: str, clients: int) -> LoadResult | None:
+    def tiny_at(self, system: str, image: str, clients: int) -> WrkResult | None:
         return next(
             (r for r in self.tiny if (r.system, r.image, r.clients) == (system, image, clients)), None
         )
@@ -105,7 +105,7 @@ class Target:
         return "n/a" if self.passed is None else ("PASS" if self.passed else "FAIL")
 
 
-def _ratio(numerator: LoadResult | None, denominator: LoadResult | None) -> float | None:
+def _ratio(numerator: WrkResult | None, denominator: WrkResult | None) -> float | None:
     if numerator is None or denominator is None or not denominator.rps:
         return None
     return numerator.rps / denominator.rps

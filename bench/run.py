@@ -26,11 +26,11 @@ from pathlib import Path
 from bench import phases
 from bench.loadgen import write_photos
 from bench.phases import Durations, Plan
-from bench.procs import PYTHON, machine_busy_s, own_cpu_s
+from bench.procs import machine_busy_s, own_cpu_s
 from bench.report import summary, write_report
 from bench.results import BenchResults
 from daemon.settings import gpu_selection_text
-from tests.processes import REPO
+from tools.harness import PYTHON, REPO
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from bench.procs import PYTHON, Service, stop_all
 from daemon.errors import Unavailable
 from daemon.gpu_worker import Worker
 from daemon.logs import setup_logging
@@ -35,7 +34,8 @@ from daemon.queues import ApiQueues, ShardQueues, heartbeat_key
 from daemon.settings import Settings, load_settings
 from daemon.shard import Shard
 from daemon.wire import Job, new_job_id
-from tests.processes import write_settings
+from tools.harness import PYTHON, Service, stop_all, write_settings
+from tools.loadgen import percentile
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +162,6 @@ class SimResult:
     failed: int
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def offer_load(config: Path, clients: int, warmup_s: float, seconds: float) -> ClientTally:
     """Run `clients` closed-loop clients across LOAD_PROCESSES processes; the tally of the timed window."""
     context = multiprocessing.get_context("fork")
@@ -229,7 +222,7 @@ def run_shards(
         clients=clients,
         jobs_per_s=len(tally.latencies_ms) / seconds,
         p50_ms=statistics.median(tally.latencies_ms) if tally.latencies_ms else float("nan"),
-        p99_ms=percentile(tally.latencies_ms, 0.99),
+        p99_ms=percentile(sorted(tally.latencies_ms), 99) if tally.latencies_ms else float("nan"),
         per_shard=dict(sorted(tally.shards.items())),
         rejected=tally.rejected,
         failed=tally.failed,

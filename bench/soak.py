@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from bench.procs import command_line, descendants, parent_pids, rss_bytes
+from bench.procs import command_line, rss_bytes
+from tools.proctree import descendants, parent_pids
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import redis
 from PIL import Image
 
 from daemon.settings import Settings, load_settings
-from tests.processes import Appliance, free_port, redis_server, write_settings
 from tests.tiny_model import build_tiny_model
+from tools.harness import Appliance, free_port, redis_server, write_settings
 
 TINY_INPUT = 32
 

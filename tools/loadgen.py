@@ -74,7 +74,12 @@ class RequestRecord:
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
-    """Nearest-rank percentile (the smallest value with at least pct% of values at or below it)."""
+    """Nearest-rank percentile (the smallest value with at least pct% of values at or below it).
+
+    The one definition of pNN in inferd: the stress tool, the fault tests and the benchmark all use it.
+    """
+    if not sorted_values:
+        raise ValueError("no values: a percentile of nothing is undefined")
     rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
     return sorted_values[rank - 1]
 
@@ -148,6 +153,16 @@ def _error_text(body: bytes) -> str:
         return str(json.loads(body)["error"])[:ERROR_TEXT_CHARS]
     except (ValueError, KeyError, TypeError):
         return body[:ERROR_TEXT_CHARS].decode(errors="replace")
+
+
+class LoadStillRunning(TimeoutError):
+    """`LoadRun.wait` timed out before the load ended: requests in flight are neither answered nor lost yet."""
+
+    def __init__(self, in_flight: int, timeout_s: float, records: list[RequestRecord]) -> None:
+        super().__init__(f"load still running after a {timeout_s:g}s wait, {in_flight} request(s) in flight")
+        self.in_flight = in_flight
+        self.records = records
+        """What had finished by then."""
 
 
 @dataclass
@@ -234,10 +249,19 @@ class LoadRun:
         """Send no more requests; those in flight still finish (each within timeout_s)."""
         self._tickets.stopped.set()
 
+    def in_flight(self) -> int:
+        """Requests handed out (sent, or waiting for their due time) and not yet finished."""
+        with self._tickets.lock:
+            return self._tickets.issued - len(self._records)
+
     def wait(self, timeout_s: float | None = None) -> LoadResult:
+        """Every request's record once all have finished; raises LoadStillRunning if some have not by then."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
+            assert timeout_s is not None
+            raise LoadStillRunning(self.in_flight(), timeout_s, self.records())
         finished = max((r.start_s + r.latency_s for r in self._records), default=0.0)
         return LoadResult(
             url=self.url,

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.procs import PYTHON, Service, redis_tcp
+from tools.harness import PYTHON, Service
 
 WEB_THREADS = 10
 """mod_wsgi's one daemon process with 10 threads, as the old design deployed it."""
+
+
+def redis_tcp(folder: Path, port: int) -> Service:
+    """A throwaway redis-server on loopback TCP, as the old design ran it (no persistence)."""
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return Service("redis", argv, folder / "redis.log")
 
 
 def old_design_services(

@@ -28,8 +28,8 @@ from daemon.settings import Settings, load_settings
 from daemon.shard import cpu_shards
 from tests.conftest import encode_image, tiny_sections
 from tests.corpus.make_corpus import CASES, FILES, Case
-from tests.processes import write_settings
 from tests.tiny_model import TINY_LABELS
+from tools.harness import write_settings
 
 BODY_LIMIT = 256 * 1024
 """api.max_body_bytes for these tests: small, so an over-limit upload is cheap to make, yet above every

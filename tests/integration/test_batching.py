@@ -1,4 +1,8 @@
-"""Claiming batches from a real Redis: size and deadline paths, claims that survive a crash, adoption."""
+"""Claiming batches from a real Redis: size and deadline paths, and claims that survive a crash.
+
+The suite runs on loaded two-core machines: each time bound sits several times above what the claim needs
+and still below what the behaviour it rules out would take.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ def test_batch_stops_at_max_size_and_keeps_fifo_order(redis_client):
     started = time.monotonic()
     batch = queues.claim_batch(idle_timeout_s=1.0)
     assert batch == [b"job0", b"job1", b"job2", b"job3"]
-    assert time.monotonic() - started < 1.0  # a full batch never waits for the deadline
+    assert time.monotonic() - started < 2.5  # a full batch never waits for the 5 s deadline
     assert redis_client.llen(queue_key("cpu0")) == 6
     assert redis_client.llen(processing_key("cpu0")) == 4  # claimed, not yet answered
 
@@ -46,6 +50,7 @@ def test_batch_closes_at_the_deadline_when_jobs_trickle(redis_client):
     elapsed = time.monotonic() - started
     feeder.join()
     assert 2 <= len(batch) < 20  # gathered what arrived within the window, no more
+    # The window is 0.3 s; a claimer that ignored it would wait out the 1 s trickle or the 2 s idle timeout.
     assert 0.25 <= elapsed < 0.9
     assert batch[0] == b"late0"
 
@@ -54,7 +59,7 @@ def test_idle_claim_returns_empty_after_its_timeout(redis_client):
     queues = claimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.01)
     started = time.monotonic()
     assert queues.claim_batch(idle_timeout_s=0.2) == []
-    assert 0.15 <= time.monotonic() - started < 1.0
+    assert 0.15 <= time.monotonic() - started < 1.5
 
 
 def test_orphaned_claims_go_back_to_the_front_of_the_queue(redis_client):
@@ -77,30 +82,36 @@ def test_a_live_shard_adopts_a_dead_shards_claims_and_queue(redis_client):
 
 
 def test_batching_window_is_milliseconds_not_redis_timer_ticks(redis_client):
-    # An idle Redis would stretch a 5 ms BLMOVE to ~100 ms; the window must stay near max_wait_s.
-    fill(redis_client, "cpu0", 1)
-    queues = claimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.005)
-    started = time.monotonic()
-    assert queues.claim_batch(idle_timeout_s=1.0) == [b"job0"]
-    assert time.monotonic() - started < 0.05
+    # An idle Redis checks a blocked client's timeout every 100 ms, so a 5 ms BLMOVE would end anywhere
+    # from 5 to ~105 ms later (about 55 ms on average); the window must stay near max_wait_s. Averaged
+    # over ten claims, one slow claim on a loaded machine does not decide.
+    took = []
+    for _ in range(10):
+        fill(redis_client, "cpu0", 1)
+        queues = claimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.005)
+        started = time.monotonic()
+        assert queues.claim_batch(idle_timeout_s=1.0) == [b"job0"]
+        took.append(time.monotonic() - started)
+    assert sum(took) / len(took) < 0.03, took
 
 
 def test_a_lone_caller_does_not_wait_for_company_that_is_not_coming(redis_client):
-    queues = claimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.2)
+    # A 0.5 s window: "waited" and "did not wait" stay apart even when a loaded machine slows each claim.
+    queues = claimer(redis_client, "cpu0", max_batch_size=8, max_wait_s=0.5)
     fill(redis_client, "cpu0", 1)
     started = time.monotonic()
     assert len(queues.claim_batch(idle_timeout_s=1.0)) == 1  # waited: nothing yet says the load is light
-    assert time.monotonic() - started >= 0.19
+    assert time.monotonic() - started >= 0.49
     fill(redis_client, "cpu0", 1)
     started = time.monotonic()
     assert len(queues.claim_batch(idle_timeout_s=1.0)) == 1  # the last batch was alone too: no wait
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 0.25
     fill(redis_client, "cpu0", 3)
     assert len(queues.claim_batch(idle_timeout_s=1.0)) == 3  # company again: the window is used again
     fill(redis_client, "cpu0", 1)
     started = time.monotonic()
     queues.claim_batch(idle_timeout_s=1.0)
-    assert time.monotonic() - started >= 0.19
+    assert time.monotonic() - started >= 0.49
 
 
 def test_adopted_jobs_keep_their_order_and_run_before_the_live_shards_newer_ones(redis_client):

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from bench.loadgen import LoadResult
+from bench.loadgen import WrkResult
 from bench.offline import OfflinePoint
 from bench.report import render_markdown, summary
 from bench.results import BenchResults
 from bench.simulated import SimResult
-from tests.processes import REPO
+from tools.harness import REPO
 
 
 @pytest.mark.slow
@@ -58,8 +58,8 @@ def test_quick_benchmark_runs_every_phase_and_writes_the_report(tmp_path):
     assert "added latency at 1 client" in done.stdout
 
 
-def _load(system: str, image: str, clients: int, rps: float) -> LoadResult:
-    return LoadResult(system, image, clients, 10.0, int(rps * 10), 0, rps, 10.0, 12.0, 15.0, 11.0)
+def _load(system: str, image: str, clients: int, rps: float) -> WrkResult:
+    return WrkResult(system, image, clients, 10.0, int(rps * 10), 0, rps, 10.0, 12.0, 15.0, 11.0)
 
 
 def _sim(shards: int, jobs_per_s: float) -> SimResult:
@@ -71,7 +71,7 @@ def test_report_judges_each_target_from_its_figures():
     results = BenchResults(meta={"date": "today", "machine": "test"})
     results.offline = [OfflinePoint(1, 60.0, 16.0, 100), OfflinePoint(8, 110.0, 72.0, 100)]
     results.served = [_load("inferd", "jpeg", 1, 50.0), _load("inferd", "jpeg", 64, 100.0)]
-    results.served[0] = LoadResult("inferd", "jpeg", 1, 10.0, 500, 0, 50.0, 19.0, 20.0, 22.0, 19.5)
+    results.served[0] = WrkResult("inferd", "jpeg", 1, 10.0, 500, 0, 50.0, 19.0, 20.0, 22.0, 19.5)
     results.tiny = [
         _load("inferd", "png", 64, 240.0),
         _load("decode-only", "png", 64, 300.0),

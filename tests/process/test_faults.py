@@ -2,7 +2,8 @@
 
 Each test drives load with the stress tool's engine, breaks something while it runs, and then accounts for
 every request: a 200, or a clean JSON 503/504 where the fault made that the honest answer. A request with no
-HTTP answer at all (status 0) is lost. The counts are printed (`pytest -s` shows them).
+HTTP answer at all (status 0) is lost, and one still unanswered when the wait ends fails the test
+(`LoadRun.wait` raises). The counts are printed (`pytest -s` shows them).
 """
 
 from __future__ import annotations
@@ -15,18 +16,28 @@ from collections import Counter
 import pytest
 import requests
 
+from tools.harness import wait_until
 from tools.loadgen import LoadResult, LoadRun, RequestRecord, Upload
 
 pytestmark = pytest.mark.slow
 
 CLEAN_ERRORS = {503, 504}
+FLOWING_OKS = 10
+"""200s the load must have had before a fault is injected, so the fault lands on a working appliance."""
 
 
 def steady_load(appliance, photo_png: bytes, concurrency: int = 6, duration_s: float = 60) -> LoadRun:
+    """Start the load and return once it flows (FLOWING_OKS answers with 200)."""
     upload = Upload.of("photo.png", photo_png)
-    return LoadRun(
+    run = LoadRun(
         f"{appliance.url}/predict", [upload], concurrency=concurrency, duration_s=duration_s, timeout_s=30
     ).start()
+
+    def flowing() -> bool:
+        return sum(1 for r in run.records() if r.status == 200) >= FLOWING_OKS
+
+    wait_until(f"{FLOWING_OKS} answers with 200", flowing, 60, appliance.output)
+    return run
 
 
 def account(name: str, result: LoadResult, fault_at: float, recovered_at: float | None) -> Counter[str]:
@@ -54,20 +65,20 @@ def outcome(record: RequestRecord) -> str:
 
 def first_ok_after(run: LoadRun, moment: float, timeout_s: float) -> float:
     """Seconds since the load started at which a request begun after `moment` first got a 200."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        oks = [r.start_s + r.latency_s for r in run.records() if r.status == 200 and r.start_s > moment]
-        if oks:
-            return min(oks)
-        time.sleep(0.2)
-    raise AssertionError(f"service did not recover within {timeout_s}s of the fault")
+    oks: list[float] = []
+
+    def recovered() -> bool:
+        oks[:] = [r.start_s + r.latency_s for r in run.records() if r.status == 200 and r.start_s > moment]
+        return bool(oks)
+
+    wait_until(f"a 200 for a request sent after the fault ({moment:.1f}s)", recovered, timeout_s)
+    return min(oks)
 
 
 def test_sigkill_of_a_worker_mid_batch_loses_nothing(start_appliance, photo_png):
     # A long batching window keeps the worker holding claims most of the time, so the kill lands mid-batch.
     appliance = start_appliance(shards=2, batching={"max_wait_ms": 300.0}, api={"request_timeout_s": 30.0})
     run = steady_load(appliance, photo_png, duration_s=25)
-    time.sleep(4)
     victim = appliance.pid_of("worker:worker-0")
     fault_at = run.elapsed_s()
     os.kill(victim, signal.SIGKILL)
@@ -88,13 +99,14 @@ def test_sigkill_of_a_worker_mid_batch_loses_nothing(start_appliance, photo_png)
 def test_redis_stop_and_restart(start_appliance, photo_png):
     appliance = start_appliance(shards=2)
     run = steady_load(appliance, photo_png, duration_s=30)
-    time.sleep(3)
-    fault_at = run.elapsed_s()
-    appliance.supervisorctl("stop", "redis")
+    stopped = appliance.supervisorctl("stop", "redis")  # returns once Redis has exited
+    assert "redis: stopped" in stopped, stopped
+    fault_at = run.elapsed_s()  # from here on, every request is sent while Redis is down
     started = time.monotonic()
     down = requests.post(f"{appliance.url}/predict", files={"image": photo_png}, timeout=10)
     assert down.status_code == 503 and down.json()["success"] is False
-    assert time.monotonic() - started < 1.0, "the API must refuse at once while Redis is down"
+    # Several times what refusing takes, and far below the 10 s request deadline it would otherwise wait out.
+    assert time.monotonic() - started < 3.0, "the API must refuse at once while Redis is down"
     assert down.headers["Retry-After"]
     ready = requests.get(f"{appliance.url}/readyz", timeout=5)
     assert ready.status_code == 503 and ready.json()["ready"] is False
@@ -107,19 +119,17 @@ def test_redis_stop_and_restart(start_appliance, photo_png):
     counts = account("redis stop/start", result, fault_at, recovered_at)
     assert counts["lost"] == counts["unclean"] == 0
     assert counts["clean_error"] > 0 and counts["ok"] > 0
-    during = [r for r in result.records if fault_at + 0.5 < r.start_s < restarted_at]
-    assert during and all(r.status == 503 and r.latency_s < 1.5 for r in during)
+    during = [r for r in result.records if fault_at < r.start_s < restarted_at]
+    assert during and all(r.status == 503 and r.latency_s < 3.0 for r in during), during
 
 
 def test_sigterm_of_the_appliance_answers_every_waiting_request(start_appliance, photo_png):
     appliance = start_appliance(shards=2, batching={"max_wait_ms": 100.0})
     run = steady_load(appliance, photo_png, concurrency=8, duration_s=60)
-    time.sleep(4)
     fault_at = run.elapsed_s()
     run.stop()  # no new requests; those in flight must each get an answer
-    assert appliance.proc is not None
-    os.killpg(appliance.proc.pid, signal.SIGTERM)
-    exit_code = appliance.proc.wait(60)
+    appliance.terminate()  # SIGTERM to supervisord, as systemd sends it
+    exit_code = appliance.wait_exit(60)
     result = run.wait(30)
     counts = account("sigterm appliance", result, fault_at, None)
     assert exit_code == 0
@@ -131,7 +141,6 @@ def test_sigterm_of_the_appliance_answers_every_waiting_request(start_appliance,
 def test_rolling_restart_of_the_api_drops_no_request(start_appliance, photo_png):
     appliance = start_appliance(shards=2)
     run = steady_load(appliance, photo_png, duration_s=20)
-    time.sleep(3)
     master = appliance.pid_of("api")
     fault_at = run.elapsed_s()
     os.kill(master, signal.SIGHUP)

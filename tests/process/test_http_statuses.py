@@ -20,7 +20,7 @@ import requests
 
 from daemon.queues import processing_key, queue_key
 from tests.conftest import TINY_INPUT, encode_image
-from tests.processes import Appliance, wait_until
+from tools.harness import Appliance, wait_until
 
 pytestmark = pytest.mark.slow
 

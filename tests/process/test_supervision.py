@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from bench.procs import descendants
 from daemon.errors import EXIT_ALREADY_RUNNING
-from tests.processes import INFERD, REPO, Appliance, wait_until
+from tools.harness import INFERD, REPO, Appliance, wait_until
+from tools.proctree import descendants
 
 pytestmark = pytest.mark.slow
 
@@ -61,11 +61,10 @@ def test_a_killed_supervisord_takes_its_programs_along_and_a_new_launcher_recove
     start_appliance, photo_png
 ):
     first = start_appliance(shards=1)
-    assert first.proc is not None
-    tree = [pid for pid in descendants(first.proc.pid) if pid != first.proc.pid]
+    tree = [pid for pid in descendants(first.pid) if pid != first.pid]
     assert len(tree) >= 4  # redis, the listener, gunicorn (master and workers), the worker
-    os.kill(first.proc.pid, signal.SIGKILL)
-    first.proc.wait()
+    os.kill(first.pid, signal.SIGKILL)
+    assert first.wait_exit(10) is not None
     # Started at once, while the old programs may still be finishing: it waits for them, then serves.
     second = Appliance(first.folder, first.config, first.port, first.run_dir, first.shards, first.env)
     try:
@@ -87,6 +86,6 @@ def test_a_second_launcher_on_the_same_run_dir_is_refused_and_the_first_serves_o
         timeout=60,
     )
     assert second.returncode == EXIT_ALREADY_RUNNING
-    assert f"another inferd (pid {first.proc.pid}) is running with run dir" in second.stderr
+    assert f"another inferd (pid {first.pid}) is running with run dir" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
     assert post(first, photo_png).status_code == 200

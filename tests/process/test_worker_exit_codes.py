@@ -16,8 +16,8 @@ import pytest
 
 from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_OK
 from tests.conftest import tiny_sections
-from tests.processes import INFERD, REPO, Appliance, wait_until, write_settings
 from tests.tiny_model import build_model_failing_warm_up
+from tools.harness import INFERD, REPO, Appliance, write_settings
 
 pytestmark = pytest.mark.slow
 
@@ -76,21 +76,12 @@ def test_supervisord_leaves_a_worker_that_cannot_load_stopped(tmp_path, tiny_mod
     appliance = Appliance(
         tmp_path, write_settings(tmp_path, sections), sections["api"]["port"], sections["paths"]["run_dir"], 1
     )
-    with appliance.log_path.open("ab") as log:
-        appliance.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.launcher", "--config", str(appliance.config), "run"],
-            cwd=REPO,
-            env=appliance.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    appliance.launch()  # never ready: its one worker cannot load the model
     try:
-        wait_until(
+        appliance.wait_until(
             "the worker to exit with 79",
             lambda: "worker:worker-0                  EXITED" in appliance.supervisorctl("status"),
             90,
-            appliance.output,
         )
         time.sleep(3)  # had supervisord meant to retry, it would have started the worker again by now
         status = appliance.supervisorctl("status")

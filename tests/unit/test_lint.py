@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.processes import REPO
+from tools.harness import REPO
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,52 @@
+"""The process harness stops whole trees: children in sessions of their own, and parents that ignore SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools.harness import Service, wait_until
+from tools.proctree import alive, tree
+
+# A child in a session (so a process group) of its own, as supervisord starts each program.
+START_CHILD = (
+    "import subprocess, sys, time; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True); "
+)
+IGNORE_TERM = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+
+
+def started_with_child(tmp_path: Path, code: str) -> Service:
+    service = Service("parent", [sys.executable, "-c", code + "time.sleep(600)"], tmp_path / "parent.log")
+    service.start().wait_until("its child", lambda: len(tree(service.pid)) == 2, 30)
+    return service
+
+
+def test_stop_kills_what_the_group_signal_missed_and_says_so(tmp_path):
+    service = started_with_child(tmp_path, START_CHILD)
+    processes = set(tree(service.pid))
+    assert service.stop(10) == -15  # the parent left on SIGTERM ...
+    assert not service.killed
+    (child,) = {p for p in processes if p.pid != service.pid}
+    assert service.leftovers == [child.pid]  # ... its child, in another group, did not see it
+    assert alive(processes) == set()
+
+
+def test_a_hung_stop_kills_the_whole_tree(tmp_path):
+    service = started_with_child(tmp_path, IGNORE_TERM + START_CHILD)
+    processes = set(tree(service.pid))
+    assert service.stop(1) == -9
+    assert service.killed
+    assert alive(processes) == set()
+
+
+def test_a_wait_fails_loudly_with_the_log_when_the_process_exits(tmp_path):
+    service = Service(
+        "quitter", [sys.executable, "-c", "print('bad settings'); raise SystemExit(78)"], tmp_path / "q.log"
+    )
+    with service, pytest.raises(AssertionError, match="quitter exited with 78:\nbad settings"):
+        service.wait_until("never", lambda: False, 30)
+    with pytest.raises(AssertionError, match=r"timed out after 0\.3s waiting for nothing"):
+        wait_until("nothing", lambda: False, 0.3)
