@@ -13,6 +13,7 @@ cd "$(dirname "$0")"
 # fails when a test or the benchmark starts a program that `test` does not install.
 programs_for() {
     echo "redis-server redis-server"     # the appliance's own Redis
+    echo "setpriv util-linux"            # programs die with a killed supervisord (daemon/run_dir.py)
     case "$1" in
         test) echo "wrk wrk"                          # the benchmark's load (tests/process/test_bench_smoke.py)
               echo "systemd-analyze systemd" ;;       # `systemd-analyze verify` of the unit file
