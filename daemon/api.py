@@ -29,6 +29,7 @@ from daemon.errors import (
 from daemon.imaging import decode_image
 from daemon.kserve import add_v2_routes, is_v2_path
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
+from daemon.openapi import OpenApiResource
 from daemon.queues import ApiQueues
 from daemon.redis_conn import connect
 from daemon.settings import Settings, load_settings
@@ -55,6 +56,7 @@ class IndexResource:
                 "GET /healthz": "the API process is alive",
                 "GET /readyz": "Redis is reachable and at least one worker is live",
                 "GET /metrics": "Prometheus metrics",
+                "GET /openapi.json": "OpenAPI 3.1 description of every endpoint",
                 "GET /v2, POST /v2/models/{name}/infer, ...": "KServe V2 (Open Inference Protocol), as tritonclient speaks it",
             },
         }
@@ -250,6 +252,7 @@ def create_app(
     app.add_route("/metrics", MetricsResource(metrics, client))
     app.add_route("/predict", PredictResource(settings, dispatcher, metrics))
     add_v2_routes(app, settings, dispatcher, VERSION)
+    app.add_route("/openapi.json", OpenApiResource(settings, VERSION))
     # Most specific first in effect: Falcon picks the handler registered for the nearest class.
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

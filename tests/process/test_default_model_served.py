@@ -62,7 +62,7 @@ def test_tritonclient_gets_espresso_for_the_coffee_photo(start_appliance, defaul
     model_path, labels_path = default_model
     appliance = start_appliance(
         shards=1,
-        model={"path": model_path, "labels": labels_path, "input_size": 224, "name": "efficientnet_lite0"},
+        model={"path": model_path, "labels": labels_path, "input_size": 224},  # named from the file
     )
     coffee = (SKIMAGE_DATA / "coffee.png").read_bytes()
     with triton.InferenceServerClient(appliance.url.removeprefix("http://")) as client:

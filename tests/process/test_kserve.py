@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,7 @@ import requests
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import TINY_INPUT, encode_image, tiny_sections
-from tests.processes import Appliance, write_settings
+from tests.conftest import TINY_INPUT, encode_image
 from tests.tiny_model import TINY_LABELS
 
 pytestmark = pytest.mark.slow
@@ -38,16 +36,9 @@ def predict(url: str, photo: bytes) -> list[float]:
     return row
 
 
-@pytest.fixture(scope="module")
-def appliance(tmp_path_factory, tiny_model):
-    # One appliance for the module (two CPU shards): the tests only read from it.
-    folder = tmp_path_factory.mktemp("kserve")
-    sections = tiny_sections(tiny_model, devices={"cpu_workers": 2})
-    config = write_settings(folder, sections)
-    appliance = Appliance(folder, config, sections["api"]["port"], Path(sections["paths"]["run_dir"]), 2)
-    appliance.start()
-    yield appliance
-    appliance.stop()
+@pytest.fixture()
+def appliance(shared_appliance):
+    return shared_appliance
 
 
 @pytest.fixture()
