@@ -28,11 +28,13 @@ from daemon.errors import (
 )
 from daemon.imaging import decode_image
 from daemon.kserve import add_v2_routes, is_v2_path
+from daemon.limits_metrics import LimitsCollector
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.openapi import OpenApiResource
 from daemon.queues import ApiQueues
 from daemon.redis_conn import connect
 from daemon.settings import Settings, load_settings
+from daemon.triton_metrics import PendingRequestCollector, TritonMiddleware, TritonRequestMetrics
 from daemon.wire import Job, new_job_id
 
 log = logging.getLogger(__name__)
@@ -238,7 +240,8 @@ def create_app(
         dispatcher = Dispatcher(ApiQueues(client, settings.queue), settings.api.request_timeout_s)
     token = read_token(settings)
     metrics = ApiMetrics()
-    middleware: list[Any] = [MetricsMiddleware(metrics)]
+    triton = TritonRequestMetrics(settings.model, metrics.registry)
+    middleware: list[Any] = [MetricsMiddleware(metrics), TritonMiddleware(triton)]
     if token:
         middleware.insert(0, BearerAuth(token))
     app = falcon.App(middleware=middleware)
@@ -249,7 +252,10 @@ def create_app(
     app.add_route("/", IndexResource(settings))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(dispatcher))
-    app.add_route("/metrics", MetricsResource(metrics, client))
+    pending = PendingRequestCollector(client, settings.model)
+    app.add_route(
+        "/metrics", MetricsResource(metrics, client, collectors=[pending, LimitsCollector(settings)])
+    )
     app.add_route("/predict", PredictResource(settings, dispatcher, metrics))
     add_v2_routes(app, settings, dispatcher, VERSION)
     app.add_route("/openapi.json", OpenApiResource(settings, VERSION))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import falcon
@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from daemon.queues import read_shards
 from daemon.shard import load_nvml
+from daemon.triton_metrics import TritonGpuFamilies
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ class QueueCollector(Collector):
 
 
 class GpuCollector(Collector):
-    """Utilisation and memory of every GPU, from NVML; nothing at all on a machine without NVML."""
+    """Utilisation and memory of every GPU, from NVML, under inferd's names and Triton's (`nv_gpu_*`, with power);
+    nothing at all on a machine without NVML."""
 
     def __init__(self, nvml: Any = None) -> None:
         self._nvml = nvml if nvml is not None else load_nvml()
@@ -146,6 +148,7 @@ class GpuCollector(Collector):
         util = GaugeMetricFamily("inferd_gpu_utilization_percent", "GPU utilisation", labels=["gpu"])
         used = GaugeMetricFamily("inferd_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
         total = GaugeMetricFamily("inferd_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
+        triton = TritonGpuFamilies()
         try:
             if not self._ready:
                 self._nvml.nvmlInit()
@@ -153,18 +156,35 @@ class GpuCollector(Collector):
             for index in range(self._nvml.nvmlDeviceGetCount()):
                 handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
                 memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-                util.add_metric([str(index)], self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+                utilization = self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu
+                util.add_metric([str(index)], utilization)
                 used.add_metric([str(index)], memory.used)
                 total.add_metric([str(index)], memory.total)
+                uuid = self._nvml.nvmlDeviceGetUUID(handle)
+                triton.add(
+                    uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                    utilization,
+                    memory,
+                    _power_mw(self._nvml, handle),
+                )
         except Exception as exc:  # NVMLError has many subclasses; no GPU is not an error for a scrape
             log.debug("metrics: NVML unavailable: %s", exc)
             self._nvml = None
             return
-        yield from (util, used, total)
+        yield from (util, used, total, *triton.families())
+
+
+def _power_mw(nvml: Any, handle: Any) -> float | None:
+    try:
+        return float(nvml.nvmlDeviceGetPowerUsage(handle))
+    except Exception:  # NVML_ERROR_NOT_SUPPORTED on boards that do not report power
+        return None
 
 
 class MetricsResource:
-    def __init__(self, metrics: ApiMetrics, client: redis.Redis, nvml: Any = None) -> None:
+    def __init__(
+        self, metrics: ApiMetrics, client: redis.Redis, nvml: Any = None, collectors: Sequence[Collector] = ()
+    ) -> None:
         if multiprocess_mode():
             self._registry = CollectorRegistry()
             MultiProcessCollector(self._registry)  # type: ignore[no-untyped-call]
@@ -173,6 +193,8 @@ class MetricsResource:
             self._registry = metrics.registry
         self._registry.register(QueueCollector(client))
         self._registry.register(GpuCollector(nvml))
+        for collector in collectors:
+            self._registry.register(collector)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "text/plain; version=0.0.4; charset=utf-8"
