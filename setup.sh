@@ -16,7 +16,8 @@ programs_for() {
     echo "setpriv util-linux"            # programs die with a killed supervisord (daemon/run_dir.py)
     case "$1" in
         test) echo "wrk wrk"                          # the benchmark's load (tests/process/test_bench_smoke.py)
-              echo "systemd-analyze systemd" ;;       # `systemd-analyze verify` of the unit file
+              echo "systemd-analyze systemd"          # `systemd-analyze verify` of the unit file
+              echo "promtool prometheus" ;;           # `promtool check rules` of conf/prometheus/inferd-alerts.yml
         bench) echo "wrk wrk" ;;
     esac
 }

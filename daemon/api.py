@@ -25,17 +25,21 @@ from daemon.errors import (
     UnsupportedMediaType,
 )
 from daemon.imaging import decode_image
+from daemon.kserve import add_v2_routes, is_v2_path
+from daemon.limits_metrics import LimitsCollector
 from daemon.logs import setup_logging
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
+from daemon.openapi import OpenApiResource
 from daemon.queues import ApiQueues
 from daemon.redis_conn import connect
 from daemon.settings import Settings, load_settings
+from daemon.triton_metrics import PendingRequestCollector, TritonMiddleware, TritonRequestMetrics
 from daemon.wire import Job, new_job_id
 
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
-UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz"})
+UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 """Probes a supervisor or load balancer calls without credentials."""
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 
@@ -53,6 +57,8 @@ class IndexResource:
                 "GET /healthz": "the API process is alive",
                 "GET /readyz": "Redis is reachable and at least one worker is live",
                 "GET /metrics": "Prometheus metrics",
+                "GET /openapi.json": "OpenAPI 3.1 description of every endpoint",
+                "GET /v2, POST /v2/models/{name}/infer, ...": "KServe V2 (Open Inference Protocol), as tritonclient speaks it",
             },
         }
 
@@ -195,14 +201,16 @@ class BearerAuth:
             raise Unauthorized("missing or wrong bearer token")
 
 
-def _json_error(resp: falcon.Response, status: int, message: str) -> None:
+def _json_error(req: falcon.Request, resp: falcon.Response, status: int, message: str) -> None:
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
-    resp.text = json.dumps({"success": False, "error": message})
+    # KServe V2 clients read the protocol's own error form.
+    body = {"error": message} if is_v2_path(req.path) else {"success": False, "error": message}
+    resp.text = json.dumps(body)
 
 
 def handle_inferd_error(req: falcon.Request, resp: falcon.Response, exc: InferdError, params: Any) -> None:
-    _json_error(resp, exc.status, exc.message)
+    _json_error(req, resp, exc.status, exc.message)
     if exc.retry_after_s is not None:
         resp.set_header("Retry-After", str(max(1, round(exc.retry_after_s))))
     if exc.status == 401:
@@ -213,13 +221,13 @@ def handle_inferd_error(req: falcon.Request, resp: falcon.Response, exc: InferdE
 
 def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: Any) -> None:
     message = exc.description or exc.title or "error"
-    _json_error(resp, exc.status_code, message)
+    _json_error(req, resp, exc.status_code, message)
     resp.set_headers(exc.headers or {})
 
 
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
     log.exception("api: unexpected error on %s %s", req.method, req.path)
-    _json_error(resp, 500, f"internal error: {type(exc).__name__}")
+    _json_error(req, resp, 500, f"internal error: {type(exc).__name__}")
 
 
 def create_app(
@@ -232,7 +240,8 @@ def create_app(
     token = settings.secrets.auth_token
     metrics = ApiMetrics()
     # Metrics first: its clock starts before auth can refuse, so a 401 is timed and counted like any answer.
-    middleware: list[Any] = [MetricsMiddleware(metrics)]
+    triton = TritonRequestMetrics(settings.model, metrics.registry)
+    middleware: list[Any] = [MetricsMiddleware(metrics), TritonMiddleware(triton)]
     if token:
         middleware.append(BearerAuth(token))
     app = falcon.App(middleware=middleware)
@@ -243,8 +252,13 @@ def create_app(
     app.add_route("/", IndexResource(settings))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(dispatcher))
-    app.add_route("/metrics", MetricsResource(metrics, client))
+    pending = PendingRequestCollector(client, settings.model)
+    app.add_route(
+        "/metrics", MetricsResource(metrics, client, collectors=[pending, LimitsCollector(settings)])
+    )
     app.add_route("/predict", PredictResource(settings, dispatcher, metrics))
+    add_v2_routes(app, settings, dispatcher, VERSION)
+    app.add_route("/openapi.json", OpenApiResource(settings, VERSION))
     # Most specific first in effect: Falcon picks the handler registered for the nearest class.
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

@@ -5,11 +5,15 @@ shard is global and atomic: one Lua call shared by every API process picks the n
 round-robin (or the shortest queue, `queue.dispatch = "shortest_queue"`, for GPUs of unequal speed), checks
 its queue limit and pushes the job (`daemon.queues.ENQUEUE_SCRIPT`). A shard whose worker has no fresh
 heartbeat gets nothing; a full queue is a 503 at once, never a wait.
+
+A request of several images (KServe V2 infer) submits every job first and only then awaits the answers, so
+the images spread over the shards and run side by side; the answers come back in the jobs' order.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 from daemon.errors import DeadlineExceeded
@@ -21,6 +25,8 @@ class Dispatch(Protocol):
     """What the API needs of a dispatcher (a fake in the API's unit tests)."""
 
     def dispatch(self, job: Job) -> Reply: ...
+
+    def dispatch_many(self, jobs: Sequence[Job]) -> list[Reply]: ...
 
     def shard_status(self) -> dict[str, str]: ...
 
@@ -35,15 +41,23 @@ class Dispatcher:
     def dispatch(self, job: Job) -> Reply:
         """The job's successful reply; raises the error a shard answered, a 503 if no shard could take the job,
         or a 504 if no answer came before `job.deadline`."""
-        shard = self._queues.submit(job)
-        reply = self._queues.await_reply(job.job_id, job.deadline - time.monotonic())
-        if reply is None:
-            raise DeadlineExceeded(
-                f"no answer from shard {shard} within {self._request_timeout_s:g}s; "
-                "the appliance is overloaded or a worker is stuck"
-            )
-        reply.raise_if_error()
-        return reply
+        return self.dispatch_many([job])[0]
+
+    def dispatch_many(self, jobs: Sequence[Job]) -> list[Reply]:
+        """Every job's successful reply, in order, the jobs running concurrently; the first failure raises as
+        `dispatch` does (jobs already queued still run, and their answers expire unread)."""
+        shards = [self._queues.submit(job) for job in jobs]
+        replies = []
+        for job, shard in zip(jobs, shards, strict=True):
+            reply = self._queues.await_reply(job.job_id, job.deadline - time.monotonic())
+            if reply is None:
+                raise DeadlineExceeded(
+                    f"no answer from shard {shard} within {self._request_timeout_s:g}s; "
+                    "the appliance is overloaded or a worker is stuck"
+                )
+            reply.raise_if_error()
+            replies.append(reply)
+        return replies
 
     def shard_status(self) -> dict[str, str]:
         """Every registered shard and its status, live, down or stuck (raises redis errors for /readyz)."""

@@ -39,6 +39,7 @@ from daemon.redis_conn import Backoff, connect
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
 from daemon.standin import StandinModel, is_standin
+from daemon.triton_metrics import TritonBatchMetrics
 from daemon.wire import BatchRecord, Heartbeat, ShardInfo
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Worker:
         self.slowest_batch_s = 0.0
         self._last_sweep = time.monotonic()
         self.metrics = WorkerMetrics(shard.shard_id)
+        self.triton_metrics = TritonBatchMetrics(settings.model)
 
     # -- signals: handlers only record; the loop acts --------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -174,6 +176,7 @@ class Worker:
             self.batch_started = None
         if outcome.computed:
             self.metrics.record_batch(outcome.computed, outcome.infer_s)
+            self.triton_metrics.record_batch(outcome.computed, outcome.infer_s, outcome.queue_s)
         record = BatchRecord(finished_at=time.time(), size=outcome.computed) if outcome.computed else None
         if self.queues.commit(outcome.replies, record):
             self.images_served += outcome.computed

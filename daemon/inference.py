@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from daemon.errors import InferenceFailed
 from daemon.model import top_k
-from daemon.wire import Job, Reply, WireError
+from daemon.wire import ALL_CLASSES, Job, Reply, WireError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class BatchOutcome:
     """Images that went through the model (0 if the call failed or nothing was left to compute)."""
     infer_s: float = 0.0
     """Seconds the model call (and top-k) took."""
+    queue_s: float = 0.0
+    """Seconds the computed jobs waited between enqueue and the batch's start, summed over the jobs."""
 
 
 def run_batch(
@@ -73,7 +75,8 @@ def run_batch(
         return BatchOutcome(replies)
     try:
         probabilities = predictor.predict(np.stack([job.pixels for job in live]))
-        ranked = top_k(probabilities, predictor.labels, max(job.top_k for job in live))
+        most = max(job.top_k for job in live)
+        ranked = top_k(probabilities, predictor.labels, most) if most else [()] * len(live)
     except Exception as exc:
         # A failing model must not take the worker down: its callers get the reason, the next batch a chance.
         log.exception("%s: batch of %d failed", shard, len(live))
@@ -81,12 +84,15 @@ def run_batch(
         replies.update({job.job_id: Reply.failure(shard, failure) for job in live})
         return BatchOutcome(replies)
     infer_s = clock() - started
-    for job, predictions in zip(live, ranked, strict=True):
+    queue_s = [max(0.0, started - job.enqueued_at) for job in live]
+    for row, (job, predictions, waited_s) in enumerate(zip(live, ranked, queue_s, strict=True)):
+        everything = job.top_k == ALL_CLASSES
         replies[job.job_id] = Reply(
             shard=shard,
-            predictions=predictions[: job.top_k],
+            predictions=() if everything else predictions[: job.top_k],
+            probabilities=probabilities[row] if everything else None,
             batch_size=len(live),
-            queue_ms=max(0.0, (started - job.enqueued_at) * 1000.0),
+            queue_ms=waited_s * 1000.0,
             infer_ms=infer_s * 1000.0,
         )
-    return BatchOutcome(replies, computed=len(live), infer_s=infer_s)
+    return BatchOutcome(replies, computed=len(live), infer_s=infer_s, queue_s=sum(queue_s))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import falcon
@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from daemon.nvml import Nvml
 from daemon.queues import read_shards
+from daemon.triton_metrics import TritonGpuFamilies
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,8 @@ class QueueCollector(Collector):
 
 
 class GpuCollector(Collector):
-    """Utilisation and memory of every GPU, from NVML; nothing at all on a machine without NVML."""
+    """Utilisation and memory of every GPU, from NVML, under inferd's names and Triton's (`nv_gpu_*`, with power);
+    nothing at all on a machine without NVML."""
 
     def __init__(self, nvml: Any = None) -> None:
         self._module = nvml
@@ -164,8 +166,14 @@ class GpuCollector(Collector):
         util = GaugeMetricFamily("inferd_gpu_utilization_percent", "GPU utilisation", labels=["gpu"])
         used = GaugeMetricFamily("inferd_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
         total = GaugeMetricFamily("inferd_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
-        for index in range(self._session.gpu_count()):
-            reading = self._session.read(index)
+        triton = TritonGpuFamilies()
+        try:
+            gpus = self._session.gpus()
+        except Exception as exc:  # NVML's own error class per return code; no GPU is not a scrape error
+            log.debug("metrics: NVML cannot list GPUs: %s", exc)
+            gpus = []
+        for gpu in gpus:
+            reading = self._session.read(gpu.index)
             if reading is None:
                 continue
             # A figure this GPU does not report is left out rather than shown as 0.
@@ -175,13 +183,16 @@ class GpuCollector(Collector):
                 (total, reading.memory_total_bytes),
             ):
                 if value is not None:
-                    family.add_metric([str(index)], value)
+                    family.add_metric([str(gpu.index)], value)
+            triton.add(gpu.uuid, reading)
         if self._session.available:
-            yield from (util, used, total)
+            yield from (util, used, total, *triton.families())
 
 
 class MetricsResource:
-    def __init__(self, metrics: ApiMetrics, client: redis.Redis, nvml: Any = None) -> None:
+    def __init__(
+        self, metrics: ApiMetrics, client: redis.Redis, nvml: Any = None, collectors: Sequence[Collector] = ()
+    ) -> None:
         if multiprocess_mode():
             self._registry = CollectorRegistry()
             MultiProcessCollector(self._registry)  # type: ignore[no-untyped-call]
@@ -190,6 +201,8 @@ class MetricsResource:
             self._registry = metrics.registry
         self._registry.register(QueueCollector(client))
         self._registry.register(GpuCollector(nvml))
+        for collector in collectors:
+            self._registry.register(collector)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "text/plain; version=0.0.4; charset=utf-8"

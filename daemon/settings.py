@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -32,6 +33,8 @@ PREPROCESSING_MODES = ("none", "efficientnet_lite", "tf", "torch", "caffe")
 RESIZE_MODES = ("crop", "stretch")
 DISPATCH_POLICIES = ("round_robin", "shortest_queue")
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+"""A model name that is one URL path segment as it stands, as Triton's model repository names are."""
 
 
 # The defaults below are the values conf/settings.toml ships, so a key a file leaves out means what the shipped
@@ -72,6 +75,15 @@ class ModelSettings:
     crop_fraction: float = 0.875
     preprocessing: str = "efficientnet_lite"
     backend: str = "tensorflow"
+    name: str = ""
+    """The name clients use for the model (KServe V2 routes, Triton metric labels); empty: from the file name."""
+    version: int = 1
+
+    @property
+    def served_name(self) -> str:
+        """`name`, or the model file's stem with every character but letters, digits and `_` made `_`
+        (`efficientnet-lite0.keras` -> `efficientnet_lite0`), so that it is one plain URL segment."""
+        return self.name or re.sub(r"[^A-Za-z0-9_]", "_", self.path.stem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +375,13 @@ def validate(s: Settings) -> None:
         s.model.preprocessing,
         f"one of {PREPROCESSING_MODES}",
     )
+    _require(
+        s.model.name == "" or MODEL_NAME_PATTERN.fullmatch(s.model.name) is not None,
+        "model.name",
+        s.model.name,
+        "empty (the model file's stem) or up to 64 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
+    )
+    _require(s.model.version >= 1, "model.version", s.model.version, "1 or more")
     _require(s.model.backend in KERAS_BACKENDS, "model.backend", s.model.backend, f"one of {KERAS_BACKENDS}")
     _require(
         1 <= s.batching.max_batch_size <= 1024,

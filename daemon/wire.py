@@ -2,7 +2,9 @@
 
 A job is a fixed 44-byte header followed by the already resized uint8 pixels (150,528 bytes for
 224x224x3), a quarter of the float32 array the old design shipped and without base64 or JSON around it.
-Replies, registry entries, heartbeats and batch records are small JSON objects. Nothing read from Redis is
+Replies, registry entries, heartbeats and batch records are small JSON objects; a reply to a job that asked
+for every class (`top_k = ALL_CLASSES`, the KServe V2 `probabilities` output) carries the float32 vector in
+base64 (4 KB for 1000 classes) instead of the ranked predictions /predict gets, whose reply is unchanged. Nothing read from Redis is
 ever unpickled or evaluated: jobs are parsed with `struct`, everything else with `json`, and a malformed
 message raises `WireError`. Where each message lives in Redis is `daemon.queues`' business.
 
@@ -12,6 +14,7 @@ workers run on one host) and never jumps.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import struct
@@ -27,6 +30,8 @@ JOB_MAGIC = b"IFD1"
 JOB_HEADER = struct.Struct("<4sBBHHHdd16s")
 """magic, version, channels, top_k, height, width, deadline, enqueued_at, job id."""
 JOB_VERSION = 1
+ALL_CLASSES = 0
+"""`Job.top_k` asking for the whole probability vector rather than ranked predictions."""
 
 
 def as_text(value: bytes | str) -> str:
@@ -48,6 +53,7 @@ class Job:
     deadline: float
     enqueued_at: float
     top_k: int
+    """Ranked predictions wanted, or ALL_CLASSES for the full probability vector."""
     pixels: npt.NDArray[np.uint8]
 
     def encode(self) -> bytes:
@@ -100,10 +106,12 @@ class Prediction:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What a worker hands back for one job: predictions, or an error as data."""
+    """What a worker hands back for one job: predictions (or every class's probability), or an error as data."""
 
     shard: str
     predictions: tuple[Prediction, ...] = ()
+    probabilities: npt.NDArray[np.float32] | None = None
+    """Every class's probability, in class order: only for a job with top_k = ALL_CLASSES."""
     error_kind: str | None = None
     error_message: str | None = None
     batch_size: int = 0
@@ -114,6 +122,9 @@ class Reply:
         body: dict[str, Any] = {"shard": self.shard}
         if self.error_kind is None:
             body["predictions"] = [[p.label, p.probability] for p in self.predictions]
+            if self.probabilities is not None:
+                vector = np.ascontiguousarray(self.probabilities, dtype="<f4").tobytes()
+                body["probabilities"] = base64.b64encode(vector).decode("ascii")
             body["batch_size"] = self.batch_size
             body["queue_ms"] = round(self.queue_ms, 3)
             body["infer_ms"] = round(self.infer_ms, 3)
@@ -129,9 +140,11 @@ class Reply:
             return cls(
                 shard=body["shard"], error_kind=str(error["kind"]), error_message=str(error["message"])
             )
+        vector = body.get("probabilities")
         return cls(
             shard=body["shard"],
             predictions=tuple(Prediction(str(label), float(p)) for label, p in body["predictions"]),
+            probabilities=None if vector is None else np.frombuffer(base64.b64decode(vector), dtype="<f4"),
             batch_size=int(body.get("batch_size", 0)),
             queue_ms=float(body.get("queue_ms", 0.0)),
             infer_ms=float(body.get("infer_ms", 0.0)),

@@ -57,7 +57,8 @@ def test_the_route_list_is_read_from_the_app(secured):
     from daemon.api import UNAUTHENTICATED_PATHS
 
     found = routes(secured)
-    assert {"/healthz", "/readyz"} == UNAUTHENTICATED_PATHS, "only the probes may go without a token"
+    probes = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
+    assert probes == UNAUTHENTICATED_PATHS, "only the probes may go without a token"
     # A check that the enumeration sees the app at all; new routes join the loops below by themselves.
     assert {("GET", "/"), ("POST", "/predict"), ("GET", "/metrics")} <= set(found)
     assert {path for _, path in found} >= UNAUTHENTICATED_PATHS
@@ -71,7 +72,11 @@ def test_every_route_but_the_probes_refuses_a_bad_authorization_with_401_json(se
     for method, path in guarded:
         result = call(secured, method, path, headers)
         assert result.status_code == 401, (method, path, result.text)
-        assert result.json == {"success": False, "error": "missing or wrong bearer token"}, (method, path)
+        # Open Inference Protocol paths answer in that protocol's error form, the others in /predict's.
+        expected: dict[str, object] = {"error": "missing or wrong bearer token"}
+        if not path.startswith("/v2"):
+            expected = {"success": False, **expected}
+        assert result.json == expected, (method, path)
         assert result.headers["WWW-Authenticate"] == "Bearer", (method, path)
 
 

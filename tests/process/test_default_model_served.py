@@ -54,3 +54,22 @@ def test_real_photos_get_correct_imagenet_labels(start_appliance, default_model)
     assert answer.status_code == 200, answer.text
     labels = [p["label"] for p in answer.json()["predictions"]]
     assert labels[0] in {"tabby", "tiger cat", "Egyptian cat"}, labels
+
+
+def test_tritonclient_gets_espresso_for_the_coffee_photo(start_appliance, default_model):
+    import tritonclient.http as triton
+
+    model_path, labels_path = default_model
+    appliance = start_appliance(
+        shards=1,
+        model={"path": model_path, "labels": labels_path, "input_size": 224},  # named from the file
+    )
+    coffee = (SKIMAGE_DATA / "coffee.png").read_bytes()
+    with triton.InferenceServerClient(appliance.url.removeprefix("http://")) as client:
+        assert client.is_model_ready("efficientnet_lite0")
+        tensor = triton.InferInput("image", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([coffee], dtype=np.object_))
+        wanted = triton.InferRequestedOutput("probabilities", class_count=5)
+        top = client.infer("efficientnet_lite0", [tensor], outputs=[wanted]).as_numpy("probabilities")
+    score, index, label = top[0, 0].decode().split(":", 2)
+    assert (label, index) == ("espresso", "967") and float(score) > 0.8, top

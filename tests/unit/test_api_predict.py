@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import falcon.testing
 import numpy as np
@@ -30,6 +31,9 @@ class FakeDispatcher:
         if self.error is not None:
             raise self.error
         return self.reply
+
+    def dispatch_many(self, jobs: Sequence[Job]) -> list[Reply]:
+        return [self.dispatch(job) for job in jobs]
 
     def shard_status(self) -> dict[str, str]:
         return self.status

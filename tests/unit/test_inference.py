@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from daemon.inference import run_batch
-from daemon.wire import Job, new_job_id
+from daemon.wire import ALL_CLASSES, Job, Reply, new_job_id
 
 SHAPE = (4, 4, 3)
 NOW = 1000.0
@@ -70,3 +70,16 @@ def test_nothing_left_to_compute_never_calls_the_model():
     model = Scores()
     outcome = run_batch([job(deadline=NOW).encode()], model, "gpu0", SHAPE, clock=lambda: NOW)
     assert outcome.replies == {} and outcome.computed == 0 and model.batches == []
+
+
+def test_a_job_asking_for_all_classes_gets_the_whole_vector_through_the_wire_and_others_do_not():
+    model = Scores()
+    everything, ranked = job(top=ALL_CLASSES), job(top=2)
+    outcome = run_batch([everything.encode(), ranked.encode()], model, "gpu0", SHAPE, clock=lambda: NOW)
+    whole = Reply.decode(outcome.replies[everything.job_id].encode())
+    assert whole.predictions == () and whole.probabilities is not None
+    assert whole.probabilities.tolist() == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    top = Reply.decode(outcome.replies[ranked.job_id].encode())
+    assert top.probabilities is None and [p.label for p in top.predictions] == ["c", "b"]
+    assert b"probabilities" not in outcome.replies[ranked.job_id].encode()  # /predict's reply is unchanged
+    assert outcome.queue_s == pytest.approx(0.5)  # two jobs, each queued 0.25 s

@@ -1,0 +1,291 @@
+"""The Open Inference Protocol (KServe V2) over HTTP, so tritonclient and other V2 clients work unchanged.
+
+Routes (`add_v2_routes`): `GET /v2` (server metadata), `GET /v2/health/live`, `GET /v2/health/ready`,
+`GET /v2/models/{name}` (inputs, outputs, datatypes, shapes), `GET /v2/models/{name}/ready` and
+`POST /v2/models/{name}/infer`, each model route also under `/v2/models/{name}/versions/{version}/...`.
+
+The appliance serves one model (`model.served_name`, `model.version`). It takes either input:
+- `image`: BYTES [N] or [N, 1], encoded image files, decoded and resized exactly as /predict does them;
+- `pixels`: UINT8 [N, S, S, 3], already at the model's input size.
+Its output `probabilities` is FP32 [N, classes]; asked with `"parameters": {"classification": k}` it is
+Triton's classification extension instead, BYTES [N, k] of "score:index:label". Each of the N images is its
+own job, all submitted before any answer is awaited (`Dispatch.dispatch_many`), so they spread over the shards
+and come back in order. Errors are the protocol's `{"error": "..."}` with the statuses /predict uses.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import falcon
+import numpy as np
+import numpy.typing as npt
+import redis
+
+from daemon.dispatcher import Dispatch
+from daemon.errors import BadRequest, InferenceFailed, LengthRequired, PayloadTooLarge, UnsupportedMediaType
+from daemon.imaging import decode_image
+from daemon.model import load_labels
+from daemon.settings import Settings
+from daemon.v2_tensors import (
+    HEADER_LENGTH,
+    InferRequest,
+    InputTensor,
+    OutputTensor,
+    RequestedOutput,
+    classification_strings,
+    encode_infer_response,
+    parse_infer_request,
+)
+from daemon.wire import ALL_CLASSES, Job, new_job_id
+
+EXTENSIONS = ("binary_tensor_data", "classification")
+"""Triton's protocol extensions /v2 announces, and supports."""
+OUTPUT_NAME = "probabilities"
+MAX_IMAGES_PER_REQUEST = 1024
+"""More images than one request may carry: beyond it 413 (the queues would refuse most of them anyway)."""
+DECODED_ENCODINGS = ("gzip", "deflate")
+"""Request compressions tritonclient offers (`request_compression_algorithm`)."""
+
+
+def is_v2_path(path: str) -> bool:
+    """Errors on these paths take the protocol's `{"error": ...}` form."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+class ServedModel:
+    """What V2 metadata says about the one model; the labels file is read once, on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.name = settings.model.served_name
+        self.version = str(settings.model.version)
+        self.input_size = settings.model.input_size
+        self._labels_path = settings.model.labels
+        self._labels: list[str] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def labels(self) -> list[str]:
+        with self._lock:
+            if self._labels is None:
+                self._labels = load_labels(self._labels_path)
+            return self._labels
+
+    def check(self, model_name: str, model_version: str | None) -> None:
+        """404 unless the route names this model (and, if any, its version)."""
+        if model_name != self.name:
+            raise falcon.HTTPNotFound(
+                description=f"unknown model {model_name!r}; this appliance serves {self.name!r}"
+            )
+        if model_version is not None and model_version != self.version:
+            raise falcon.HTTPNotFound(
+                description=f"model {self.name!r} has no version {model_version!r}; it serves version {self.version}"
+            )
+
+    def metadata(self) -> dict[str, Any]:
+        size = self.input_size
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": "keras",
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [-1]},
+                {"name": "pixels", "datatype": "UINT8", "shape": [-1, size, size, 3]},
+            ],
+            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, len(self.labels)]}],
+        }
+
+
+def _live_shards(dispatcher: Dispatch) -> list[str]:
+    try:
+        return [shard for shard, status in dispatcher.shard_status().items() if status == "live"]
+    except redis.RedisError:
+        return []
+
+
+class ServerMetadataResource:
+    def __init__(self, version: str) -> None:
+        self._body = {"name": "inferd", "version": version, "extensions": list(EXTENSIONS)}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self._body
+
+
+class ServerLiveResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"live": True}
+
+
+class ServerReadyResource:
+    """Ready when a worker has a fresh heartbeat, as /readyz."""
+
+    def __init__(self, dispatcher: Dispatch) -> None:
+        self._dispatcher = dispatcher
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ready = bool(_live_shards(self._dispatcher))
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        resp.media = {"ready": ready}
+
+
+class ModelMetadataResource:
+    def __init__(self, model: ServedModel) -> None:
+        self._model = model
+
+    def on_get(
+        self, req: falcon.Request, resp: falcon.Response, model_name: str, model_version: str | None = None
+    ) -> None:
+        self._model.check(model_name, model_version)
+        resp.media = self._model.metadata()
+
+
+class ModelReadyResource:
+    def __init__(self, model: ServedModel, dispatcher: Dispatch) -> None:
+        self._model = model
+        self._dispatcher = dispatcher
+
+    def on_get(
+        self, req: falcon.Request, resp: falcon.Response, model_name: str, model_version: str | None = None
+    ) -> None:
+        self._model.check(model_name, model_version)
+        ready = bool(_live_shards(self._dispatcher))
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        resp.media = {"name": self._model.name, "ready": ready}
+
+
+class ModelInferResource:
+    def __init__(self, settings: Settings, model: ServedModel, dispatcher: Dispatch) -> None:
+        self._settings = settings
+        self._model = model
+        self._dispatcher = dispatcher
+
+    def on_post(
+        self, req: falcon.Request, resp: falcon.Response, model_name: str, model_version: str | None = None
+    ) -> None:
+        deadline = time.monotonic() + self._settings.api.request_timeout_s
+        self._model.check(model_name, model_version)
+        request = parse_infer_request(
+            read_body(req, self._settings.api.max_body_bytes), req.get_header(HEADER_LENGTH)
+        )
+        images = self._images(request)
+        requested = self._requested_outputs(request)
+        jobs = [
+            Job(
+                job_id=new_job_id(),
+                deadline=deadline,
+                enqueued_at=time.monotonic(),
+                top_k=ALL_CLASSES,
+                pixels=p,
+            )
+            for p in images
+        ]
+        replies = self._dispatcher.dispatch_many(jobs)
+        classes = len(self._model.labels)
+        if any(r.probabilities is None or r.probabilities.shape != (classes,) for r in replies):
+            raise InferenceFailed(f"a worker answered without the {classes}-class probability vector")
+        probabilities = np.stack([r.probabilities for r in replies if r.probabilities is not None])
+        outputs = [self._output(probabilities, output, request.binary_output) for output in requested]
+        body, json_size = encode_infer_response(self._model.name, self._model.version, request.id, outputs)
+        if json_size is None:
+            resp.content_type = falcon.MEDIA_JSON
+        else:
+            resp.content_type = "application/octet-stream"
+            resp.set_header(HEADER_LENGTH, str(json_size))
+        resp.data = body
+
+    def _images(self, request: InferRequest) -> list[npt.NDArray[np.uint8]]:
+        """The model inputs of every image in the request, decoded (or taken as sent) and checked."""
+        if len(request.inputs) != 1:
+            raise BadRequest("send exactly one input: 'image' (BYTES, encoded files) or 'pixels' (UINT8)")
+        (tensor,) = request.inputs
+        count = tensor.shape[0]
+        if count < 1:
+            raise BadRequest(f"input {tensor.name!r} holds no image (shape {list(tensor.shape)})")
+        if count > MAX_IMAGES_PER_REQUEST:
+            raise PayloadTooLarge(f"{count} images in one request; the limit is {MAX_IMAGES_PER_REQUEST}")
+        if tensor.name == "image":
+            return self._decoded(tensor)
+        if tensor.name == "pixels":
+            return self._pixels(tensor)
+        raise BadRequest(f"unknown input {tensor.name!r}: this model takes 'image' or 'pixels'")
+
+    def _decoded(self, tensor: InputTensor) -> list[npt.NDArray[np.uint8]]:
+        if tensor.datatype != "BYTES" or tensor.shape not in ((tensor.shape[0],), (tensor.shape[0], 1)):
+            raise BadRequest(
+                f"input 'image' must be BYTES of shape [N] or [N, 1], not {tensor.datatype} {list(tensor.shape)}"
+            )
+        assert isinstance(tensor.data, list)
+        model, max_pixels = self._settings.model, self._settings.api.max_image_pixels
+        return [decode_image(data, model, max_pixels) for data in tensor.data]
+
+    def _pixels(self, tensor: InputTensor) -> list[npt.NDArray[np.uint8]]:
+        size = self._model.input_size
+        if tensor.datatype != "UINT8" or tensor.shape[1:] != (size, size, 3):
+            raise BadRequest(
+                f"input 'pixels' must be UINT8 of shape [N, {size}, {size}, 3], not {tensor.datatype} {list(tensor.shape)}"
+            )
+        assert isinstance(tensor.data, np.ndarray)
+        return list(tensor.data)
+
+    def _requested_outputs(self, request: InferRequest) -> list[RequestedOutput]:
+        if request.outputs is None:
+            return [RequestedOutput(OUTPUT_NAME, None, 0)]
+        for output in request.outputs:
+            if output.name != OUTPUT_NAME:
+                raise BadRequest(f"unknown output {output.name!r}: this model gives {OUTPUT_NAME!r}")
+        return request.outputs
+
+    def _output(
+        self, probabilities: npt.NDArray[np.float32], requested: RequestedOutput, binary_default: bool
+    ) -> OutputTensor:
+        binary = binary_default if requested.binary is None else requested.binary
+        if not requested.classification:
+            return OutputTensor(OUTPUT_NAME, "FP32", probabilities.shape, probabilities, binary)
+        rows = classification_strings(probabilities, self._model.labels, requested.classification)
+        flat = [element for row in rows for element in row]
+        return OutputTensor(OUTPUT_NAME, "BYTES", (len(rows), len(rows[0])), flat, binary)
+
+
+def read_body(req: falcon.Request, limit: int) -> bytes:
+    """The request body, at most `limit` bytes once decompressed: 413 beyond, 411 when chunked."""
+    if req.content_length is not None and req.content_length > limit:
+        raise PayloadTooLarge(f"the request body is {req.content_length} bytes; the limit is {limit}")
+    if req.content_length is None and req.get_header("Transfer-Encoding"):
+        # The size limit is enforced before reading; a chunked body has no size to check.
+        raise LengthRequired("send the request with a Content-Length (chunked bodies are not accepted)")
+    data: bytes = req.bounded_stream.read(limit + 1)
+    encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
+    if encoding in DECODED_ENCODINGS:
+        # 15 + 32: zlib or gzip framing, told apart by the header. Bounded: a small bomb stops at the limit.
+        inflater = zlib.decompressobj(15 + 32)
+        try:
+            data = inflater.decompress(data, limit + 1)
+        except zlib.error as exc:
+            raise BadRequest(f"the {encoding} body does not decompress: {exc}") from None
+    elif encoding != "identity":
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not accepted (gzip, deflate or none)")
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the request body is larger than the {limit}-byte limit")
+    return data
+
+
+def add_v2_routes(
+    app: falcon.App[falcon.Request, falcon.Response], settings: Settings, dispatcher: Dispatch, version: str
+) -> None:
+    """Mount every V2 route on `app`."""
+    model = ServedModel(settings)
+    app.add_route("/v2", ServerMetadataResource(version))
+    app.add_route("/v2/health/live", ServerLiveResource())
+    app.add_route("/v2/health/ready", ServerReadyResource(dispatcher))
+    per_model: Sequence[tuple[str, object]] = (
+        ("", ModelMetadataResource(model)),
+        ("/ready", ModelReadyResource(model, dispatcher)),
+        ("/infer", ModelInferResource(settings, model, dispatcher)),
+    )
+    for suffix, resource in per_model:
+        app.add_route(f"/v2/models/{{model_name}}{suffix}", resource)
+        app.add_route(f"/v2/models/{{model_name}}/versions/{{model_version}}{suffix}", resource)
