@@ -52,7 +52,7 @@ class IndexResource:
             "endpoints": {
                 "POST /predict": f"classify an image; ?top=N for N predictions (default {settings.api.default_top})",
                 "GET /healthz": "the API process is alive",
-                "GET /readyz": "Redis is reachable and at least one worker is live",
+                "GET /readyz": "Redis is reachable and at least one worker is live (and which shards failed, why)",
                 "GET /metrics": "Prometheus metrics",
             },
         }
@@ -73,6 +73,7 @@ class ReadyResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
             liveness = self._dispatcher.liveness()
+            failed = self._dispatcher.failures()
         except redis.RedisError as exc:
             resp.status = falcon.HTTP_503
             resp.media = {"ready": False, "reason": f"Redis unreachable: {exc}"}
@@ -80,9 +81,17 @@ class ReadyResource:
         live = [shard for shard, alive in liveness.items() if alive]
         ready = bool(live)
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        resp.media = {"ready": ready, "live_shards": live, "registered_shards": list(liveness)}
+        resp.media = {
+            "ready": ready,
+            "live_shards": live,
+            "registered_shards": list(liveness),
+            "failed_shards": failed,
+        }
         if not ready:
-            resp.media["reason"] = "no worker has a fresh heartbeat"
+            reasons = "; ".join(f"{shard}: {reason}" for shard, reason in failed.items())
+            resp.media["reason"] = (
+                f"no worker is serving: {reasons}" if failed else "no worker has a fresh heartbeat"
+            )
 
 
 class PredictResource:

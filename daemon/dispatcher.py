@@ -24,6 +24,8 @@ class Dispatch(Protocol):
 
     def liveness(self) -> dict[str, bool]: ...
 
+    def failures(self) -> dict[str, str]: ...
+
 
 class Dispatcher:
     """Submits jobs through the API's face of the queues and awaits their answers."""
@@ -48,3 +50,7 @@ class Dispatcher:
     def liveness(self) -> dict[str, bool]:
         """Every registered shard and whether its worker is live (raises redis errors for /readyz to report)."""
         return self._queues.liveness()
+
+    def failures(self) -> dict[str, str]:
+        """Shards whose worker refused to start (no GPU, model not loadable), with the reason each gave."""
+        return self._queues.failures()

@@ -4,7 +4,7 @@ Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing
 
 | key | type | written by | read by | bounded by |
 | --- | --- | --- | --- | --- |
-| `inferd:shards` | hash: shard id -> `wire.ShardInfo` | each worker, on every beat | API, tools | a field per shard |
+| `inferd:shards` | hash: shard id -> `wire.ShardInfo` | each worker, on every beat, or once as "failed" when it refuses to start | API, tools | a field per shard |
 | `inferd:heartbeat:<shard>` | string: `wire.Heartbeat` | the worker, every `queue.heartbeat_interval_s` | enqueue script, /readyz, tools | expires after `queue.heartbeat_ttl_s` |
 | `inferd:queue:<shard>` | list of `wire.Job`, newest at the left | the API (`ApiQueues.submit`) | its shard, from the right | `queue.max_depth` |
 | `inferd:processing:<shard>` | list: the jobs of the batch in hand | the shard, in the step that takes them off its queue | the shard (`commit` releases them); a live shard adopts a dead one's | `batching.max_batch_size` |
@@ -337,6 +337,12 @@ class ApiQueues:
             raise RedisUnavailable(f"lost the queue service while waiting for the answer: {exc}") from exc
         return None if popped is None else Reply.decode(cast(Any, popped)[1])
 
+    def failures(self) -> dict[str, str]:
+        """Registered shards whose worker refused to start, and the reason each gave."""
+        entries = self._client.hgetall(SHARDS_KEY)
+        infos = {as_text(shard): _parse_or_none(ShardInfo.decode, entry) for shard, entry in entries.items()}
+        return {shard: info.reason or "" for shard, info in sorted(infos.items()) if info and info.failed}
+
     def liveness(self) -> dict[str, bool]:
         """Every registered shard, in order, and whether its worker has a fresh heartbeat."""
         shards = registered_shard_ids(self._client)
@@ -444,6 +450,14 @@ class ShardQueues:
         pipe = self._client.pipeline(transaction=False)
         pipe.hset(SHARDS_KEY, self.shard, info.encode())
         pipe.set(heartbeat_key(self.shard), heartbeat.encode(), px=self._heartbeat_ttl_ms)
+        pipe.execute()
+
+    def register_failure(self, info: ShardInfo) -> None:
+        """Record that this shard refused to start (`info.state` "failed", with the reason), with no heartbeat:
+        it gets no jobs, live shards adopt what waits for it, and every reader shows why."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(SHARDS_KEY, self.shard, info.encode())
+        pipe.delete(heartbeat_key(self.shard))
         pipe.execute()
 
     def leave(self) -> None:

@@ -82,6 +82,10 @@ class QueueSettings:
 class DeviceSettings:
     gpus: str = "auto"
     cpu_workers: int = 1
+    cpu_fallback: bool = False
+    """A GPU shard whose runtime sees no GPU serves on the CPU (shown as a fallback) instead of refusing."""
+    gpu_memory_limit_mb: int = 0
+    """Device memory each GPU worker may take; 0 = no limit (memory still grows on demand)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,3 +316,9 @@ def validate(s: Settings) -> None:
         '"auto", "none", or a list of GPU indices such as [0, 1]',
     )
     _require(1 <= s.devices.cpu_workers <= 64, "devices.cpu_workers", s.devices.cpu_workers, "from 1 to 64")
+    _require(
+        s.devices.gpu_memory_limit_mb >= 0,
+        "devices.gpu_memory_limit_mb",
+        s.devices.gpu_memory_limit_mb,
+        "0 (no limit) or more megabytes",
+    )

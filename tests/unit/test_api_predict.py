@@ -23,6 +23,7 @@ class FakeDispatcher:
         self.error = error
         self.jobs: list[Job] = []
         self.live = {"gpu3": True, "gpu4": False}
+        self.failed: dict[str, str] = {}
 
     def dispatch(self, job: Job) -> Reply:
         self.jobs.append(job)
@@ -32,6 +33,9 @@ class FakeDispatcher:
 
     def liveness(self) -> dict[str, bool]:
         return self.live
+
+    def failures(self) -> dict[str, str]:
+        return self.failed
 
 
 @pytest.fixture()
@@ -81,7 +85,20 @@ def test_readyz_lists_live_and_registered_shards(app):
         "ready": True,
         "live_shards": ["gpu3"],
         "registered_shards": ["gpu3", "gpu4"],
+        "failed_shards": {},
     }
     dispatcher.live = {"gpu3": False}
     result = client.simulate_get("/readyz")
     assert result.status_code == 503 and result.json["ready"] is False
+
+
+def test_readyz_names_failed_shards_and_their_reasons(app):
+    dispatcher = FakeDispatcher()
+    dispatcher.failed = {"gpu4": "tensorflow 2.21.0 sees no GPU"}
+    client = app(dispatcher)
+    result = client.simulate_get("/readyz")
+    assert result.status_code == 200 and result.json["failed_shards"] == dispatcher.failed
+    dispatcher.live = {"gpu4": False}
+    result = client.simulate_get("/readyz")
+    assert result.status_code == 503
+    assert result.json["reason"] == "no worker is serving: gpu4: tensorflow 2.21.0 sees no GPU"

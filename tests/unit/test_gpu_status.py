@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from daemon.wire import BatchRecord
@@ -17,7 +17,7 @@ class FakeNVMLError(Exception):
     """Stands for pynvml's NVMLError subclasses (one per NVML return code)."""
 
 
-@dataclass
+@dataclasses.dataclass
 class FakeGpu:
     utilization: int
     used: int
@@ -150,3 +150,21 @@ def test_exit_code_is_non_zero_when_a_shard_is_down_or_none_is_registered():
     text = render_status_table([shard("cpu0", True), shard("cpu1", False)])
     assert "DOWN" in text.splitlines()[2]
     assert text.endswith("2 shard(s): 1 live, 1 down (cpu1)")
+
+
+def test_a_failed_shard_shows_failed_with_its_reason_and_a_fallback_says_so():
+    reason = "tensorflow 2.21.0, a build without CUDA, sees no GPU, but NVML lists GPU 1: install ..."
+    failed = dataclasses.replace(shard("gpu1", False, index=1), failed=True, reason=reason)
+    fallback = dataclasses.replace(
+        shard("gpu0", True, index=0),
+        device_name="CPU (fallback for GPU 0: NVIDIA H100)",
+        fallback=True,
+        reason="... serving on the CPU (devices.cpu_fallback = true)",
+    )
+    lines = render_status_table([fallback, failed]).splitlines()
+    assert lines[2].split()[0] == "gpu1" and "FAILED" in lines[2].split()
+    assert "0: CPU (fallback for GPU 0: NVIDIA H100)" in lines[1]
+    assert lines[3] == "2 shard(s): 1 live, 1 down (gpu1), 1 failed to start"
+    assert lines[4] == f"gpu1 FAILED: {reason}"
+    assert lines[5].startswith("gpu0 CPU FALLBACK: ")
+    assert exit_code([fallback, failed]) == 2
