@@ -67,8 +67,8 @@ def judge_device(shard: Shard, report: RuntimeReport, cpu_fallback: bool) -> Dev
             "CUDA_VISIBLE_DEVICES was not applied before the runtime loaded; start workers through `inferd run`"
         )
         return DeviceVerdict(serve=False, device="?", reason=reason)
-    build = f", built for CUDA {report.cuda_version}" if report.cuda_version else ", a build without CUDA"
-    cause = f"{runtime}{build} sees no GPU, but NVML lists GPU {shard.index} ({shard.name})"
+    build = f"built for CUDA {report.cuda_version}" if report.cuda_version else "a build without CUDA"
+    cause = f"{runtime}, {build}, sees no GPU, but NVML lists GPU {shard.index} ({shard.name})"
     if cpu_fallback:
         return DeviceVerdict(
             serve=True,

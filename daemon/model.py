@@ -64,14 +64,14 @@ def normalise(batch: npt.NDArray[np.uint8], mode: str) -> npt.NDArray[np.float32
     return out
 
 
-def with_preprocessing(model: Any, mode: str, input_size: int) -> Any:
+def with_preprocessing(model: Any, mode: str, image_shape: tuple[int, int, int]) -> Any:
     """`model` behind layers that take uint8 RGB pixels and apply `model.preprocessing` on the device."""
     import keras
 
     if mode not in AFFINE_PREPROCESSING:
         raise ValueError(f"unknown preprocessing mode {mode!r}")
     scale, offset = AFFINE_PREPROCESSING[mode]
-    pixels = keras.Input((input_size, input_size, 3), dtype="uint8", name="pixels")
+    pixels = keras.Input(image_shape, dtype="uint8", name="pixels")
     x = keras.ops.cast(pixels, "float32")
     if mode in CHANNELS_REVERSED:
         x = keras.ops.flip(x, axis=-1)
@@ -153,7 +153,7 @@ class Classifier:
             raise ModelLoadError(
                 f"model {settings.path} takes input {input_shape}, but model.input_size gives {expected}"
             )
-        self._model: Any = with_preprocessing(model, settings.preprocessing, settings.input_size)
+        self._model: Any = with_preprocessing(model, settings.preprocessing, expected)
         log.info("model: loaded %s (%d classes, input %s)", settings.path, output_classes, input_shape)
 
     def predict(self, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
