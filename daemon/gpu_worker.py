@@ -16,11 +16,13 @@ supervisord does not retry.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import time
+from dataclasses import asdict
 from types import FrameType
 
 import redis
@@ -227,6 +229,18 @@ def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Classifi
     return info, classifier
 
 
+def check_device(shard: Shard, settings: Settings) -> int:
+    """Print what this shard would compute on, as one JSON line, for `inferd check`; 80 if it would refuse."""
+    try:
+        report = probe_runtime(settings.model.backend)
+    except DeviceUnavailable as exc:
+        print(json.dumps({"shard": shard.shard_id, "serve": False, "reason": exc.message}))
+        return EXIT_DEVICE
+    verdict = judge_device(shard, report, settings.devices.cpu_fallback)
+    print(json.dumps({"shard": shard.shard_id, **asdict(verdict), "runtime": asdict(report)}))
+    return EXIT_OK if verdict.serve else EXIT_DEVICE
+
+
 def refuse(shard: Shard, queues: ShardQueues, reason: str, code: int) -> int:
     """Say in one line why this shard cannot serve, leave that in the registry for every surface, exit."""
     log.error("%s: cannot serve (exit %d): %s", shard.shard_id, code, reason)
@@ -250,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shard-index", type=int, default=0, help="which discovered shard this worker serves"
     )
+    parser.add_argument(
+        "--check-device",
+        action="store_true",
+        help="pin, load the runtime, print what this shard would compute on as JSON, and exit (inferd check)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("INFERD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
@@ -267,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     shard = shards[args.shard_index]
     # Before Keras (and so the ML runtime) is imported: model.py and device.py import it lazily.
     pin_process(shard, settings, len(shards))
+    if args.check_device:
+        return check_device(shard, settings)
     client = connect(settings, socket_timeout_s=IDLE_BLOCK_S + 5.0)
     queues = ShardQueues(client, shard.shard_id, settings)
     try:

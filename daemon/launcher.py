@@ -8,15 +8,17 @@ which device each gets, and a Redis config holding secrets that must not appear 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 from daemon.api import read_token
-from daemon.errors import EXIT_CONFIG, ConfigError
+from daemon.errors import EXIT_CONFIG, EXIT_DEVICE, ConfigError
 from daemon.metrics import MULTIPROC_ENV
 from daemon.redis_conn import read_password
 from daemon.settings import Settings, load_settings, resolve_config_path
@@ -132,6 +134,42 @@ def run(config: str | None) -> int:
     return 0  # not reached
 
 
+def check_devices(settings: Settings, shards: list[Shard]) -> int:
+    """Load `model.backend`'s runtime pinned as each shard's worker would be, and print what it would compute
+    on; EXIT_DEVICE when a shard's worker would refuse to start."""
+    # One process per shard, all at once: pinning only takes before the runtime loads, once per process.
+    env = {**os.environ, SHARDS_ENV: encode_shards(shards), "INFERD_LOG_LEVEL": "ERROR"}
+    probes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "daemon.gpu_worker", "--check-device", "--shard-index", str(index)],
+            cwd=HOME,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(len(shards))
+    ]
+    code = 0
+    for shard, probe in zip(shards, probes, strict=True):
+        out, err = probe.communicate()
+        lines = out.strip().splitlines()
+        try:
+            found = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            found = {"serve": False, "reason": f"the probe failed: {err.strip().splitlines()[-1:] or out}"}
+        if found.get("serve"):
+            runtime = found["runtime"]
+            where = f"{found['device']} ({runtime['backend']} {runtime['runtime_version']})"
+            if found.get("fallback"):
+                where += f": {found['reason']}"
+            print(f"{shard.shard_id}\t{shard.kind}\t{shard.name}\t-> {where}")
+        else:
+            print(f"{shard.shard_id}\t{shard.kind}\t{shard.name}\t-> WOULD FAIL (exit 80): {found['reason']}")
+            code = EXIT_DEVICE
+    return code
+
+
 def build_default_model(out: str | None) -> int:
     settings = load_settings()
     use_backend(settings.model.backend)  # before Keras loads: it reads KERAS_BACKEND once, on import
@@ -146,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="settings file (default: INFERD_CONFIG, else conf/settings.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run the appliance in the foreground under supervisord")
-    commands.add_parser("check", help="validate settings and list the shards that would run")
+    commands.add_parser(
+        "check", help="validate settings, and list the shards that would run and the device each would use"
+    )
     build = commands.add_parser("build-default-model", help="build the embedded EfficientNet-Lite0 model")
     build.add_argument("--out", help="folder for the .keras file and labels (default: model.path's folder)")
     args = parser.parse_args(argv)
@@ -162,10 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             return build_default_model(args.out)
         settings = load_settings(args.config)
         check_model_files(settings)
-        for shard in discover_shards(settings):
-            print(f"{shard.shard_id}\t{shard.kind}\t{shard.name}")
+        shards = discover_shards(settings)
         print(f"settings OK: {settings.source}")
-        return 0
+        return check_devices(settings, shards)
     except ConfigError as exc:
         print(f"inferd: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG

@@ -137,3 +137,26 @@ def test_with_cpu_fallback_the_gpu_shard_serves_on_the_cpu_and_says_so(tmp_path,
         in metrics
     )
     assert "serving on the CPU (devices.cpu_fallback = true)" in appliance.output()
+
+
+def test_inferd_check_loads_the_runtime_and_says_what_each_shard_would_use(tmp_path, tiny_model):
+    pythonpath = write_standin_pynvml(tmp_path / "standin")
+    sections = tiny_sections(tiny_model, devices={"gpus": "auto"})
+    config = write_settings(tmp_path, sections)
+
+    def check(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "daemon.launcher", "--config", str(config), "check"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(pythonpath), **env},
+        )
+
+    refused = check()
+    assert refused.returncode == EXIT_DEVICE, refused.stdout + refused.stderr
+    assert f"gpu0\tgpu\t{STANDIN_GPU_NAME}\t-> WOULD FAIL (exit 80): tensorflow " in refused.stdout
+    fallback = check(INFERD_DEVICES_CPU_FALLBACK="true")
+    assert fallback.returncode == 0, fallback.stdout + fallback.stderr
+    assert f"-> CPU (fallback for GPU 0: {STANDIN_GPU_NAME}) (tensorflow " in fallback.stdout
