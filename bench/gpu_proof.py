@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_GPU
     backend = pick_backend(args.backend)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="inferd-proof-work-"))
+    work.mkdir(parents=True, exist_ok=True)
     env = appliance_env(work, backend, args.cpu, {})
     settings = load_settings(args.config, env={**os.environ, **env})
     if not settings.model.path.is_file():
