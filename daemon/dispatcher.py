@@ -30,6 +30,8 @@ class Dispatch(Protocol):
 
     def shard_status(self) -> dict[str, str]: ...
 
+    def failures(self) -> dict[str, str]: ...
+
 
 class Dispatcher:
     """Submits jobs through the API's face of the queues and awaits their answers."""
@@ -62,3 +64,7 @@ class Dispatcher:
     def shard_status(self) -> dict[str, str]:
         """Every registered shard and its status, live, down or stuck (raises redis errors for /readyz)."""
         return self._queues.shard_status()
+
+    def failures(self) -> dict[str, str]:
+        """Shards whose worker refused to start or hung, with the reason each gave."""
+        return self._queues.failures()

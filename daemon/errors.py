@@ -11,6 +11,9 @@ EXIT_STUCK = 70
 """A worker whose model call hung leaves with this (EX_SOFTWARE): supervisord restarts it."""
 EXIT_MODEL_LOAD = 79
 """Exit code for "the model failed to load": retrying cannot help, so supervisord must not retry."""
+EXIT_DEVICE = 80
+"""Exit code for "the ML runtime does not see this shard's GPU": a wrong install or driver, not a hiccup,
+so supervisord must not retry."""
 
 
 class InferdError(Exception):
@@ -30,6 +33,10 @@ class ConfigError(InferdError):
 
 class ModelLoadError(InferdError):
     """The model file or its labels could not be loaded."""
+
+
+class DeviceUnavailable(InferdError):
+    """The ML runtime does not see the device a shard was given (no GPU, or not exactly its one GPU)."""
 
 
 class BadRequest(InferdError):

@@ -5,27 +5,37 @@ then loop {check the stop flag, claim a batch with a finite blocking timeout, ru
 adopt the work of dead shards now and then}, with teardown in `finally`. First SIGTERM/SIGINT finishes the
 batch in hand and exits 0; a second one leaves at once (claimed jobs stay in the processing list, and the
 next worker to start puts them back on the queue).
+
+Before any of that, `start_serving` makes sure the shard computes where it should: once pinned and with its
+runtime loaded, the worker asks the runtime what it sees (`daemon.device`). A worker that cannot serve (its
+runtime sees no GPU, its model does not load, warm-up runs out of device memory) says why in one log line,
+leaves a "failed" registry entry with that reason for /readyz, /metrics and gpu_status, and exits with a code
+supervisord does not retry.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from types import FrameType
 
 import redis
 
+from daemon.device import is_out_of_memory, judge_device, limit_gpu_memory, probe_runtime
 from daemon.errors import (
     EXIT_CONFIG,
+    EXIT_DEVICE,
     EXIT_MODEL_LOAD,
     EXIT_OK,
     EXIT_STUCK,
     ConfigError,
+    DeviceUnavailable,
     JobDropped,
     ModelLoadError,
 )
@@ -40,10 +50,12 @@ from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
 from daemon.standin import StandinModel, is_standin
 from daemon.triton_metrics import TritonBatchMetrics
-from daemon.wire import BatchRecord, Heartbeat, ShardInfo
+from daemon.wire import FAILED, STUCK, BatchRecord, Heartbeat, ShardInfo
 
 log = logging.getLogger(__name__)
 
+REFUSAL_REPORT_TRIES = 5
+"""Attempts (with backoff, a few seconds in all) to record a refusal in Redis before exiting regardless."""
 IDLE_BLOCK_S = 1.0
 """Longest blocking wait for a first job, so the stop flag and the sweep are looked at at least this often."""
 SWEEP_INTERVAL_S = 5.0
@@ -62,6 +74,7 @@ class Worker:
         queues: ShardQueues,
         predictor: Predictor,
         handle_signals: bool = True,
+        info: ShardInfo | None = None,
     ) -> None:
         self.settings = settings
         self.shard = shard
@@ -71,7 +84,8 @@ class Worker:
         """False when the loop runs in a thread (tests): only the main thread may install handlers."""
         self.prefix = f"{shard.shard_id}:"
         self.input_shape = (settings.model.input_size, settings.model.input_size, 3)
-        self.info = ShardInfo(kind=shard.kind, index=shard.index, name=shard.name)
+        self.info = info or ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, device=shard.name)
+        """What the registry shows of this shard: the device as its runtime reported it (`start_serving`)."""
         self.stop_signals = 0
         self.images_served = 0
         self.batch_started: float | None = None
@@ -98,7 +112,7 @@ class Worker:
 
     # -- the loop --------------------------------------------------------------------------------------
     def work(self) -> int:
-        log.info("%s starting on %s (pid %d)", self.prefix, self.shard.name, os.getpid())
+        log.info("%s serving on %s (pid %d)", self.prefix, self.info.device or self.shard.name, os.getpid())
         if self.handle_signals:
             self.install_signal_handlers()
         self.metrics.starts.labels(self.shard.shard_id).inc()
@@ -160,7 +174,7 @@ class Worker:
         log.error("%s %s", self.prefix, reason)
         self.metrics.stuck.labels(self.shard.shard_id).inc()
         try:
-            self.queues.mark_failed(replace(self.info, state="stuck", reason=reason))
+            self.queues.mark_failed(replace(self.info, state=STUCK, reason=reason))
         except redis.RedisError as exc:
             log.warning("%s could not record the stuck state: %s", self.prefix, exc)
         # The main thread is inside the model call and cannot be interrupted: only leaving the process frees it.
@@ -207,12 +221,92 @@ class Worker:
             log.warning("%s could not tidy up in Redis: %s", self.prefix, exc)
 
 
-def pick_own_shard(settings: Settings, shard_index: int) -> Shard:
+def own_shards(settings: Settings) -> list[Shard]:
+    """The shards of this appliance, as the launcher discovered them (or discovered here, run by hand)."""
     encoded = os.environ.get(SHARDS_ENV)
-    shards = decode_shards(encoded) if encoded else discover_shards(settings)
-    if not 0 <= shard_index < len(shards):
-        raise ConfigError(f"--shard-index {shard_index} is outside the {len(shards)} discovered shard(s)")
-    return shards[shard_index]
+    return decode_shards(encoded) if encoded else discover_shards(settings)
+
+
+def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predictor]:
+    """Load the runtime, check it sees this shard's device, load and warm the model; raises what stops us."""
+    if is_standin(settings.model.path):
+        # No runtime to ask: the stand-in computes nothing, anywhere.
+        standin = StandinModel(settings.model)
+        standin.warm_up(settings.batching.max_batch_size)
+        device = f"stand-in ({settings.model.path.name})"
+        return ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, device=device), standin
+    report = probe_runtime(settings.model.backend)
+    verdict = judge_device(shard, report, settings.devices.cpu_fallback)
+    if not verdict.serve:
+        raise DeviceUnavailable(verdict.reason or "the runtime does not see this shard's device")
+    if verdict.fallback:
+        log.warning("%s: %s", shard.shard_id, verdict.reason)
+    on_gpu = shard.kind == "gpu" and not verdict.fallback
+    memory = (report.memory_total_bytes or shard.memory_total_bytes) if on_gpu else None
+    if on_gpu:
+        limit_gpu_memory(report.backend, settings.devices.gpu_memory_limit_mb, memory)
+    info = ShardInfo(
+        kind=shard.kind,
+        index=shard.index,
+        name=shard.name,
+        reason=verdict.reason,
+        device=verdict.device,
+        fallback=verdict.fallback,
+        backend=report.backend,
+        runtime_version=report.runtime_version,
+        cuda_version=report.cuda_version if on_gpu else None,
+        memory_total_bytes=memory,
+    )
+    classifier = Classifier(settings.model, settings.batching.max_batch_size)
+    try:
+        classifier.warm_up()
+    except Exception as exc:
+        # A model that loads but cannot run a batch will not start working on a retry either.
+        if is_out_of_memory(exc):
+            raise ModelLoadError(
+                f"out of device memory warming up batches of up to {settings.batching.max_batch_size} "
+                f"({type(exc).__name__}): lower batching.max_batch_size or raise devices.gpu_memory_limit_mb"
+            ) from exc
+        log.exception("%s: the model failed its warm-up batch", shard.shard_id)
+        raise ModelLoadError(f"the model failed its warm-up batch: {type(exc).__name__}: {exc}") from exc
+    log.info(
+        "%s: %s %s on %s, batch buckets %s",
+        shard.shard_id,
+        report.backend,
+        report.runtime_version,
+        verdict.device,
+        ",".join(map(str, classifier.buckets)),
+    )
+    return info, classifier
+
+
+def check_device(shard: Shard, settings: Settings) -> int:
+    """Print what this shard would compute on, as one JSON line, for `inferd check`; 80 if it would refuse."""
+    try:
+        report = probe_runtime(settings.model.backend)
+    except DeviceUnavailable as exc:
+        print(json.dumps({"shard": shard.shard_id, "serve": False, "reason": exc.message}))
+        return EXIT_DEVICE
+    verdict = judge_device(shard, report, settings.devices.cpu_fallback)
+    print(json.dumps({"shard": shard.shard_id, **asdict(verdict), "runtime": asdict(report)}))
+    return EXIT_OK if verdict.serve else EXIT_DEVICE
+
+
+def refuse(shard: Shard, queues: ShardQueues, reason: str, code: int) -> int:
+    """Say in one line why this shard cannot serve, leave that in the registry for every surface, exit."""
+    log.error("%s: cannot serve (exit %d): %s", shard.shard_id, code, reason)
+    info = ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, state=FAILED, reason=reason)
+    backoff = Backoff()
+    for _ in range(REFUSAL_REPORT_TRIES):
+        try:
+            queues.mark_failed(info)
+            break
+        except redis.RedisError as exc:
+            log.debug("%s: Redis not reachable to record the failure (%s)", shard.shard_id, exc)
+            backoff.pause()
+    else:
+        log.warning("%s: could not record the failure in Redis; it shows as down, not failed", shard.shard_id)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,31 +315,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shard-index", type=int, default=0, help="which discovered shard this worker serves"
     )
+    parser.add_argument(
+        "--check-device",
+        action="store_true",
+        help="pin, load the runtime, print what this shard would compute on as JSON, and exit (inferd check)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     try:
         settings = load_settings(args.config)
-        shard = pick_own_shard(settings, args.shard_index)
+        shards = own_shards(settings)
+        if not 0 <= args.shard_index < len(shards):
+            raise ConfigError(
+                f"--shard-index {args.shard_index} is outside the {len(shards)} discovered shard(s)"
+            )
     except ConfigError as exc:
         log.error("worker: configuration error: %s", exc.message)
         return EXIT_CONFIG
-    pin_process(
-        shard, settings
-    )  # before Keras (and so the ML runtime) is imported: model.py imports it lazily
-    try:
-        predictor = (
-            StandinModel(settings.model) if is_standin(settings.model.path) else Classifier(settings.model)
-        )
-        predictor.warm_up(settings.batching.max_batch_size)
-    except ModelLoadError as exc:
-        log.error("%s: %s", shard.shard_id, exc.message)
-        return EXIT_MODEL_LOAD
-    except Exception:
-        # A model that loads but cannot run a batch will not start working on a retry either.
-        log.exception("%s: the model failed its warm-up batch", shard.shard_id)
-        return EXIT_MODEL_LOAD
+    shard = shards[args.shard_index]
+    # Before Keras (and so the ML runtime) is imported: model.py and device.py import it lazily.
+    pin_process(shard, settings, len(shards))
+    if args.check_device:
+        return check_device(shard, settings)
     client = connect(settings, socket_timeout_s=IDLE_BLOCK_S + 5.0)
-    return Worker(settings, shard, ShardQueues(client, shard.shard_id, settings), predictor).work()
+    queues = ShardQueues(client, shard.shard_id, settings)
+    try:
+        info, classifier = start_serving(shard, settings)
+    except DeviceUnavailable as exc:
+        return refuse(shard, queues, exc.message, EXIT_DEVICE)
+    except ModelLoadError as exc:
+        return refuse(shard, queues, exc.message, EXIT_MODEL_LOAD)
+    return Worker(settings, shard, queues, classifier, info=info).work()
 
 
 if __name__ == "__main__":

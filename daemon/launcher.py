@@ -8,19 +8,21 @@ which device each gets, and a Redis config holding secrets that must not appear 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
-from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, ConfigError
+from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
 from daemon.logs import setup_logging
 from daemon.metrics import MULTIPROC_ENV
 from daemon.run_dir import RUN_DIR_ENV, AlreadyRunning, clear_leftovers, pdeathsig_prefix, take_lock
 from daemon.settings import HOME, Settings, check_model_files, load_settings, resolve_config_path
-from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards
+from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards, use_backend
 from daemon.wire import JOB_HEADER
 
 log = logging.getLogger(__name__)
@@ -129,10 +131,47 @@ def run(config: str | None) -> int:
     return 0  # not reached
 
 
+def check_devices(settings: Settings, shards: list[Shard]) -> int:
+    """Load `model.backend`'s runtime pinned as each shard's worker would be, and print what it would compute
+    on; EXIT_DEVICE when a shard's worker would refuse to start."""
+    # One process per shard, all at once: pinning only takes before the runtime loads, once per process.
+    env = {**os.environ, SHARDS_ENV: encode_shards(shards), "INFERD_LOG_LEVEL": "ERROR"}
+    probes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "daemon.gpu_worker", "--check-device", "--shard-index", str(index)],
+            cwd=HOME,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(len(shards))
+    ]
+    code = 0
+    for shard, probe in zip(shards, probes, strict=True):
+        out, err = probe.communicate()
+        lines = out.strip().splitlines()
+        try:
+            found = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            found = {"serve": False, "reason": f"the probe failed: {err.strip().splitlines()[-1:] or out}"}
+        if found.get("serve"):
+            runtime = found["runtime"]
+            where = f"{found['device']} ({runtime['backend']} {runtime['runtime_version']})"
+            if found.get("fallback"):
+                where += f": {found['reason']}"
+            print(f"{shard.shard_id}\t{shard.kind}\t{shard.name}\t-> {where}")
+        else:
+            print(f"{shard.shard_id}\t{shard.kind}\t{shard.name}\t-> WOULD FAIL (exit 80): {found['reason']}")
+            code = EXIT_DEVICE
+    return code
+
+
 def build_default_model(out: str | None) -> int:
+    settings = load_settings()
+    use_backend(settings.model.backend)  # before Keras loads: it reads KERAS_BACKEND once, on import
     from daemon import default_model
 
-    settings = load_settings()
     target = Path(out) if out else settings.model.path.parent
     return default_model.main(["--out", str(target)])
 
@@ -142,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="settings file (default: INFERD_CONFIG, else conf/settings.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run the appliance in the foreground under supervisord")
-    commands.add_parser("check", help="validate settings and list the shards that would run")
+    commands.add_parser(
+        "check", help="validate settings, and list the shards that would run and the device each would use"
+    )
     build = commands.add_parser("build-default-model", help="build the embedded EfficientNet-Lite0 model")
     build.add_argument("--out", help="folder for the .keras file and labels (default: model.path's folder)")
     args = parser.parse_args(argv)
@@ -156,10 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             return build_default_model(args.out)
         settings = load_settings(args.config)
         check_model_files(settings)
-        for shard in discover_shards(settings):
-            print(f"{shard.shard_id}\t{shard.kind}\t{shard.name}")
+        shards = discover_shards(settings)
         print(f"settings OK: {settings.source}")
-        return 0
+        return check_devices(settings, shards)
     except ConfigError as exc:
         print(f"inferd: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG

@@ -133,6 +133,17 @@ class QueueCollector(Collector):
         live = GaugeMetricFamily(
             "inferd_shard_live", "1 if the shard's worker has a fresh heartbeat", labels=["shard"]
         )
+        failed = GaugeMetricFamily(
+            "inferd_shard_failed",
+            "1 if the shard's worker refused to start (no GPU, model not loadable), with its reason",
+            labels=["shard", "reason"],
+        )
+        device = GaugeMetricFamily(
+            "inferd_shard_device",
+            "Always 1: the device a shard computes on as its runtime reports it; fallback=1 for a GPU shard "
+            "serving on the CPU",
+            labels=["shard", "device", "backend", "fallback"],
+        )
         up = GaugeMetricFamily("inferd_redis_up", "1 if Redis answered this scrape")
         try:
             shards = read_shards(self._client)
@@ -147,7 +158,16 @@ class QueueCollector(Collector):
             claimed.add_metric([state.shard], state.in_flight)
             live.add_metric([state.shard], 1 if state.live else 0)
             status.add_metric([state.shard, state.status], 1)
-        yield from (up, depth, claimed, live, status)
+            info = state.info
+            if info is None:
+                continue
+            failed.add_metric(
+                [state.shard, info.reason or "" if info.failed else ""], 1 if info.failed else 0
+            )
+            if info.device is not None:
+                fallback = "1" if info.fallback else "0"
+                device.add_metric([state.shard, info.device, info.backend or "", fallback], 1)
+        yield from (up, depth, claimed, live, status, failed, device)
 
 
 class GpuCollector(Collector):

@@ -4,7 +4,7 @@ Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing
 
 | key | type | written by | read by | bounded by |
 | --- | --- | --- | --- | --- |
-| `inferd:shards` | hash: shard id -> `wire.ShardInfo` | each worker, on every beat | API, tools | a field per shard |
+| `inferd:shards` | hash: shard id -> `wire.ShardInfo` | each worker, on every beat, or once as "failed" when it refuses to start | API, tools | a field per shard |
 | `inferd:heartbeat:<shard>` | string: `wire.Heartbeat` | the worker, every `queue.heartbeat_interval_s` | enqueue script, /readyz, tools | expires after `queue.heartbeat_ttl_s` |
 | `inferd:queue:<shard>` | list of `wire.Job`, newest at the left | the API (`ApiQueues.submit`) | its shard, from the right | `queue.max_depth` |
 | `inferd:processing:<shard>` | list: the jobs of the batch in hand | the shard, in the step that takes them off its queue | the shard (`commit` releases them); a live shard adopts a dead one's | `batching.max_batch_size` |
@@ -40,7 +40,7 @@ import redis
 
 from daemon.errors import InferdError, NoLiveWorker, QueueFull, RedisUnavailable
 from daemon.settings import QueueSettings, Settings
-from daemon.wire import BatchRecord, Heartbeat, Job, Reply, ShardInfo, WireError, as_text
+from daemon.wire import FAILED, STUCK, BatchRecord, Heartbeat, Job, Reply, ShardInfo, WireError, as_text
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +353,14 @@ class ApiQueues:
     def shard_status(self) -> dict[str, str]:
         """Every registered shard, in order, and its status: live, down or stuck."""
         return {state.shard: state.status for state in read_shards(self._client)}
+
+    def failures(self) -> dict[str, str]:
+        """Registered shards that are not serving by their own account (failed to start, or stuck), and why."""
+        return {
+            state.shard: state.info.reason or ""
+            for state in read_shards(self._client)
+            if state.status in (FAILED, STUCK) and state.info is not None
+        }
 
 
 # -- a shard's face -----------------------------------------------------------------------------------------

@@ -111,6 +111,10 @@ GpuSelection = tuple[int, ...] | None
 class DeviceSettings:
     gpus: GpuSelection = None
     cpu_workers: int = 1
+    cpu_fallback: bool = False
+    """A GPU shard whose runtime sees no GPU serves on the CPU (shown as a fallback) instead of refusing."""
+    gpu_memory_limit_mb: int = 0
+    """Device memory each GPU worker may take; 0 = no limit (memory still grows on demand)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,3 +423,9 @@ def validate(s: Settings) -> None:
         f"one of {DISPATCH_POLICIES}",
     )
     _require(1 <= s.devices.cpu_workers <= 64, "devices.cpu_workers", s.devices.cpu_workers, "from 1 to 64")
+    _require(
+        s.devices.gpu_memory_limit_mb >= 0,
+        "devices.gpu_memory_limit_mb",
+        s.devices.gpu_memory_limit_mb,
+        "0 (no limit) or more megabytes",
+    )

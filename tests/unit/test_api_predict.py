@@ -25,6 +25,7 @@ class FakeDispatcher:
         self.error = error
         self.jobs: list[Job] = []
         self.status = {"gpu3": "live", "gpu4": "stuck"}
+        self.failed: dict[str, str] = {}
 
     def dispatch(self, job: Job) -> Reply:
         self.jobs.append(job)
@@ -37,6 +38,9 @@ class FakeDispatcher:
 
     def shard_status(self) -> dict[str, str]:
         return self.status
+
+    def failures(self) -> dict[str, str]:
+        return self.failed
 
 
 @pytest.fixture()
@@ -90,6 +94,7 @@ def test_readyz_lists_live_and_registered_shards(app):
         "live_shards": ["gpu3"],
         "registered_shards": ["gpu3", "gpu4"],
         "shards": {"gpu3": "live", "gpu4": "stuck"},
+        "failed_shards": {},
     }
     dispatcher.status = {"gpu3": "down"}
     result = client.simulate_get("/readyz")
@@ -104,3 +109,15 @@ def test_probes_answer_head_as_load_balancers_send_it(app):
         assert result.status_code == 200 and result.content == b""
     dispatcher.status = {}
     assert client.simulate_head("/readyz").status_code == 503
+
+
+def test_readyz_names_failed_shards_and_their_reasons(app):
+    dispatcher = FakeDispatcher()
+    dispatcher.failed = {"gpu4": "tensorflow 2.21.0 sees no GPU"}
+    client = app(dispatcher)
+    result = client.simulate_get("/readyz")
+    assert result.status_code == 200 and result.json["failed_shards"] == dispatcher.failed
+    dispatcher.status = {"gpu4": "failed"}
+    result = client.simulate_get("/readyz")
+    assert result.status_code == 503
+    assert result.json["reason"] == "no worker is serving: gpu4: tensorflow 2.21.0 sees no GPU"

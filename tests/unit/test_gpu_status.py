@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from daemon.nvml import GpuReading
@@ -84,5 +85,23 @@ def test_a_stuck_shard_says_so_and_why():
     text = render_status_table([shard("gpu0", True), shard("gpu1", False, status="stuck")])
     assert "STUCK" in text.splitlines()[2]
     assert text.splitlines()[-2] == "2 shard(s): 1 live, 1 down (gpu1)"
-    assert text.splitlines()[-1] == "gpu1: a batch has been in the model for 12s (limit 10s)"
+    assert text.splitlines()[-1] == "gpu1 STUCK: a batch has been in the model for 12s (limit 10s)"
     assert exit_code([shard("gpu0", True), shard("gpu1", False, status="stuck")]) == EXIT_SHARD_DOWN
+
+
+def test_a_failed_shard_shows_failed_with_its_reason_and_a_fallback_says_so():
+    reason = "tensorflow 2.21.0, a build without CUDA, sees no GPU, but NVML lists GPU 1: install ..."
+    failed = dataclasses.replace(shard("gpu1", False, index=1), status="failed", failed=True, reason=reason)
+    fallback = dataclasses.replace(
+        shard("gpu0", True, index=0),
+        device_name="CPU (fallback for GPU 0: NVIDIA H100)",
+        fallback=True,
+        reason="... serving on the CPU (devices.cpu_fallback = true)",
+    )
+    lines = render_status_table([fallback, failed]).splitlines()
+    assert lines[2].split()[0] == "gpu1" and "FAILED" in lines[2].split()
+    assert "0: CPU (fallback for GPU 0: NVIDIA H100)" in lines[1]
+    assert lines[3] == "2 shard(s): 1 live, 1 down (gpu1), 1 failed to start"
+    assert lines[4] == f"gpu1 FAILED: {reason}"
+    assert lines[5].startswith("gpu0 CPU FALLBACK: ")
+    assert exit_code([fallback, failed]) == 2

@@ -10,9 +10,13 @@ from daemon.model import (
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
     as_probabilities,
+    batch_buckets,
+    bucket_for,
     normalise,
     top_k,
+    with_preprocessing,
 )
+from daemon.settings import PREPROCESSING_MODES
 
 PIXELS = np.random.default_rng(3).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
 AS_FLOAT = PIXELS.astype(np.float64)
@@ -56,3 +60,23 @@ def test_top_k_is_ordered_and_bounded_by_the_class_count():
     assert [p.label for p in second] == ["a", "c", "d"]
     assert [p.probability for p in first] == [0.5, 0.35, 0.1]
     assert len(top_k(rows, labels, 10)[0]) == 4
+
+
+@pytest.mark.parametrize("mode", PREPROCESSING_MODES)
+def test_preprocessing_on_the_device_gives_the_host_path_s_outputs(mode):
+    import keras
+
+    keras.utils.set_random_seed(11)
+    # Raw scores of a linear model: every input value reaches the output, channel order included.
+    model = keras.Sequential([keras.Input((5, 7, 3)), keras.layers.Flatten(), keras.layers.Dense(6)])
+    on_host = np.asarray(model.predict_on_batch(normalise(PIXELS, mode)))
+    on_device = np.asarray(with_preprocessing(model, mode, (5, 7, 3)).predict_on_batch(PIXELS))
+    assert np.abs(on_host).max() > 1.0
+    np.testing.assert_allclose(on_device, on_host, atol=1e-5, rtol=0)
+
+
+def test_batch_buckets_are_powers_of_two_up_to_the_largest_batch():
+    assert batch_buckets(32) == (1, 2, 4, 8, 16, 32)
+    assert batch_buckets(24) == (1, 2, 4, 8, 16, 24)
+    assert batch_buckets(1) == (1,)
+    assert [bucket_for(n, batch_buckets(24)) for n in (1, 3, 5, 16, 17, 24)] == [1, 4, 8, 16, 24, 24]

@@ -38,6 +38,9 @@ OPAQUE = {
     ),
     ("tests/process/test_tools.py", "tool"): "tools/<name>, this repository's own wrappers",
     ("bench/profile.py", "start_recording"): 'py-spy, found by py_spy() (shutil.which("py-spy") is scanned)',
+    ("tools/runtime_choice.py", "_run"): (
+        "nvidia-smi, only where shutil.which finds it (a GPU box's driver ships it): set-up reads the GPUs"
+    ),
     ("tests/process/test_dashboards.py", "test_promtool_accepts_the_alert_rules"): (
         'promtool, found by shutil.which("promtool"), which is scanned'
     ),

@@ -1,0 +1,162 @@
+"""On a GPU shard whose runtime sees no GPU, the worker refuses (exit 80), or serves on the CPU when told to,
+and every surface says which. This machine has no GPU: a GPU shard is faked at discovery, the runtime is real."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from daemon.errors import EXIT_DEVICE
+from daemon.queues import SHARDS_KEY
+from daemon.shard import SHARDS_ENV, Shard, encode_shards
+from daemon.wire import FAILED, ShardInfo
+from tests.conftest import tiny_sections
+from tests.processes import REPO, Appliance, wait_until, write_settings
+from tests.standin_nvml import STANDIN_GPU_NAME, write_standin_pynvml
+
+pytestmark = pytest.mark.slow
+
+FAKE_GPU = Shard("gpu0", "gpu", 0, STANDIN_GPU_NAME, uuid="GPU-5a1d0000", memory_total_bytes=80 * 2**30)
+
+
+def tool(name: str, config, env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", f"tools.{name}", "--config", str(config), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_a_gpu_shard_whose_runtime_sees_no_gpu_exits_80_with_one_line(
+    tmp_path, tiny_model, redis_socket, redis_client
+):
+    sections = tiny_sections(tiny_model, redis={"managed": False, "socket": str(redis_socket)})
+    config = write_settings(tmp_path, sections)
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.gpu_worker", "--config", str(config), "--shard-index", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", SHARDS_ENV: encode_shards([FAKE_GPU])},
+    )
+    assert result.returncode == EXIT_DEVICE, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "cannot serve" in line]
+    assert len(lines) == 1, result.stderr
+    assert "ERROR gpu0: cannot serve (exit 80): tensorflow" in lines[0]
+    assert f"sees no GPU, but NVML lists GPU 0 ({STANDIN_GPU_NAME})" in lines[0]
+    assert "tensorflow[and-cuda]" in lines[0] and "devices.cpu_fallback = true" in lines[0]
+    assert "serving on" not in result.stderr
+    info = ShardInfo.decode(redis_client.hget(SHARDS_KEY, "gpu0"))
+    assert info.state == FAILED and info.reason and info.reason in lines[0]
+    assert redis_client.exists("inferd:heartbeat:gpu0") == 0
+
+
+def test_the_appliance_shows_the_failed_gpu_shard_on_readyz_metrics_and_gpu_status(tmp_path, tiny_model):
+    pythonpath = write_standin_pynvml(tmp_path / "standin")
+    sections = tiny_sections(tiny_model, devices={"gpus": "auto"})
+    config = write_settings(tmp_path, sections)
+    appliance = Appliance(
+        tmp_path,
+        config,
+        sections["api"]["port"],
+        sections["paths"]["run_dir"],
+        1,
+        {"PYTHONPATH": str(pythonpath)},
+    )
+    with appliance.log_path.open("ab") as log:
+        appliance.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.launcher", "--config", str(config), "run"],
+            cwd=REPO,
+            env=appliance.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def failed_shards() -> dict[str, str]:
+            shards: dict[str, str] = requests.get(f"{appliance.url}/readyz", timeout=2).json()[
+                "failed_shards"
+            ]
+            return shards
+
+        wait_until("/readyz to list gpu0 as failed", lambda: "gpu0" in failed_shards(), 90, appliance.output)
+        ready = requests.get(f"{appliance.url}/readyz", timeout=5)
+        assert ready.status_code == 503 and ready.json()["live_shards"] == []
+        reason = ready.json()["failed_shards"]["gpu0"]
+        assert "sees no GPU" in reason and "devices.cpu_fallback" in reason
+        assert ready.json()["reason"] == f"no worker is serving: gpu0: {reason}"
+        assert "cannot serve (exit 80)" in appliance.output()
+
+        metrics = requests.get(f"{appliance.url}/metrics", timeout=5).text
+        assert re.search(
+            r'^inferd_shard_failed\{reason="[^"]*sees no GPU[^"]*",shard="gpu0"\} 1\.0$', metrics, re.M
+        )
+
+        status = tool("gpu_status", config, appliance.env)
+        assert status.returncode == 2, status.stdout + status.stderr
+        row = next(line for line in status.stdout.splitlines() if line.startswith("gpu0"))
+        assert "FAILED" in row.split()
+        assert f"gpu0 FAILED: {reason}" in status.stdout
+
+        time.sleep(3)  # had supervisord meant to retry, it would have started the worker again by now
+        assert appliance.output().count("spawned: 'worker-0'") == 1
+        assert "worker:worker-0                  EXITED" in appliance.supervisorctl("status")
+    finally:
+        appliance.stop()
+
+
+def test_with_cpu_fallback_the_gpu_shard_serves_on_the_cpu_and_says_so(tmp_path, start_appliance, photo_png):
+    pythonpath = write_standin_pynvml(tmp_path / "standin")
+    appliance = start_appliance(
+        shards=1, env={"PYTHONPATH": str(pythonpath)}, devices={"gpus": "auto", "cpu_fallback": True}
+    )
+    answer = requests.post(f"{appliance.url}/predict", files={"image": photo_png}, timeout=30)
+    assert answer.status_code == 200 and answer.headers["X-Inferd-Shard"] == "gpu0"
+    device = f"CPU (fallback for GPU 0: {STANDIN_GPU_NAME})"
+
+    status = tool("gpu_status", appliance.config, appliance.env, "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    (shard,) = json.loads(status.stdout)["shards"]
+    assert shard["device_name"] == device and shard["fallback"] is True and shard["live"] is True
+    assert "devices.cpu_fallback = true" in shard["reason"]
+
+    metrics = requests.get(f"{appliance.url}/metrics", timeout=5).text
+    assert (
+        f'inferd_shard_device{{backend="tensorflow",device="{device}",fallback="1",shard="gpu0"}} 1.0'
+        in metrics
+    )
+    assert "serving on the CPU (devices.cpu_fallback = true)" in appliance.output()
+
+
+def test_inferd_check_loads_the_runtime_and_says_what_each_shard_would_use(tmp_path, tiny_model):
+    pythonpath = write_standin_pynvml(tmp_path / "standin")
+    sections = tiny_sections(tiny_model, devices={"gpus": "auto"})
+    config = write_settings(tmp_path, sections)
+
+    def check(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "daemon.launcher", "--config", str(config), "check"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(pythonpath), **env},
+        )
+
+    refused = check()
+    assert refused.returncode == EXIT_DEVICE, refused.stdout + refused.stderr
+    assert f"gpu0\tgpu\t{STANDIN_GPU_NAME}\t-> WOULD FAIL (exit 80): tensorflow " in refused.stdout
+    fallback = check(INFERD_DEVICES_CPU_FALLBACK="true")
+    assert fallback.returncode == 0, fallback.stdout + fallback.stderr
+    assert f"-> CPU (fallback for GPU 0: {STANDIN_GPU_NAME}) (tensorflow " in fallback.stdout
