@@ -25,11 +25,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.processes import REPO, Appliance, free_port
-
 from bench import offline
 from daemon.settings import load_settings
 from daemon.shard import discover_shards
+from tools.harness import REPO, Appliance, free_port
 from tools.loadgen import load_uploads, run_load
 from tools.runtime_choice import GpuReading, read_gpus
 

@@ -17,8 +17,8 @@ from daemon.queues import SHARDS_KEY
 from daemon.shard import SHARDS_ENV, Shard, encode_shards
 from daemon.wire import FAILED, ShardInfo
 from tests.conftest import tiny_sections
-from tests.processes import REPO, Appliance, wait_until, write_settings
 from tests.standin_nvml import STANDIN_GPU_NAME, write_standin_pynvml
+from tools.harness import REPO, Appliance, wait_until, write_settings
 
 pytestmark = pytest.mark.slow
 
@@ -73,15 +73,7 @@ def test_the_appliance_shows_the_failed_gpu_shard_on_readyz_metrics_and_gpu_stat
         1,
         {"PYTHONPATH": str(pythonpath)},
     )
-    with appliance.log_path.open("ab") as log:
-        appliance.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.launcher", "--config", str(config), "run"],
-            cwd=REPO,
-            env=appliance.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    appliance.launch()  # not start(): it never becomes ready, which is the point
     try:
 
         def failed_shards() -> dict[str, str]:
