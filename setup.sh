@@ -25,8 +25,20 @@ python="${PYTHON:-python3}"
     || { echo "inferd needs Python 3.11 or newer as $python" >&2; exit 1; }
 
 command -v redis-server >/dev/null || apt_install redis-server
+# The front door. Debian keeps nginx in /usr/sbin, which is not on every user's PATH.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    apt_install nginx-light || apt_install nginx   # nginx-light is gone from newer releases
+    # The package starts its own nginx with a default site on port 80 where systemd runs; the appliance
+    # runs its own under supervisord, so that one is stopped and disabled (it was not there before us).
+    if command -v systemctl >/dev/null && systemctl is-enabled nginx >/dev/null 2>&1; then
+        $sudo systemctl disable --now nginx || true
+    fi
+fi
 if [ "$action" = test ] && ! command -v systemd-analyze >/dev/null; then
     apt_install systemd   # only for `systemd-analyze verify` of the unit file in the tests
+fi
+if [ "$action" = test ] && ! command -v openssl >/dev/null; then
+    apt_install openssl   # the TLS tests make a self-signed certificate
 fi
 
 if [ ! -x .venv/bin/python ]; then
