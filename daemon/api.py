@@ -20,10 +20,12 @@ from daemon.errors import (
     BadRequest,
     InferdError,
     LengthRequired,
+    Overloaded,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
 )
+from daemon.front_door import ARRIVED_HEADER, deadline_from_arrival
 from daemon.imaging import decode_image
 from daemon.logs import setup_logging
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
@@ -97,8 +99,17 @@ class PredictResource:
         self._metrics = metrics
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        started = time.monotonic()
-        deadline = started + self._settings.api.request_timeout_s
+        # The deadline counts from the request's arrival at the front door, not from when a thread here
+        # got to it: time spent waiting for a free thread is the caller's time too.
+        timeout_s = self._settings.api.request_timeout_s
+        deadline = deadline_from_arrival(
+            req.get_header(ARRIVED_HEADER), timeout_s, time.time(), time.monotonic()
+        )
+        if deadline <= time.monotonic():
+            raise Overloaded(
+                f"the request waited its whole {timeout_s:g}s deadline for a free API thread; retry shortly",
+                retry_after_s=1.0,
+            )
         data, form_top = self._read_image(req)
         top = self._top(req, form_top)
         pixels = decode_image(data, self._settings.model, self._settings.api.max_image_pixels)
@@ -223,7 +234,8 @@ def create_app(
     """Build the WSGI app around an injected Redis client (for /metrics' queue figures) and dispatcher
     (by default the real one on that client; tests may pass a fake)."""
     if dispatcher is None:
-        dispatcher = Dispatcher(ApiQueues(client, settings.queue), settings.api.request_timeout_s)
+        queues = ApiQueues(client, settings.queue, settings.batching)
+        dispatcher = Dispatcher(queues, settings.api.request_timeout_s)
     token = settings.secrets.auth_token
     metrics = ApiMetrics()
     # Metrics first: its clock starts before auth can refuse, so a 401 is timed and counted like any answer.

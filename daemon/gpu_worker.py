@@ -37,6 +37,9 @@ IDLE_BLOCK_S = 1.0
 """Longest blocking wait for a first job, so the stop flag and the sweep are looked at at least this often."""
 SWEEP_INTERVAL_S = 5.0
 """How often a worker looks for dead shards whose claimed or queued jobs it should adopt."""
+BATCH_TIME_WEIGHT = 0.2
+"""Weight of the newest batch in the moving average of batch seconds the heartbeat reports: a few batches
+move it, one slow batch does not."""
 
 
 class Worker:
@@ -59,6 +62,8 @@ class Worker:
         self.info = ShardInfo(kind=shard.kind, index=shard.index, name=shard.name)
         self.stop_signals = 0
         self.images_served = 0
+        self.batch_s: float | None = None
+        """Moving average of the seconds a batch takes, claim to commit: the API's wait estimate."""
         self._last_sweep = time.monotonic()
         self.metrics = WorkerMetrics(shard.shard_id)
 
@@ -118,10 +123,11 @@ class Worker:
                 backoff.pause()
 
     def beat(self) -> None:
-        self.queues.beat(self.info, Heartbeat(pid=os.getpid()))
+        self.queues.beat(self.info, Heartbeat(pid=os.getpid(), batch_s=self.batch_s))
 
     def execute_batch(self, payloads: list[bytes]) -> None:
         """Run one claimed batch and commit every reply plus the release of the claims in one atomic step."""
+        started = time.monotonic()
         outcome = run_batch(payloads, self.predictor, self.shard.shard_id, self.input_shape)
         if outcome.computed:
             self.metrics.record_batch(outcome.computed, outcome.infer_s)
@@ -133,6 +139,13 @@ class Worker:
                 "%s a live shard adopted this batch of %d while we were stalled; it answers them, we do not",
                 self.prefix,
                 len(payloads),
+            )
+        if outcome.computed:
+            # Only batches that ran count: skipping expired jobs is nearly free and says nothing of the device.
+            elapsed = time.monotonic() - started
+            previous = self.batch_s
+            self.batch_s = (
+                elapsed if previous is None else previous + BATCH_TIME_WEIGHT * (elapsed - previous)
             )
 
     def sweep_dead_shards(self) -> None:
