@@ -132,7 +132,9 @@ class PredictResource:
         if req.content_length is not None and req.content_length > limit:
             raise PayloadTooLarge(f"the request body is {req.content_length} bytes; the limit is {limit}")
         if req.content_length is None and req.get_header("Transfer-Encoding"):
-            # The size limit is enforced before reading; a chunked body has no size to check.
+            # The size limit is enforced before reading; a chunked body has no size to check. Behind the
+            # front door this never happens (nginx reads chunked bodies whole and sends a Content-Length);
+            # it guards the app served without it, as the tests and the benchmark's bare app do.
             raise LengthRequired("send the upload with a Content-Length (chunked uploads are not accepted)")
         content_type = (req.content_type or "").lower()
         if content_type.startswith("multipart/form-data"):
