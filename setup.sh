@@ -14,8 +14,10 @@ cd "$(dirname "$0")"
 programs_for() {
     echo "redis-server redis-server"     # the appliance's own Redis
     echo "setpriv util-linux"            # programs die with a killed supervisord (daemon/run_dir.py)
+    echo "nginx nginx-light|nginx"       # the front door (nginx-light is gone from newer releases)
     case "$1" in
         test) echo "wrk wrk"                          # the benchmark's load (tests/process/test_bench_smoke.py)
+              echo "openssl openssl"                  # the TLS tests make a self-signed certificate
               echo "systemd-analyze systemd"          # `systemd-analyze verify` of the unit file
               echo "promtool prometheus" ;;           # `promtool check rules` of conf/prometheus/inferd-alerts.yml
         bench) echo "wrk wrk" ;;
@@ -53,8 +55,17 @@ python="${PYTHON:-python3}"
 "$python" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
     || { echo "inferd needs Python 3.11 or newer as $python" >&2; exit 1; }
 
-while read -r program package; do
-    command -v "$program" >/dev/null || apt_install "$package" </dev/null  # apt must not eat the list
+# Debian keeps nginx in /usr/sbin, which is not on every user's PATH.
+export PATH="$PATH:/usr/sbin"
+while read -r program packages; do
+    command -v "$program" >/dev/null && continue
+    IFS='|' read -ra choices <<< "$packages"
+    for package in "${choices[@]}"; do apt_install "$package" </dev/null && break; done  # apt must not eat the list
+    if [ "$program" = nginx ] && command -v systemctl >/dev/null && systemctl is-enabled nginx >/dev/null 2>&1; then
+        # The package starts its own nginx with a default site on port 80 where systemd runs; the appliance
+        # runs its own under supervisord, so the one we just installed is stopped and disabled.
+        $sudo systemctl disable --now nginx || true
+    fi
 done < <(programs_for "$action")
 
 if [ ! -x .venv/bin/python ]; then

@@ -130,7 +130,7 @@ def client_process(
 ) -> None:
     settings = load_settings(config)
     client = redis.Redis(unix_socket_path=str(settings.redis.socket), max_connections=threads + 4)
-    queues = ApiQueues(client, settings.queue)
+    queues = ApiQueues(client, settings.queue, settings.batching)
     tallies = [ClientTally() for _ in range(threads)]
     workers = [
         threading.Thread(target=client_thread, args=(settings, queues, window, tally)) for tally in tallies

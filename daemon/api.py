@@ -20,10 +20,12 @@ from daemon.errors import (
     BadRequest,
     InferdError,
     LengthRequired,
+    Overloaded,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
 )
+from daemon.front_door import ARRIVED_HEADER, deadline_from_arrival
 from daemon.imaging import decode_image
 from daemon.kserve import add_v2_routes, is_v2_path
 from daemon.limits_metrics import LimitsCollector
@@ -113,8 +115,17 @@ class PredictResource:
         self._metrics = metrics
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        started = time.monotonic()
-        deadline = started + self._settings.api.request_timeout_s
+        # The deadline counts from the request's arrival at the front door, not from when a thread here
+        # got to it: time spent waiting for a free thread is the caller's time too.
+        timeout_s = self._settings.api.request_timeout_s
+        deadline = deadline_from_arrival(
+            req.get_header(ARRIVED_HEADER), timeout_s, time.time(), time.monotonic()
+        )
+        if deadline <= time.monotonic():
+            raise Overloaded(
+                f"the request waited its whole {timeout_s:g}s deadline for a free API thread; retry shortly",
+                retry_after_s=1.0,
+            )
         data, form_top = self._read_image(req)
         top = self._top(req, form_top)
         pixels = decode_image(data, self._settings.model, self._settings.api.max_image_pixels)
@@ -137,7 +148,9 @@ class PredictResource:
         if req.content_length is not None and req.content_length > limit:
             raise PayloadTooLarge(f"the request body is {req.content_length} bytes; the limit is {limit}")
         if req.content_length is None and req.get_header("Transfer-Encoding"):
-            # The size limit is enforced before reading; a chunked body has no size to check.
+            # The size limit is enforced before reading; a chunked body has no size to check. Behind the
+            # front door this never happens (nginx reads chunked bodies whole and sends a Content-Length);
+            # it guards the app served without it, as the tests and the benchmark's bare app do.
             raise LengthRequired("send the upload with a Content-Length (chunked uploads are not accepted)")
         content_type = (req.content_type or "").lower()
         if content_type.startswith("multipart/form-data"):
@@ -241,7 +254,8 @@ def create_app(
     """Build the WSGI app around an injected Redis client (for /metrics' queue figures) and dispatcher
     (by default the real one on that client; tests may pass a fake)."""
     if dispatcher is None:
-        dispatcher = Dispatcher(ApiQueues(client, settings.queue), settings.api.request_timeout_s)
+        queues = ApiQueues(client, settings.queue, settings.batching)
+        dispatcher = Dispatcher(queues, settings.api.request_timeout_s)
     token = settings.secrets.auth_token
     metrics = ApiMetrics()
     # Metrics first: its clock starts before auth can refuse, so a 401 is timed and counted like any answer.

@@ -78,6 +78,15 @@ class RedisUnavailable(Unavailable):
     pass
 
 
+class Overloaded(Unavailable):
+    """The request would not be answered before its deadline: too much work queued ahead of it, or it waited
+    too long to reach the API. Retry-After says when the work ahead should be done."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class JobDropped(Unavailable):
     """An operator flushed the queue or the worker shut down before the job ran."""
 

@@ -64,6 +64,9 @@ STUCK_FLOOR_S = 10.0
 """Shortest time a batch may run before its worker is taken for stuck, whatever the batches before it took."""
 STUCK_FACTOR = 10.0
 """A batch running this many times longer than the slowest one so far is stuck (queue.stuck_after_s = 0)."""
+BATCH_TIME_WEIGHT = 0.2
+"""Weight of the newest batch in the moving average of batch seconds the heartbeat reports: a few batches
+move it, one slow batch does not."""
 
 
 class Worker:
@@ -91,6 +94,8 @@ class Worker:
         self.batch_started: float | None = None
         """When the batch in hand began (monotonic), None between batches: the heartbeat's test of progress."""
         self.slowest_batch_s = 0.0
+        self.batch_s: float | None = None
+        """Moving average of the seconds a batch takes, claim to commit: the API's wait estimate."""
         self._last_sweep = time.monotonic()
         self.metrics = WorkerMetrics(shard.shard_id)
         self.triton_metrics = TritonBatchMetrics(settings.model)
@@ -158,7 +163,7 @@ class Worker:
             running = time.monotonic() - started
             if running > self.stuck_after_s():
                 self.leave_stuck(running)
-        self.queues.beat(self.info, Heartbeat(pid=os.getpid()))
+        self.queues.beat(self.info, Heartbeat(pid=os.getpid(), batch_s=self.batch_s))
 
     def stuck_after_s(self) -> float:
         configured = self.settings.queue.stuck_after_s
@@ -182,11 +187,11 @@ class Worker:
 
     def execute_batch(self, payloads: list[bytes]) -> None:
         """Run one claimed batch and commit every reply plus the release of the claims in one atomic step."""
-        self.batch_started = time.monotonic()
+        started = self.batch_started = time.monotonic()
         try:
             outcome = run_batch(payloads, self.predictor, self.shard.shard_id, self.input_shape)
         finally:
-            self.slowest_batch_s = max(self.slowest_batch_s, time.monotonic() - self.batch_started)
+            self.slowest_batch_s = max(self.slowest_batch_s, time.monotonic() - started)
             self.batch_started = None
         if outcome.computed:
             self.metrics.record_batch(outcome.computed, outcome.infer_s)
@@ -199,6 +204,13 @@ class Worker:
                 "%s a live shard adopted this batch of %d while we were stalled; it answers them, we do not",
                 self.prefix,
                 len(payloads),
+            )
+        if outcome.computed:
+            # Only batches that ran count: skipping expired jobs is nearly free and says nothing of the device.
+            elapsed = time.monotonic() - started
+            previous = self.batch_s
+            self.batch_s = (
+                elapsed if previous is None else previous + BATCH_TIME_WEIGHT * (elapsed - previous)
             )
 
     def sweep_dead_shards(self) -> None:

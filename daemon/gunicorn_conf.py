@@ -1,28 +1,30 @@
-"""gunicorn settings derived from inferd's settings (`gunicorn --config python:daemon.gunicorn_conf`)."""
+"""gunicorn settings derived from inferd's settings (`gunicorn --config python:daemon.gunicorn_conf`).
 
+Each of the API's instances (supervisord programs `api` and `api2`, told apart by INFERD_API_INSTANCE)
+listens on its own unix socket in the run dir, behind the front door (daemon/front_door.py).
+"""
+
+import os
 from typing import Any
 
 from prometheus_client import multiprocess
 
+from daemon.front_door import API_INSTANCE_ENV, api_socket, instance_workers
 from daemon.metrics import multiprocess_mode
 from daemon.settings import load_settings
 
 _settings = load_settings()
+_instance = int(os.environ.get(API_INSTANCE_ENV, "0"))
 
-bind = (
-    f"[{_settings.api.host}]:{_settings.api.port}"
-    if ":" in _settings.api.host
-    else f"{_settings.api.host}:{_settings.api.port}"
-)
-workers = _settings.api.workers
+bind = f"unix:{api_socket(_settings.paths.run_dir, _instance)}"
+workers = instance_workers(_settings.api.workers, _instance)
 threads = _settings.api.threads
 worker_class = "gthread"
 # Threads wait on Redis, not on the CPU: a request holds its thread for at most request_timeout_s.
 timeout = int(_settings.api.request_timeout_s) + 30
 graceful_timeout = int(_settings.api.request_timeout_s) + 5
-keepalive = 5
 backlog = 2048
-proc_name = "inferd-api"
+proc_name = f"inferd-api{_instance}"
 errorlog = "-"
 accesslog = None
 # gunicorn >= 24 opens a control socket in $HOME by default; the appliance is run by supervisord instead.

@@ -1,8 +1,9 @@
 """`inferd`: validate settings, discover shards, prepare the run directory, then exec supervisord.
 
-supervisord stays in the foreground (systemd or a terminal owns it) and runs Redis, the gunicorn API and one
-worker per shard; this launcher only computes what supervisord's static config cannot: how many workers,
-which device each gets, and a Redis config holding secrets that must not appear on a command line.
+supervisord stays in the foreground (systemd or a terminal owns it) and runs Redis, the front door (nginx),
+two gunicorn instances of the API and one worker per shard; this launcher only computes what supervisord's
+static config cannot: how many workers, which device each gets, a Redis config holding secrets that must not
+appear on a command line, nginx's config, and the open-files limit nginx needs for `api.max_connections`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ import sys
 from pathlib import Path
 
 from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
+from daemon.front_door import (
+    NGINX_DIR,
+    check_nginx_conf,
+    check_tls_files,
+    nginx_binary,
+    open_files_wanted,
+    raise_open_files_limit,
+    write_nginx_conf,
+)
 from daemon.logs import setup_logging
 from daemon.metrics import MULTIPROC_ENV
 from daemon.run_dir import RUN_DIR_ENV, AlreadyRunning, clear_leftovers, pdeathsig_prefix, take_lock
@@ -89,6 +99,10 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir()
     redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    # Raised here, before exec, so supervisord (minfds) and nginx (worker_rlimit_nofile) inherit it.
+    open_files = raise_open_files_limit(open_files_wanted(settings))
+    nginx_conf = write_nginx_conf(settings, open_files)
+    check_nginx_conf(nginx_conf, run_dir / NGINX_DIR)
     return {
         "INFERD_CONFIG": str(config_path),
         "INFERD_HOME": str(HOME),
@@ -99,6 +113,10 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
         "INFERD_REDIS_SERVER": redis_server,
         "INFERD_REDIS_CONF": str(redis_conf),
         "INFERD_REDIS_AUTOSTART": "true" if settings.redis.managed else "false",
+        "INFERD_NGINX": nginx_binary(),
+        "INFERD_NGINX_CONF": str(nginx_conf),
+        "INFERD_NGINX_PREFIX": str(run_dir / NGINX_DIR),
+        "INFERD_MINFDS": str(open_files),
         "INFERD_SHARD_COUNT": str(len(shards)),
         SHARDS_ENV: encode_shards(shards),
         "PYTHONUNBUFFERED": "1",
@@ -111,6 +129,7 @@ def run(config: str | None) -> int:
     config_path = resolve_config_path(config, os.environ).resolve()
     settings = load_settings(config_path)  # also reads the secret files: unreadable or empty ones stop here
     check_model_files(settings)
+    check_tls_files(settings)
     # The lock's descriptor survives the exec below, so supervisord holds it until it dies.
     take_lock(make_run_dir(settings))
     clear_leftovers(settings.paths.run_dir)
@@ -118,9 +137,10 @@ def run(config: str | None) -> int:
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
     log.info(
-        "inferd: %d shard(s) [%s], API on http://%s:%d, Redis %s",
+        "inferd: %d shard(s) [%s], API on %s://%s:%d, Redis %s",
         len(shards),
         ", ".join(shard.shard_id for shard in shards),
+        "https" if settings.api.tls_cert_file else "http",
         settings.api.host,
         settings.api.port,
         settings.redis_socket or f"{settings.redis.host}:{settings.redis.port}",
@@ -197,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             return build_default_model(args.out)
         settings = load_settings(args.config)
         check_model_files(settings)
+        check_tls_files(settings)
         shards = discover_shards(settings)
         print(f"settings OK: {settings.source}")
         return check_devices(settings, shards)

@@ -5,7 +5,7 @@ Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing
 | key | type | written by | read by | bounded by |
 | --- | --- | --- | --- | --- |
 | `inferd:shards` | hash: shard id -> `wire.ShardInfo` | each worker, on every beat, or once as "failed" when it refuses to start | API, tools | a field per shard |
-| `inferd:heartbeat:<shard>` | string: `wire.Heartbeat` | the worker, every `queue.heartbeat_interval_s` | enqueue script, /readyz, tools | expires after `queue.heartbeat_ttl_s` |
+| `inferd:heartbeat:<shard>` | string: `wire.Heartbeat` | the worker, every `queue.heartbeat_interval_s` | enqueue script (liveness, and `batch_s` for the wait estimate), /readyz, tools | expires after `queue.heartbeat_ttl_s` |
 | `inferd:queue:<shard>` | list of `wire.Job`, newest at the left | the API (`ApiQueues.submit`) | its shard, from the right | `queue.max_depth` |
 | `inferd:processing:<shard>` | list: the jobs of the batch in hand | the shard, in the step that takes them off its queue | the shard (`commit` releases them); a live shard adopts a dead one's | `batching.max_batch_size` |
 | `inferd:adopted:<shard>` | string marker | a live shard that adopted this shard's batch | this shard's next `commit` | expires after ADOPTED_MARK_TTL_S |
@@ -16,8 +16,9 @@ Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing
 Invariants:
 - A job is in one place at a time: a queue, a processing list, or answered. Every move between lists is one
   Redis command or one script, so a worker killed at any instant loses nothing.
-- Only the enqueue script pushes onto a queue, and it checks liveness and the depth limit in the same atomic
-  step, so a queue never passes `queue.max_depth` however many API threads race.
+- Only the enqueue script pushes onto a queue, and it checks liveness, the depth limit and the expected wait
+  against the job's deadline in the same atomic step, so a queue never passes `queue.max_depth` however
+  many API threads race, and a job that could not be reached in time is refused instead of queued.
 - A shard pushes its batch's answers and releases the claims in one script: all or none. A batch that a live
   shard adopted while its owner was frozen is not answered again by the owner when it wakes (the `adopted`
   marker), so each job is answered once.
@@ -38,8 +39,8 @@ from typing import Any, cast
 
 import redis
 
-from daemon.errors import InferdError, NoLiveWorker, QueueFull, RedisUnavailable
-from daemon.settings import QueueSettings, Settings
+from daemon.errors import InferdError, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
+from daemon.settings import BatchingSettings, QueueSettings, Settings
 from daemon.wire import FAILED, STUCK, BatchRecord, Heartbeat, Job, Reply, ShardInfo, WireError, as_text
 
 log = logging.getLogger(__name__)
@@ -86,31 +87,51 @@ def reply_key(job_id: str) -> str:
 
 NO_LIVE_SHARD = -1
 ALL_QUEUES_FULL = -2
-# KEYS: rotation counter, then (queue, heartbeat) per shard. ARGV: job bytes, max depth, policy.
-# Returns the chosen slot, NO_LIVE_SHARD or ALL_QUEUES_FULL.
+WOULD_MISS_DEADLINE = -3
+# KEYS: rotation counter, then (queue, heartbeat) per shard.
+# ARGV: job bytes, max depth, policy, milliseconds left before the job's deadline, max batch size.
+# Returns {chosen slot or NO_LIVE_SHARD, ALL_QUEUES_FULL, WOULD_MISS_DEADLINE; expected wait in ms}.
+# A shard's expected wait is the batches ahead of the job (its own included) times the seconds per batch its
+# worker last reported in its heartbeat (`batch_s`; 0 until it has run a batch): a job that would wait past
+# its deadline goes to a shard where it would not, or is refused with the shortest wait as the retry hint.
 ENQUEUE_SCRIPT = """
 local shard_count = (#KEYS - 1) / 2
 local max_depth = tonumber(ARGV[2])
 local policy = ARGV[3]
+local budget_ms = tonumber(ARGV[4])
+local max_batch = tonumber(ARGV[5])
 -- Rotate over live shards only, so a dead shard's turn is not handed to its neighbour twice.
 local live = {}
 for slot = 0, shard_count - 1 do
   if redis.call('EXISTS', KEYS[3 + slot * 2]) == 1 then live[#live + 1] = slot end
 end
-if #live == 0 then return -1 end
+if #live == 0 then return {-1, 0} end
+local function expected_wait_ms(slot, depth)
+  local ok, beat = pcall(cjson.decode, redis.call('GET', KEYS[3 + slot * 2]))
+  local batch_s = ok and type(beat) == 'table' and tonumber(beat['batch_s']) or 0
+  return math.ceil((depth + 1) / max_batch) * batch_s * 1000
+end
 local start = redis.call('INCR', KEYS[1])
 local best_slot, best_depth = -1, max_depth
+local soonest_wait = -1
 for offset = 0, #live - 1 do
   local slot = live[((start + offset) % #live) + 1]
   local depth = redis.call('LLEN', KEYS[2 + slot * 2])
-  if depth < best_depth then
-    best_slot, best_depth = slot, depth
-    if policy == 'round_robin' then break end
+  if depth < max_depth then
+    local wait = expected_wait_ms(slot, depth)
+    if soonest_wait < 0 or wait < soonest_wait then soonest_wait = wait end
+    if depth < best_depth and wait <= budget_ms then
+      best_slot, best_depth = slot, depth
+      if policy == 'round_robin' then break end
+    end
   end
 end
-if best_slot < 0 then return -2 end
+if best_slot < 0 then
+  if soonest_wait < 0 then return {-2, 0} end
+  return {-3, math.ceil(soonest_wait)}
+end
 redis.call('LPUSH', KEYS[2 + best_slot * 2], ARGV[1])
-return best_slot
+return {best_slot, 0}
 """
 
 # KEYS: queue, processing. ARGV: how many. Claims up to that many jobs that are already waiting, in one trip.
@@ -298,10 +319,11 @@ def _parse_all(parse: Any, payloads: list[bytes]) -> list[Any]:
 class ApiQueues:
     """What the API needs: put a job on a live shard's queue, await its reply, and see which shards live."""
 
-    def __init__(self, client: redis.Redis, settings: QueueSettings) -> None:
+    def __init__(self, client: redis.Redis, settings: QueueSettings, batching: BatchingSettings) -> None:
         self._client = client
         self._max_depth = settings.max_depth
         self._policy = settings.dispatch
+        self._max_batch_size = batching.max_batch_size
         self._scripts = _Scripts(client)
         self._lock = threading.Lock()
         self._shards: list[str] = []
@@ -319,7 +341,9 @@ class ApiQueues:
 
     def submit(self, job: Job) -> str:
         """Push `job` onto one live shard's queue (by `queue.dispatch`) and return the shard, or raise the
-        503 that says why not."""
+        503 that says why not: no live shard, every queue full, or every queue too long to reach the job
+        before `job.deadline`."""
+        budget_ms = max(0, int((job.deadline - time.monotonic()) * 1000))
         try:
             shards = self.registered_shards()
             if not shards:
@@ -328,7 +352,14 @@ class ApiQueues:
             keys = [ROTATION_KEY]
             for shard in shards:
                 keys += [queue_key(shard), heartbeat_key(shard)]
-            slot = int(self._scripts.enqueue(keys=keys, args=[job.encode(), self._max_depth, self._policy]))
+            args: list[bytes | str | int] = [
+                job.encode(),
+                self._max_depth,
+                self._policy,
+                budget_ms,
+                self._max_batch_size,
+            ]
+            slot, wait_ms = (int(value) for value in self._scripts.enqueue(keys=keys, args=args))
         except redis.RedisError as exc:
             # The client learns what to do; the cause (socket paths included) stays in the server's log.
             log.debug("queues: submit failed: %s", exc)
@@ -338,6 +369,12 @@ class ApiQueues:
         if slot == ALL_QUEUES_FULL:
             raise QueueFull(
                 f"all {len(shards)} shard queue(s) are full ({self._max_depth} jobs each); retry shortly"
+            )
+        if slot == WOULD_MISS_DEADLINE:
+            raise Overloaded(
+                f"the shortest queue holds about {wait_ms / 1000:.1f}s of work, more than the "
+                f"{budget_ms / 1000:.1f}s left before this request's deadline; retry after Retry-After",
+                retry_after_s=wait_ms / 1000,
             )
         return shards[slot]
 

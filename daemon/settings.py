@@ -54,6 +54,10 @@ class ApiSettings:
     default_top: int = 5
     max_top: int = 100
     auth_token_file: Path | None = None
+    client_timeout_s: float = 10.0
+    max_connections: int = 16384
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +364,26 @@ def validate(s: Settings) -> None:
         s.api.default_top,
         f"from 1 to api.max_top ({s.api.max_top})",
     )
+    _require(
+        0.5 <= s.api.client_timeout_s <= 3600, "api.client_timeout_s", s.api.client_timeout_s, "0.5 to 3600"
+    )
+    _require(
+        256 <= s.api.max_connections <= 1_000_000,
+        "api.max_connections",
+        s.api.max_connections,
+        "from 256 to 1000000",
+    )
+    # A certificate without its key (or the reverse) cannot serve TLS: name the one that is missing.
+    for key, value, other in (
+        ("api.tls_key_file", s.api.tls_key_file, s.api.tls_cert_file),
+        ("api.tls_cert_file", s.api.tls_cert_file, s.api.tls_key_file),
+    ):
+        _require(
+            value is not None or other is None,
+            key,
+            "",
+            "api.tls_cert_file and api.tls_key_file are set together (both for TLS, neither for plain HTTP)",
+        )
     _require(0 <= s.redis.port <= 65535, "redis.port", s.redis.port, "an integer from 0 to 65535")
     _require(s.redis.maxmemory_mb >= 0, "redis.maxmemory_mb", s.redis.maxmemory_mb, "0 (derived) or more")
     _require(

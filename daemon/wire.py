@@ -252,15 +252,22 @@ class Heartbeat:
     """What a live worker says about itself; the key's expiry, not its content, is what makes it live."""
 
     pid: int
+    batch_s: float | None = None
+    """Moving average of the seconds a batch takes, once the worker has run one: the API estimates from it
+    how long a job would wait in this shard's queue. Absent from heartbeats of older workers."""
 
     def encode(self) -> str:
-        return json.dumps({"pid": self.pid})
+        body: dict[str, Any] = {"pid": self.pid}
+        if self.batch_s is not None:
+            body["batch_s"] = round(self.batch_s, 5)
+        return json.dumps(body)
 
     @classmethod
     def decode(cls, payload: bytes | str) -> Heartbeat:
         body = _json_object(payload, "heartbeat")
         try:
-            return cls(pid=int(body["pid"]))
+            batch_s = body.get("batch_s")
+            return cls(pid=int(body["pid"]), batch_s=None if batch_s is None else float(batch_s))
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"heartbeat {body!r} is incomplete: {exc}") from None
 

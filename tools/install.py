@@ -277,6 +277,10 @@ def install(
         log.warning(
             "install: warning: no redis-server; the managed Redis needs `apt-get install redis-server`"
         )
+    if not target.staged and shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        log.warning(
+            "install: warning: no nginx; the front door needs `apt-get install nginx-light` (or nginx)"
+        )
     ensure_user(target)
     install_app(target)
     venv_python = install_venv(target, existing_venv, create_venv, extras, sys.executable)

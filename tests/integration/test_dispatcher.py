@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 
 from daemon.dispatcher import Dispatcher
-from daemon.errors import DeadlineExceeded, NoLiveWorker, QueueFull, RedisUnavailable
+from daemon.errors import DeadlineExceeded, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
 from daemon.queues import SHARDS_KEY, ApiQueues, heartbeat_key, queue_key, reply_key
 from daemon.redis_conn import connect
-from daemon.wire import Job, Reply, new_job_id
+from daemon.wire import Heartbeat, Job, Reply, new_job_id
 
 
-def register(client, *shards: str, live: bool = True) -> None:
+def register(client, *shards: str, live: bool = True, batch_s: float | None = None) -> None:
     for shard in shards:
         client.hset(SHARDS_KEY, shard, "{}")
         if live:
-            client.set(heartbeat_key(shard), "{}", px=5000)
+            client.set(heartbeat_key(shard), Heartbeat(1, batch_s=batch_s).encode(), px=5000)
 
 
 def a_job(deadline_in_s: float = 10.0) -> Job:
@@ -28,7 +28,7 @@ def a_job(deadline_in_s: float = 10.0) -> Job:
 
 
 def queues_for(settings, client) -> ApiQueues:
-    return ApiQueues(client, settings.queue)
+    return ApiQueues(client, settings.queue, settings.batching)
 
 
 def test_rotation_is_global_across_dispatchers(redis_settings, redis_client):
@@ -103,3 +103,33 @@ def test_the_dispatcher_returns_the_answer_or_its_error_or_a_504(redis_settings,
     with pytest.raises(DeadlineExceeded, match=r"no answer from shard cpu0 within 0\.3s"):
         dispatcher.dispatch(a_job(deadline_in_s=0.3))
     assert time.monotonic() - started >= 0.25  # waited for the deadline, not less
+
+
+def test_a_job_that_would_wait_past_its_deadline_is_refused_with_the_wait_as_retry_after(
+    make_settings, redis_socket, redis_client
+):
+    settings = make_settings(
+        redis={"managed": False, "socket": str(redis_socket)}, batching={"max_batch_size": 4}
+    )
+    register(redis_client, "gpu0", batch_s=0.5)
+    for _ in range(8):
+        redis_client.lpush(queue_key("gpu0"), b"backlog")
+    dispatcher = queues_for(settings, redis_client)
+    # 8 queued + this one = 3 batches of 4 at 0.5 s: 1.5 s of work ahead, more than the 1 s left.
+    with pytest.raises(Overloaded, match=r"about 1\.5s of work") as refused:
+        dispatcher.submit(a_job(deadline_in_s=1.0))
+    assert refused.value.status == 503 and refused.value.retry_after_s == pytest.approx(1.5)
+    assert redis_client.llen(queue_key("gpu0")) == 8  # refused, not queued
+    assert dispatcher.submit(a_job(deadline_in_s=2.0)) == "gpu0"  # with time enough it is taken
+
+
+def test_a_job_goes_to_a_shard_that_can_reach_it_in_time(redis_settings, redis_client):
+    register(redis_client, "gpu0", batch_s=2.0)
+    register(redis_client, "gpu1", batch_s=0.01)
+    dispatcher = queues_for(redis_settings, redis_client)
+    # Round robin would alternate; a 1 s budget rules out gpu0's 2 s batches.
+    assert {dispatcher.submit(a_job(deadline_in_s=1.0)) for _ in range(6)} == {"gpu1"}
+    # A shard that has not reported a batch time yet is assumed able.
+    register(redis_client, "gpu2")
+    dispatcher = queues_for(redis_settings, redis_client)  # a fresh one: the shard list is cached for 1 s
+    assert "gpu2" in {dispatcher.submit(a_job(deadline_in_s=1.0)) for _ in range(6)}

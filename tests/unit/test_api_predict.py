@@ -12,6 +12,7 @@ import redis
 
 from daemon.api import create_app
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
+from daemon.front_door import ARRIVED_HEADER
 from daemon.settings import ApiSettings, ModelSettings, Settings
 from daemon.wire import Job, Prediction, Reply
 from tests.conftest import TINY_INPUT, encode_image
@@ -71,6 +72,30 @@ def test_predict_hands_one_decoded_job_to_the_dispatcher_and_shows_its_answer(ap
     (job,) = dispatcher.jobs
     assert job.pixels.shape == (TINY_INPUT, TINY_INPUT, 3) and job.top_k == 2
     assert started + 7.0 <= job.deadline <= time.monotonic() + 7.0  # the deadline is the request's
+
+
+def test_the_deadline_counts_from_the_front_doors_arrival_stamp(app):
+    dispatcher = FakeDispatcher()
+    arrived = time.time() - 2.0  # the request waited 2 s for a free API thread
+    result = app(dispatcher).simulate_post(
+        "/predict", body=photo(), content_type="image/png", headers={ARRIVED_HEADER: f"{arrived:.3f}"}
+    )
+    assert result.status_code == 200
+    (job,) = dispatcher.jobs
+    assert job.deadline <= time.monotonic() + 5.0 + 0.01  # 7 s budget, 2 s of it spent before the API
+
+
+def test_a_request_that_waited_out_its_deadline_is_refused_before_any_work(app):
+    dispatcher = FakeDispatcher()
+    result = app(dispatcher).simulate_post(
+        "/predict",
+        body=photo(),
+        content_type="image/png",
+        headers={ARRIVED_HEADER: f"{time.time() - 8.0:.3f}"},
+    )
+    assert result.status_code == 503 and result.headers["Retry-After"] == "1"
+    assert result.json["success"] is False and "deadline" in result.json["error"]
+    assert dispatcher.jobs == []
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,14 @@ def test_config_file_choice_cli_then_env_then_default():
         ({"devices": {"gpus": 1}}, {}, "devices.gpus = 1 is not allowed"),
         ({}, {"INFERD_DEVICES_GPUS": "0,x"}, "devices.gpus = '0,x' is not allowed"),
         ({"api": {"colour": "blue"}}, {}, "unknown key(s) ['colour'] in [api]"),
+        (
+            {"api": {"tls_cert_file": "cert.pem"}},
+            {},
+            "api.tls_key_file = '' is not allowed: api.tls_cert_file and api.tls_key_file are set together",
+        ),
+        ({}, {"INFERD_API_TLS_KEY_FILE": "key.pem"}, "api.tls_cert_file = '' is not allowed"),
+        ({"api": {"max_connections": 10}}, {}, "api.max_connections = 10 is not allowed"),
+        ({"api": {"client_timeout_s": 0}}, {}, "api.client_timeout_s = 0.0 is not allowed: 0.5 to 3600"),
         ({"queue": {"heartbeat_ttl_s": 0.5}}, {}, "queue.heartbeat_ttl_s = 0.5 is not allowed"),
         (
             {},

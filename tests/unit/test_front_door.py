@@ -1,0 +1,96 @@
+"""The front door's pure parts: the arrival deadline, the rendered nginx.conf, the API instances' shares."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import ConfigError
+from daemon.front_door import (
+    ARRIVED_HEADER,
+    api_socket,
+    check_tls_files,
+    deadline_from_arrival,
+    instance_workers,
+    render_nginx_conf,
+)
+from daemon.settings import ApiSettings, PathSettings, Settings
+from daemon.wire import Heartbeat
+
+
+def test_the_deadline_counts_from_the_arrival_stamp():
+    # Arrived 2.5 s ago by the wall clock: 7.5 s of a 10 s budget are left on the monotonic clock.
+    assert deadline_from_arrival("1000.000", 10.0, wall_now=1002.5, mono_now=50.0) == pytest.approx(57.5)
+
+
+@pytest.mark.parametrize("stamp", [None, "", "soon", "nan", "inf"])
+def test_no_usable_stamp_counts_from_now(stamp):
+    assert deadline_from_arrival(stamp, 10.0, wall_now=1000.0, mono_now=50.0) == 60.0
+
+
+def test_a_stamp_is_clamped_to_the_budget():
+    # From the future (a wall clock stepped back): no more than the whole budget.
+    assert deadline_from_arrival("2000", 10.0, wall_now=1000.0, mono_now=50.0) == 60.0
+    # From long ago: the deadline is now, never earlier.
+    assert deadline_from_arrival("0", 10.0, wall_now=1000.0, mono_now=50.0) == 50.0
+
+
+def test_api_workers_are_shared_between_the_two_instances():
+    assert [instance_workers(total, 0) + instance_workers(total, 1) for total in (1, 2, 3, 4)] == [2, 2, 3, 4]
+    assert (instance_workers(3, 0), instance_workers(3, 1)) == (2, 1)
+
+
+def settings(tmp_path: Path, **api: object) -> Settings:
+    return Settings(api=ApiSettings(**api), paths=PathSettings(run_dir=tmp_path, log_dir=tmp_path))  # type: ignore[arg-type]
+
+
+def test_nginx_conf_carries_the_limits_and_overwrites_the_arrival_stamp(tmp_path):
+    conf = render_nginx_conf(settings(tmp_path, max_body_bytes=123_456, client_timeout_s=4.0), 20_000)
+    assert "client_max_body_size 123456;" in conf
+    assert "client_header_timeout 4s;" in conf and "client_body_timeout 4s;" in conf
+    assert f"proxy_set_header {ARRIVED_HEADER} $msec;" in conf
+    assert "proxy_request_buffering on;" in conf
+    assert "daemon off;" in conf and "error_log stderr" in conf
+    for instance in (0, 1):
+        assert f"server 'unix:{api_socket(tmp_path, instance)}'" in conf
+    assert "listen 127.0.0.1:8000 backlog" in conf and " ssl" not in conf
+    # Only /predict is retried on the other instance despite being a POST.
+    assert conf.count("non_idempotent") == 1
+    assert re.search(r"location = /predict \{[^}]*non_idempotent", conf)
+    # nginx's own errors are the API's JSON shape.
+    assert (
+        """return 413 '{"success": false, "error": "the request body is larger than the 123456-byte limit"}';"""
+        in conf
+    )
+
+
+def test_nginx_conf_holds_no_more_connections_than_descriptors(tmp_path):
+    conf = render_nginx_conf(settings(tmp_path, max_connections=16384), 4096)
+    assert "worker_connections 3072;" in conf and "worker_rlimit_nofile 4096;" in conf
+
+
+def test_tls_listens_with_the_given_files(tmp_path):
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    conf = render_nginx_conf(
+        settings(tmp_path, host="::1", port=8443, tls_cert_file=cert, tls_key_file=key), 20_000
+    )
+    assert "listen [::1]:8443 ssl backlog" in conf
+    assert f"ssl_certificate '{cert}';" in conf and f"ssl_certificate_key '{key}';" in conf
+
+
+def test_unreadable_tls_files_name_their_key(tmp_path):
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    missing = settings(tmp_path, tls_cert_file=cert, tls_key_file=tmp_path / "nope.pem")
+    with pytest.raises(ConfigError, match=r"api\.tls_key_file = '.*nope\.pem' cannot be read"):
+        check_tls_files(missing)
+    check_tls_files(dataclasses.replace(missing, api=dataclasses.replace(missing.api, tls_key_file=cert)))
+
+
+def test_a_heartbeat_carries_the_batch_time_when_known():
+    assert Heartbeat.decode(Heartbeat(7, batch_s=0.0421).encode()) == Heartbeat(7, batch_s=0.0421)
+    assert Heartbeat.decode(Heartbeat(7).encode()) == Heartbeat(7)
+    assert Heartbeat.decode('{"pid": 7}') == Heartbeat(7, batch_s=None)  # from a worker of an older release
