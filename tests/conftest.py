@@ -12,6 +12,7 @@ The layers, fastest first:
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +62,14 @@ def tiny_sections(tiny_model: tuple[Path, Path], **overrides: dict[str, Any]) ->
     for section, values in overrides.items():
         sections.setdefault(section, {}).update(values)
     return sections
+
+
+def standin_model(folder: Path, batch_ms: float, **spec: Any) -> Path:
+    """A stand-in model file (daemon/standin.py) that sleeps `batch_ms` per batch: it starts in about a second
+    and makes "the worker is inside a batch" last as long as a test needs."""
+    path = folder / f"standin-{batch_ms:g}ms.json"
+    path.write_text(json.dumps({"inferd_standin": 1, "batch_ms": batch_ms, "per_image_ms": 0, **spec}))
+    return path
 
 
 @pytest.fixture()
