@@ -91,10 +91,13 @@ def redis_settings(make_settings: Callable[..., Settings], redis_socket: Path) -
 
 @pytest.fixture()
 def start_appliance(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Iterator[Callable[..., Appliance]]:
-    """Start a whole appliance (tiny model, CPU shards) and stop it after the test."""
+    """Start a whole appliance (tiny model, CPU shards) and stop it after the test; with `ready=False`, return
+    without waiting for it to become ready (for an appliance that must not)."""
     started: list[Appliance] = []
 
-    def start(shards: int = 2, env: dict[str, str] | None = None, **overrides: dict[str, Any]) -> Appliance:
+    def start(
+        shards: int = 2, env: dict[str, str] | None = None, ready: bool = True, **overrides: dict[str, Any]
+    ) -> Appliance:
         overrides.setdefault("devices", {}).update({"cpu_workers": shards})
         sections = tiny_sections(tiny_model, **overrides)
         config = write_settings(tmp_path, sections)
@@ -102,7 +105,10 @@ def start_appliance(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Iterator[C
             tmp_path, config, sections["api"]["port"], Path(sections["paths"]["run_dir"]), shards, env
         )
         started.append(appliance)
-        appliance.start()
+        if ready:
+            appliance.start()
+        else:
+            appliance.launch()
         return appliance
 
     yield start

@@ -210,14 +210,17 @@ def stop_all(services: list[Service]) -> None:
 
 
 @contextmanager
-def redis_server(folder: Path) -> Iterator[Path]:
-    """Debian's redis-server on a unix socket in `folder`, no TCP, no persistence."""
+def redis_server(folder: Path, password: str | None = None) -> Iterator[Path]:
+    """Debian's redis-server on a unix socket in `folder`, no TCP, no persistence; with `password`, it
+    requires it (requirepass)."""
     folder.mkdir(parents=True, exist_ok=True)
     sock = folder / "redis.sock"
     argv = ["redis-server", "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
     argv += ["--save", "", "--appendonly", "no"]
+    if password is not None:
+        argv += ["--requirepass", password]
     with Service("redis-server", argv, folder / "redis.log") as server:
-        client = redis.Redis(unix_socket_path=str(sock))
+        client = redis.Redis(unix_socket_path=str(sock), password=password)
         server.wait_until("PING", lambda: bool(client.ping()), 10)
         client.close()
         yield sock
