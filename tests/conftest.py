@@ -12,6 +12,7 @@ The layers, fastest first:
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,6 +64,14 @@ def tiny_sections(tiny_model: tuple[Path, Path], **overrides: dict[str, Any]) ->
     return sections
 
 
+def standin_model(folder: Path, batch_ms: float, **spec: Any) -> Path:
+    """A stand-in model file (daemon/standin.py) that sleeps `batch_ms` per batch: it starts in about a second
+    and makes "the worker is inside a batch" last as long as a test needs."""
+    path = folder / f"standin-{batch_ms:g}ms.json"
+    path.write_text(json.dumps({"inferd_standin": 1, "batch_ms": batch_ms, "per_image_ms": 0, **spec}))
+    return path
+
+
 @pytest.fixture()
 def make_settings(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Callable[..., Settings]:
     """Settings for the tiny model, written to a real file and loaded the real way."""
@@ -82,10 +91,13 @@ def redis_settings(make_settings: Callable[..., Settings], redis_socket: Path) -
 
 @pytest.fixture()
 def start_appliance(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Iterator[Callable[..., Appliance]]:
-    """Start a whole appliance (tiny model, CPU shards) and stop it after the test."""
+    """Start a whole appliance (tiny model, CPU shards) and stop it after the test; with `ready=False`, return
+    without waiting for it to become ready (for an appliance that must not)."""
     started: list[Appliance] = []
 
-    def start(shards: int = 2, env: dict[str, str] | None = None, **overrides: dict[str, Any]) -> Appliance:
+    def start(
+        shards: int = 2, env: dict[str, str] | None = None, ready: bool = True, **overrides: dict[str, Any]
+    ) -> Appliance:
         overrides.setdefault("devices", {}).update({"cpu_workers": shards})
         sections = tiny_sections(tiny_model, **overrides)
         config = write_settings(tmp_path, sections)
@@ -93,7 +105,10 @@ def start_appliance(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Iterator[C
             tmp_path, config, sections["api"]["port"], Path(sections["paths"]["run_dir"]), shards, env
         )
         started.append(appliance)
-        appliance.start()
+        if ready:
+            appliance.start()
+        else:
+            appliance.launch()
         return appliance
 
     yield start

@@ -210,14 +210,17 @@ def stop_all(services: list[Service]) -> None:
 
 
 @contextmanager
-def redis_server(folder: Path) -> Iterator[Path]:
-    """Debian's redis-server on a unix socket in `folder`, no TCP, no persistence."""
+def redis_server(folder: Path, password: str | None = None) -> Iterator[Path]:
+    """Debian's redis-server on a unix socket in `folder`, no TCP, no persistence; with `password`, it
+    requires it (requirepass)."""
     folder.mkdir(parents=True, exist_ok=True)
     sock = folder / "redis.sock"
     argv = ["redis-server", "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
     argv += ["--save", "", "--appendonly", "no"]
+    if password is not None:
+        argv += ["--requirepass", password]
     with Service("redis-server", argv, folder / "redis.log") as server:
-        client = redis.Redis(unix_socket_path=str(sock))
+        client = redis.Redis(unix_socket_path=str(sock), password=password)
         server.wait_until("PING", lambda: bool(client.ping()), 10)
         client.close()
         yield sock
@@ -294,11 +297,28 @@ class Appliance:
         )
         return result.stdout + result.stderr
 
-    def pid_of(self, program: str) -> int:
-        for line in self.supervisorctl("status").splitlines():
-            if line.startswith(program) and "pid" in line:
-                return int(line.split("pid", 1)[1].split(",")[0].strip())
-        raise AssertionError(f"no running {program} in supervisorctl status:\n{self.supervisorctl('status')}")
+    def pid_of(self, program: str, wait_s: float = 30.0) -> int:
+        """The pid of `program` once supervisord calls it RUNNING, waiting up to `wait_s` for that.
+
+        /readyz may answer before a program has stayed up for its `startsecs`, and until then supervisorctl
+        shows it STARTING, without a pid.
+        """
+        pids: list[int] = []
+
+        def running() -> bool:
+            for line in self.supervisorctl("status").splitlines():
+                if line.startswith(program) and "RUNNING" in line and "pid" in line:
+                    pids[:] = [int(line.split("pid", 1)[1].split(",")[0].strip())]
+                    return True
+            return False
+
+        if not running():
+            if wait_s <= 0:
+                raise AssertionError(
+                    f"no running {program} in supervisorctl status:\n{self.supervisorctl('status')}"
+                )
+            self.wait_until(f"{program} to be RUNNING", running, wait_s)
+        return pids[0]
 
     def wait_restarted(self, program: str, old_pid: int, timeout_s: float = 60) -> int:
         """Wait until supervisord runs `program` again under a new pid; returns that pid."""
@@ -306,7 +326,7 @@ class Appliance:
 
         def restarted() -> bool:
             try:
-                pids[:] = [self.pid_of(program)]
+                pids[:] = [self.pid_of(program, wait_s=0)]
             except AssertionError:  # not running yet: STARTING or BACKOFF
                 return False
             return pids[0] != old_pid

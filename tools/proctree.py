@@ -58,6 +58,15 @@ def descendants(root: int) -> list[int]:
     return [process.pid for process in tree(root)]
 
 
+def children(parent: int) -> set[ProcessId]:
+    """The live direct children of `parent` (a gunicorn master's workers, say)."""
+    return {
+        ProcessId(pid, stat.started)
+        for pid, stat in _all_stats().items()
+        if stat.parent == parent and stat.state != "Z"
+    }
+
+
 def tree(root: int) -> list[ProcessId]:
     """`root` and every live process below it, parents before children; empty once `root` is gone."""
     stats = _all_stats()

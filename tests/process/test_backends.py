@@ -3,7 +3,6 @@ as TensorFlow does. `./setup.sh test` installs both runtimes (CPU builds on a CP
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import numpy as np
@@ -12,6 +11,7 @@ import requests
 
 from daemon.imaging import decode_image
 from daemon.model import Classifier
+from tests.needs import need_module
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +20,7 @@ pytestmark = pytest.mark.slow
 def test_the_tiny_model_serves_on_each_backend_as_on_tensorflow(
     backend, start_appliance, make_settings, photo_png
 ):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed: ./setup.sh test installs it")
+    need_module(backend, f"the {backend} runtime")
     # An inherited KERAS_BACKEND must not win over model.backend (it would silently serve on TensorFlow).
     appliance = start_appliance(shards=1, env={"KERAS_BACKEND": "tensorflow"}, model={"backend": backend})
     answer = requests.post(f"{appliance.url}/predict?top=10", files={"image": photo_png}, timeout=30)

@@ -4,6 +4,11 @@ Each test drives load with the stress tool's engine, breaks something while it r
 every request: a 200, or a clean JSON 503/504 where the fault made that the honest answer. A request with no
 HTTP answer at all (status 0) is lost, and one still unanswered when the wait ends fails the test
 (`LoadRun.wait` raises). The counts are printed (`pytest -s` shows them).
+
+Where the fault must land on work in hand (a worker killed mid-batch, the appliance stopped with callers
+waiting), the model is a stand-in that spends BATCH_MS per batch: a burst of requests is sent, the test
+waits until Redis holds every one of them with a batch claimed, and only then strikes. What was in hand is
+read from Redis right before the signal, so the test proves its own premise instead of hoping for it.
 """
 
 from __future__ import annotations
@@ -16,14 +21,22 @@ from collections import Counter
 import pytest
 import requests
 
-from tools.harness import wait_until
+from daemon.queues import processing_key, queue_key
+from tests.conftest import standin_model
+from tools.harness import Appliance, wait_until
 from tools.loadgen import LoadResult, LoadRun, RequestRecord, Upload
+from tools.proctree import ProcessId, children
 
 pytestmark = pytest.mark.slow
 
 CLEAN_ERRORS = {503, 504}
 FLOWING_OKS = 10
 """200s the load must have had before a fault is injected, so the fault lands on a working appliance."""
+BATCH_MS = 3000.0
+"""The stand-in's time per batch: far longer than reading Redis and sending a signal takes, however loaded
+the machine, so a batch seen claimed is still in the model when the signal lands."""
+BURST = 6
+"""Requests sent at once, each on its own connection, for the faults that must land on work in hand."""
 
 
 def steady_load(appliance, photo_png: bytes, concurrency: int = 6, duration_s: float = 60) -> LoadRun:
@@ -75,27 +88,6 @@ def first_ok_after(run: LoadRun, moment: float, timeout_s: float) -> float:
     return min(oks)
 
 
-def test_sigkill_of_a_worker_mid_batch_loses_nothing(start_appliance, photo_png):
-    # A long batching window keeps the worker holding claims most of the time, so the kill lands mid-batch.
-    appliance = start_appliance(shards=2, batching={"max_wait_ms": 300.0}, api={"request_timeout_s": 30.0})
-    run = steady_load(appliance, photo_png, duration_s=25)
-    victim = appliance.pid_of("worker:worker-0")
-    fault_at = run.elapsed_s()
-    os.kill(victim, signal.SIGKILL)
-    recovered_at = first_ok_after(run, fault_at, 30)
-    appliance.wait_restarted("worker:worker-0", victim)
-    appliance.wait_ready(60)
-    result = run.wait(60)
-    counts = account("sigkill worker", result, fault_at, recovered_at)
-    assert counts["lost"] == counts["unclean"] == 0
-    assert counts["ok"] == counts["sent"]  # the deadline is long enough for every job to be redone
-    log = appliance.output()
-    assert "requeued" in log or "adopted" in log, "the killed worker held no claims: the test proved nothing"
-    # No claim is left behind, and no answer is waiting for a caller that is gone.
-    client = appliance.redis()
-    assert client.llen("inferd:processing:cpu0") == client.llen("inferd:processing:cpu1") == 0
-
-
 def test_redis_stop_and_restart(start_appliance, photo_png):
     appliance = start_appliance(shards=2)
     run = steady_load(appliance, photo_png, duration_s=30)
@@ -123,29 +115,154 @@ def test_redis_stop_and_restart(start_appliance, photo_png):
     assert during and all(r.status == 503 and r.latency_s < 3.0 for r in during), during
 
 
-def test_sigterm_of_the_appliance_answers_every_waiting_request(start_appliance, photo_png):
-    appliance = start_appliance(shards=2, batching={"max_wait_ms": 100.0})
-    run = steady_load(appliance, photo_png, concurrency=8, duration_s=60)
-    fault_at = run.elapsed_s()
-    run.stop()  # no new requests; those in flight must each get an answer
-    appliance.terminate()  # SIGTERM to supervisord, as systemd sends it
-    exit_code = appliance.wait_exit(60)
+def burst(appliance: Appliance, photo_png: bytes, count: int = BURST) -> LoadRun:
+    """`count` requests sent at once, one per connection (each thread sends one), with a long client timeout."""
+    upload = Upload.of("photo.png", photo_png)
+    return LoadRun(
+        f"{appliance.url}/predict", [upload], concurrency=count, requests=count, timeout_s=120
+    ).start()
+
+
+def held(client, shard: str) -> tuple[int, int]:
+    """(jobs claimed in the batch in hand, jobs waiting on the queue) of `shard`."""
+    return int(client.llen(processing_key(shard))), int(client.llen(queue_key(shard)))
+
+
+def wait_all_held_with_a_batch_claimed(
+    appliance: Appliance, shards: list[str], victim: str, count: int = BURST
+) -> None:
+    """Until every one of `count` requests is a job in Redis (none answered yet) and `victim` has a batch in
+    the model. With no wait for company (max_wait_ms = 0), a claimed batch is a batch being computed."""
+    client = appliance.redis()
+
+    def all_held() -> bool:
+        states = {shard: held(client, shard) for shard in shards}
+        return sum(sum(pair) for pair in states.values()) == count and states[victim][0] >= 1
+
+    wait_until(f"{count} jobs in Redis with a batch of {victim} in the model", all_held, 60, appliance.output)
+
+
+def reply_keys_left(appliance: Appliance, shards: list[str]) -> list[bytes]:
+    """Reply keys nobody took, once no job is left anywhere (so no answer can still be on its way)."""
+    client = appliance.redis()
+    wait_until(
+        "every queue and processing list to be empty",
+        lambda: all(held(client, shard) == (0, 0) for shard in shards),
+        30,
+        appliance.output,
+    )
+    return sorted(client.scan_iter(match="inferd:reply:*"))
+
+
+def test_sigterm_of_the_appliance_answers_every_request_in_flight(start_appliance, tmp_path, photo_png):
+    appliance = start_appliance(
+        shards=1,
+        model={"path": standin_model(tmp_path, BATCH_MS)},
+        batching={"max_wait_ms": 0},
+        api={"request_timeout_s": 40.0},
+    )
+    run = burst(appliance, photo_png)
+    wait_all_held_with_a_batch_claimed(appliance, ["cpu0"], "cpu0")
+    claimed, queued = held(appliance.redis(), "cpu0")
+    assert run.in_flight() == BURST and run.completed() == 0
+    appliance.terminate()  # SIGTERM to supervisord, as systemd sends it, with every caller still waiting
+    exit_code = appliance.wait_exit(90)
     result = run.wait(30)
-    counts = account("sigterm appliance", result, fault_at, None)
+    counts = account("sigterm appliance", result, 0.0, None)
+    print(f"[sigterm appliance] at the signal: {claimed} job(s) in the model, {queued} queued")
     assert exit_code == 0
-    assert counts["lost"] == counts["unclean"] == 0
-    assert counts["ok"] > 0
-    assert "Redis is now ready to exit" in appliance.output()
+    # Every request in flight at the signal is computed and answered: the API drains before the worker stops.
+    assert [r.status for r in result.records] == [200] * BURST, result.records
+    assert counts["ok"] == BURST
+    log = appliance.output()
+    assert "queued job(s) cleanly on shutdown" not in log  # the worker had nothing left to drop
+    assert "Redis is now ready to exit" in log
 
 
-def test_rolling_restart_of_the_api_drops_no_request(start_appliance, photo_png):
-    appliance = start_appliance(shards=2)
-    run = steady_load(appliance, photo_png, duration_s=20)
+def api_workers(master: int) -> set[ProcessId]:
+    return children(master)
+
+
+def test_rolling_restart_of_the_api_replaces_every_worker_and_drops_no_request(
+    start_appliance, tmp_path, photo_png
+):
+    appliance = start_appliance(shards=2, model={"path": standin_model(tmp_path, 5)})
+    run = steady_load(appliance, photo_png, duration_s=90)
     master = appliance.pid_of("api")
+    before = api_workers(master)
+    assert len(before) == 2, before  # api.workers
     fault_at = run.elapsed_s()
     os.kill(master, signal.SIGHUP)
-    time.sleep(6)  # old workers finish their requests while the new ones take over
+
+    def replaced() -> bool:
+        now = api_workers(master)
+        return len(now) == 2 and not now & before
+
+    wait_until("every gunicorn worker to be replaced after HUP", replaced, 60, appliance.output)
+    after = api_workers(master)
+    recovered_at = first_ok_after(run, run.elapsed_s(), 30)  # requests sent now reach the new workers
+    run.stop()
     result = run.wait(60)
-    counts = account("gunicorn HUP", result, fault_at, None)
-    assert counts["ok"] == counts["sent"] > 0
+    counts = account("gunicorn HUP", result, fault_at, recovered_at)
+    print(f"[gunicorn HUP] workers {sorted(p.pid for p in before)} -> {sorted(p.pid for p in after)}")
+    assert counts["ok"] == counts["sent"] > FLOWING_OKS
+    assert any(r.start_s < fault_at < r.start_s + r.latency_s for r in result.records), "none was in flight"
     assert appliance.pid_of("api") == master  # the master stayed; only its workers were replaced
+
+
+def test_a_lone_worker_killed_mid_batch_requeues_its_claims_on_restart_and_answers_each_once(
+    start_appliance, tmp_path, photo_png
+):
+    appliance = start_appliance(
+        shards=1,
+        model={"path": standin_model(tmp_path, BATCH_MS)},
+        batching={"max_wait_ms": 0},
+        api={"request_timeout_s": 60.0},
+    )
+    victim = appliance.pid_of("worker:worker-0")
+    run = burst(appliance, photo_png)
+    wait_all_held_with_a_batch_claimed(appliance, ["cpu0"], "cpu0")
+    claimed, queued = held(appliance.redis(), "cpu0")
+    os.kill(victim, signal.SIGKILL)
+    appliance.wait_restarted("worker:worker-0", victim)
+    result = run.wait(120)
+    account("sigkill lone worker", result, 0.0, None)
+    print(f"[sigkill lone worker] at the kill: {claimed} job(s) in the model, {queued} queued")
+    assert claimed >= 1
+    assert [r.status for r in result.records] == [200] * BURST, result.records
+    # The path taken: with no live shard to hand them to, the restarted worker put the claims back itself.
+    log = appliance.output()
+    assert f"cpu0: requeued {claimed} job(s) claimed by a previous run" in log
+    assert "moved to" not in log and "adopted" not in log
+    assert reply_keys_left(appliance, ["cpu0"]) == []  # no job was answered twice
+
+
+def test_a_worker_killed_mid_batch_has_its_claims_adopted_by_the_live_shard_and_answered_once(
+    start_appliance, tmp_path, photo_png
+):
+    appliance = start_appliance(
+        shards=2,
+        model={"path": standin_model(tmp_path, BATCH_MS)},
+        batching={"max_wait_ms": 0},
+        api={"request_timeout_s": 60.0},
+    )
+    victim = appliance.pid_of("worker:worker-0")
+    run = burst(appliance, photo_png)
+    wait_all_held_with_a_batch_claimed(appliance, ["cpu0", "cpu1"], "cpu0")
+    claimed, queued = held(appliance.redis(), "cpu0")
+    os.kill(victim, signal.SIGKILL)
+    appliance.wait_restarted("worker:worker-0", victim)
+    result = run.wait(120)
+    account("sigkill worker, adopted", result, 0.0, None)
+    print(f"[sigkill worker, adopted] at the kill: cpu0 had {claimed} job(s) in the model, {queued} queued")
+    assert claimed >= 1
+    assert [r.status for r in result.records] == [200] * BURST, result.records
+    # The path taken: cpu0's claims and queue went to cpu1, which answered every caller; the restarted cpu0
+    # found nothing of its predecessor's to requeue.
+    assert {r.shard for r in result.records} == {"cpu1"}
+    log = appliance.output()
+    moved_by_watch = f"{claimed + queued} waiting job(s) moved to cpu1" in log
+    adopted_by_sweep = f"cpu1: adopted {claimed + queued} job(s) of dead shard cpu0" in log
+    assert moved_by_watch or adopted_by_sweep, log
+    assert "requeued" not in log
+    assert reply_keys_left(appliance, ["cpu0", "cpu1"]) == []  # no job was answered twice

@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ import requests
 
 from daemon.settings import load_settings
 from tests.conftest import TINY_INPUT, encode_image
+from tests.needs import need_program
 from tools import install
 from tools.harness import REPO, free_port, wait_until
 
@@ -172,10 +172,8 @@ def test_reinstall_replaces_code_and_keeps_settings_and_model(system_root):
     assert "kept the existing" in output and "kept the model" in output
 
 
-@pytest.mark.skipif(
-    not shutil.which("systemd-analyze"), reason="systemd-analyze not installed (apt-get install systemd)"
-)
 def test_unit_passes_systemd_analyze_verify_and_security(system_root, tmp_path):
+    need_program("systemd-analyze", "apt-get install systemd")
     run_installer(system_root, "install", "--no-venv", "--no-model")
     # verify checks that ExecStart's program exists; outside a real install only the venv's python does not,
     # so it is pointed at this interpreter and nothing else changes.

