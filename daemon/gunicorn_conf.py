@@ -4,6 +4,7 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
+from daemon.capacity import api_threads, shard_count_from_env
 from daemon.metrics import multiprocess_mode
 from daemon.settings import load_settings
 
@@ -15,7 +16,7 @@ bind = (
     else f"{_settings.api.host}:{_settings.api.port}"
 )
 workers = _settings.api.workers
-threads = _settings.api.threads
+threads = api_threads(_settings, shard_count_from_env())
 worker_class = "gthread"
 # Threads wait on Redis, not on the CPU: a request holds its thread for at most request_timeout_s.
 timeout = int(_settings.api.request_timeout_s) + 30

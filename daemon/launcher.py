@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from daemon.capacity import SHARD_COUNT_ENV, api_threads, redis_maxclients
 from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
 from daemon.logs import setup_logging
 from daemon.metrics import MULTIPROC_ENV
@@ -50,6 +51,7 @@ def render_redis_conf(settings: Settings, shard_count: int) -> str:
         'save ""',
         "appendonly no",
         f"maxmemory {redis_maxmemory_mb(settings, shard_count)}mb",
+        f"maxclients {redis_maxclients(settings, shard_count)}",
         "maxmemory-policy noeviction",
         "protected-mode yes",
         "daemonize no",
@@ -99,7 +101,7 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
         "INFERD_REDIS_SERVER": redis_server,
         "INFERD_REDIS_CONF": str(redis_conf),
         "INFERD_REDIS_AUTOSTART": "true" if settings.redis.managed else "false",
-        "INFERD_SHARD_COUNT": str(len(shards)),
+        SHARD_COUNT_ENV: str(len(shards)),
         SHARDS_ENV: encode_shards(shards),
         "PYTHONUNBUFFERED": "1",
         **child_output(),
@@ -118,11 +120,13 @@ def run(config: str | None) -> int:
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
     log.info(
-        "inferd: %d shard(s) [%s], API on http://%s:%d, Redis %s",
+        "inferd: %d shard(s) [%s], API on http://%s:%d (%d x %d threads), Redis %s",
         len(shards),
         ", ".join(shard.shard_id for shard in shards),
         settings.api.host,
         settings.api.port,
+        settings.api.workers,
+        api_threads(settings, len(shards)),
         settings.redis_socket or f"{settings.redis.host}:{settings.redis.port}",
     )
     supervisord = [sys.executable, "-m", "supervisor.supervisord", "--nodaemon", "-c", str(SUPERVISORD_CONF)]

@@ -10,7 +10,7 @@ import pytest
 
 from bench.gpu_proof import SECTION_END, SECTION_START, replace_section
 from tests.conftest import tiny_sections
-from tests.processes import REPO, write_settings
+from tools.harness import REPO, write_settings
 
 
 def test_replace_section_keeps_the_rest_of_the_document():
