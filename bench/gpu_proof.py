@@ -18,14 +18,14 @@ import datetime
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import offline
+from bench import offline, sections
+from bench.sections import end_marker, start_marker
 from daemon.settings import load_settings
 from daemon.shard import discover_shards
 from tools.harness import REPO, Appliance, free_port
@@ -33,8 +33,8 @@ from tools.loadgen import load_uploads, run_load
 from tools.runtime_choice import GpuReading, read_gpus
 
 RESULTS = REPO / "bench" / "RESULTS.md"
-SECTION_START = "<!-- gpu-proof:start -->"
-SECTION_END = "<!-- gpu-proof:end -->"
+SECTION = "gpu-proof"
+SECTION_START, SECTION_END = start_marker(SECTION), end_marker(SECTION)
 """bench/RESULTS.md keeps everything outside these markers; each run replaces what is between them."""
 CLIENTS = (1, 64, 256)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -169,10 +169,7 @@ def render_section(
 
 def replace_section(document: str, section: str) -> str:
     """`document` with its gpu-proof section replaced by `section` (appended when there is none)."""
-    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END) + r"\n?", re.DOTALL)
-    if pattern.search(document):
-        return pattern.sub(lambda _: section, document, count=1)
-    return document.rstrip("\n") + "\n\n" + section
+    return sections.replace_section(document, SECTION, section)
 
 
 def main(argv: list[str] | None = None) -> int:

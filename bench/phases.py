@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from bench import loadgen, offline, profile, simulated
+from bench import frontdoor, loadgen, offline, profile, simulated
 from bench.decode_only import decode_only_service
 from bench.loadgen import WrkResult
 from bench.old_design import old_design_services
@@ -336,3 +336,13 @@ def measure_simulated(results: BenchResults, folder: Path, plan: Plan, d: Durati
                     d.sim_s,
                 )
             )
+
+
+# -- (h) ---------------------------------------------------------------------------------------------------
+def measure_frontdoor(
+    results: BenchResults, folder: Path, photo: Path, plan: frontdoor.FrontDoorPlan
+) -> None:
+    """The whole front door against stand-in shards at the model's real input size (224)."""
+    standin = folder / "standin"  # bench.frontdoor writes the stand-in file and labels here
+    env = appliance_env(folder, standin, standin, {"INFERD_MODEL_INPUT_SIZE": "224"})
+    results.frontdoor += frontdoor.measure_frontdoor(folder, CONFIG, env, photo, plan)

@@ -39,3 +39,14 @@ def own_cpu_s() -> float:
     """CPU seconds used by this process and every child it has waited for (and theirs, recursively)."""
     times = os.times()
     return times.user + times.system + times.children_user + times.children_system
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds of a process (all its threads) from /proc/<pid>/stat, None once gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name in parentheses may hold spaces: the fields that follow start after its last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -5,8 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from bench import sections
+from bench.frontdoor import STANDIN_BATCH_MS, STANDIN_PER_IMAGE_MS, TARGET_JOBS_PER_S
 from bench.loadgen import WrkResult
 from bench.results import BenchResults, Target, targets
+
+FRONTDOOR_SECTION = "frontdoor"
+CPU_GROUPS = ("api", "redis", "workers", "front door", "other")
 
 
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -214,8 +219,121 @@ def render_markdown(r: BenchResults, plot_name: str) -> str:
                 ["function", "share"], [[name, fmt(share, 1, "%")] for name, share in summary.top_self]
             )
 
+    if r.frontdoor:
+        out += [frontdoor_section(r, standalone=False)]
     out += ["## Plot", "", f"![benchmark plot]({plot_name})", ""]
     return "\n".join(out)
+
+
+def frontdoor_section(r: BenchResults, standalone: bool) -> str:
+    """(h) as a named section; `standalone`: from a run of this phase alone, so it says which run."""
+    out = [
+        sections.start_marker(FRONTDOOR_SECTION),
+        "## (h) The front door against GPU-like stand-in shards",
+        "",
+    ]
+    meta = r.meta
+    if standalone:
+        out += [
+            f"From its own run, not the one above: `{meta.get('command', '-')}` on {meta.get('date', '-')} "
+            f"({meta.get('wall_s', 0):.0f} s; {meta.get('machine', '-')}). {meta.get('sharing', '')}.",
+            "",
+        ]
+    out += [
+        f"`inferd run` with the stand-in model (daemon/standin.py: {STANDIN_BATCH_MS:g} ms per batch + "
+        f"{STANDIN_PER_IMAGE_MS:g} ms per image, 224x224 jobs, `devices.gpus = none`, one CPU shard per "
+        "stand-in device), wrk posting the 451x300 JPEG to `api.port` (whatever front door answers there). "
+        "Each level alternates rounds with the decode-only app (the API tier's ceiling, same gunicorn "
+        "settings, same cores) and keeps each system's best round. Bound = min(shards x one stand-in "
+        "shard's images/s at full batches, the decode-only req/s at that level).",
+        "",
+    ]
+    rows = []
+    for p in r.frontdoor:
+        batches = ", ".join(f"{shard} {size:.1f}" for shard, size in p.mean_batch.items()) or "-"
+        rows.append(
+            [
+                str(p.shards),
+                str(p.clients),
+                f"{p.threads_setting} ({p.api_threads})",
+                fmt(p.inferd.rps, 0),
+                fmt(p.bound, 0),
+                fmt(100 * p.inferd.rps / p.bound, 0, "%") if p.bound else "-",
+                fmt(p.shards * p.shard_capacity, 0),
+                fmt(p.ceiling.rps, 0),
+                f"{fmt(p.inferd.p50_ms)} / {fmt(p.inferd.p99_ms)}",
+                str(p.inferd.errors),
+                batches,
+            ]
+        )
+    out += table(
+        [
+            "shards",
+            "clients",
+            "api.threads (per process)",
+            "req/s",
+            "bound",
+            "req/s / bound",
+            "devices' img/s",
+            "decode-only req/s",
+            "p50 / p99 (ms)",
+            "errors",
+            "mean batch per shard",
+        ],
+        rows,
+    )
+    out += [
+        "CPU milliseconds per served request, by component (utime + stime from /proc/<pid>/stat of every "
+        "process under supervisord, read before and after the kept round); a Redis that spent a whole core "
+        "as it did per job here would carry 1 / (its CPU seconds per job) jobs/s.",
+        "",
+    ]
+    groups = [g for g in CPU_GROUPS if any(g in p.cpu_ms_per_request for p in r.frontdoor)]
+    out += table(
+        ["shards", "clients", "api.threads", *groups, "all", "one Redis: jobs/s"],
+        [
+            [
+                str(p.shards),
+                str(p.clients),
+                p.threads_setting,
+                *(fmt(p.cpu_ms_per_request.get(g), 3) for g in groups),
+                fmt(sum(p.cpu_ms_per_request.values()), 3),
+                fmt(p.redis_jobs_per_s, 0),
+            ]
+            for p in r.frontdoor
+        ],
+    )
+    out += [
+        "Where Redis's time goes (INFO commandstats, µs per served request, the costliest commands; "
+        "Redis's CPU above also holds reading and writing its sockets, which commandstats leaves out):",
+        "",
+    ]
+    out += table(
+        ["shards", "clients", "api.threads", "commands (µs per request)"],
+        [
+            [
+                str(p.shards),
+                str(p.clients),
+                p.threads_setting,
+                ", ".join(f"{name} {us:,.0f}" for name, us in p.redis_us_per_request.items()),
+            ]
+            for p in r.frontdoor
+        ],
+    )
+    best = max(r.frontdoor, key=lambda p: p.inferd.rps, default=None)
+    if best is not None and best.redis_jobs_per_s:
+        redis_ms = best.cpu_ms_per_request["redis"]
+        verdict = "enough" if best.redis_jobs_per_s >= TARGET_JOBS_PER_S else "short"
+        out += [
+            f"At the busiest level ({best.shards} shards, {best.clients} clients, {best.inferd.rps:,.0f} req/s) "
+            f"Redis spent {redis_ms * 1000:,.0f} µs of CPU per job: one Redis core would carry about "
+            f"**{best.redis_jobs_per_s:,.0f} jobs/s**, against the {TARGET_JOBS_PER_S:,} jobs/s of 224x224 "
+            f"images that 8 GPUs need: {verdict} "
+            f"({best.redis_jobs_per_s / TARGET_JOBS_PER_S:.0%} of it).",
+            "",
+        ]
+    out += [sections.end_marker(FRONTDOOR_SECTION)]
+    return "\n".join(out) + "\n"
 
 
 def render_plot(r: BenchResults, path: Path) -> None:
@@ -338,9 +456,23 @@ def summary(r: BenchResults) -> str:
         lines.append(
             f"policy {p.policy}: {p.jobs_per_s:.1f} jobs/s p50 {p.p50_ms:.1f} ms p99 {p.p99_ms:.1f} ms"
         )
+    for f in r.frontdoor:
+        lines.append(
+            f"frontdoor {f.shards} shard(s) c={f.clients} threads {f.threads_setting}: {f.inferd.rps:.0f} req/s "
+            f"(bound {f.bound:.0f}), p50 {f.inferd.p50_ms:.1f} ms p99 {f.inferd.p99_ms:.1f} ms, "
+            f"Redis {f.cpu_ms_per_request.get('redis', 0) * 1000:.0f} µs CPU/job"
+        )
     return "\n".join(lines)
 
 
 def write_report(r: BenchResults, markdown: Path, plot: Path) -> None:
+    """The whole report; named sections of the previous file that this run did not write are kept."""
     render_plot(r, plot)
-    markdown.write_text(render_markdown(r, plot.name))
+    previous = markdown.read_text() if markdown.is_file() else ""
+    markdown.write_text(sections.carry_sections(previous, render_markdown(r, plot.name)))
+
+
+def write_frontdoor_section(r: BenchResults, markdown: Path) -> None:
+    """Only (h), from a run of that phase alone: the rest of the file stays as an earlier run wrote it."""
+    previous = markdown.read_text() if markdown.is_file() else "# inferd benchmark results\n"
+    markdown.write_text(sections.replace_section(previous, FRONTDOOR_SECTION, frontdoor_section(r, True)))

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.frontdoor import TARGET_JOBS_PER_S, FrontDoorPoint
 from bench.loadgen import WrkResult
 from bench.offline import OfflinePoint
 from bench.profile import ProfileSummary
@@ -30,6 +31,10 @@ SCALING_TARGET = 0.90
 RSS_GROWTH_TARGET_PCT = 5.0
 """Largest RSS growth of any appliance process after warm-up during the soak."""
 TARGET_CLIENTS = 64
+FRONTDOOR_TARGET = CEILING_TARGET
+"""Front door with the widest stand-in shard count: served req/s as a share of its bound."""
+CLIENT_GROWTH_TARGET = 0.90
+"""Front door at the most clients, as a share of its req/s at the fewest: throughput must not fall (10% noise)."""
 
 
 @dataclass
@@ -58,6 +63,7 @@ class BenchResults:
     policies: list[SimResult] = field(default_factory=list)
     soak: SoakReport | None = None
     profiles: list[ProfileSummary] = field(default_factory=list)
+    frontdoor: list[FrontDoorPoint] = field(default_factory=list)
 
     # -- derived figures ----------------------------------------------------------------------------
     def offline_best(self) -> OfflinePoint | None:
@@ -84,6 +90,12 @@ class BenchResults:
         if one is None or many is None or not one.jobs_per_s:
             return None
         return many.jobs_per_s / (shards * one.jobs_per_s)
+
+    def frontdoor_sweep(self) -> list[FrontDoorPoint]:
+        """The client sweep: auto api.threads at the widest shard count, fewest clients first."""
+        widest = max((p.shards for p in self.frontdoor), default=0)
+        points = [p for p in self.frontdoor if p.shards == widest and p.threads_setting == "auto"]
+        return sorted(points, key=lambda p: p.clients)
 
     def to_json(self, path: Path) -> None:
         body = asdict(self)
@@ -168,6 +180,7 @@ def targets(r: BenchResults) -> list[Target]:
             None if efficiency is None else efficiency >= SCALING_TARGET,
         )
     )
+    found += frontdoor_targets(r)
     if r.soak is not None and r.soak.growth:
         worst = max(r.soak.growth, key=lambda g: g.growth_pct)
         found.append(
@@ -189,3 +202,41 @@ def targets(r: BenchResults) -> list[Target]:
     else:
         found.append(Target("soak: RSS growth and Redis bound", "not measured", "<= 5%, < bound", None))
     return found
+
+
+def frontdoor_targets(r: BenchResults) -> list[Target]:
+    """The front door's share of its bound, its throughput as clients grow, and what one Redis carries."""
+    sweep = r.frontdoor_sweep()
+    if not sweep:
+        return [
+            Target("front door / bound", "not measured", f">= {FRONTDOOR_TARGET:.0%}", None),
+            Target(
+                "front door req/s as clients grow", "not measured", f">= {CLIENT_GROWTH_TARGET:.0%}", None
+            ),
+            Target("one Redis's projected jobs/s", "not measured", f">= {TARGET_JOBS_PER_S:,}", None),
+        ]
+    first, last = sweep[0], sweep[-1]
+    best = max(sweep, key=lambda p: p.inferd.rps)
+    share = best.inferd.rps / best.bound if best.bound else 0.0
+    growth = last.inferd.rps / first.inferd.rps if first.inferd.rps else 0.0
+    redis = best.redis_jobs_per_s
+    return [
+        Target(
+            f"front door, {best.shards} stand-in shards at {best.clients} clients / bound",
+            f"{best.inferd.rps:,.0f} / {best.bound:,.0f} req/s = {share:.1%}",
+            f">= {FRONTDOOR_TARGET:.0%}",
+            share >= FRONTDOOR_TARGET,
+        ),
+        Target(
+            f"front door, {first.shards} shards: req/s at {last.clients} / at {first.clients} clients",
+            f"{last.inferd.rps:,.0f} / {first.inferd.rps:,.0f} = {growth:.1%}",
+            f">= {CLIENT_GROWTH_TARGET:.0%}",
+            growth >= CLIENT_GROWTH_TARGET,
+        ),
+        Target(
+            "one Redis's projected jobs/s (1 / its CPU seconds per job)",
+            "not measured" if redis is None else f"{redis:,.0f}",
+            f">= {TARGET_JOBS_PER_S:,} (8 GPUs)",
+            None if redis is None else redis >= TARGET_JOBS_PER_S,
+        ),
+    ]

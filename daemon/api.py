@@ -15,6 +15,7 @@ from typing import Any, cast
 import falcon
 import redis
 
+from daemon.capacity import api_pool_size, shard_count_from_env
 from daemon.dispatcher import Dispatch, Dispatcher
 from daemon.errors import (
     BadRequest,
@@ -289,5 +290,7 @@ def get_app() -> falcon.App[falcon.Request, falcon.Response]:
     """Entry point for gunicorn (`daemon.api:get_app()`): settings from INFERD_CONFIG or the default."""
     setup_logging()
     settings = load_settings()
-    client = connect(settings, socket_timeout_s=settings.api.request_timeout_s + 2.0)
+    # One connection per thread: a smaller pool answers 503 "Too many connections" under a full load.
+    pool = api_pool_size(settings, shard_count_from_env())
+    client = connect(settings, socket_timeout_s=settings.api.request_timeout_s + 2.0, max_connections=pool)
     return create_app(settings, client)

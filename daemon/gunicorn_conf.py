@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
+from daemon.capacity import api_threads, shard_count_from_env
 from daemon.front_door import API_INSTANCE_ENV, api_socket, instance_workers
 from daemon.metrics import multiprocess_mode
 from daemon.settings import load_settings
@@ -18,7 +19,7 @@ _instance = int(os.environ.get(API_INSTANCE_ENV, "0"))
 
 bind = f"unix:{api_socket(_settings.paths.run_dir, _instance)}"
 workers = instance_workers(_settings.api.workers, _instance)
-threads = _settings.api.threads
+threads = api_threads(_settings, shard_count_from_env())
 worker_class = "gthread"
 # Threads wait on Redis, not on the CPU: a request holds its thread for at most request_timeout_s.
 timeout = int(_settings.api.request_timeout_s) + 30

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from daemon.capacity import SHARD_COUNT_ENV, api_threads, redis_maxclients
 from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
 from daemon.front_door import (
     NGINX_DIR,
@@ -60,6 +61,7 @@ def render_redis_conf(settings: Settings, shard_count: int) -> str:
         'save ""',
         "appendonly no",
         f"maxmemory {redis_maxmemory_mb(settings, shard_count)}mb",
+        f"maxclients {redis_maxclients(settings, shard_count)}",
         "maxmemory-policy noeviction",
         "protected-mode yes",
         "daemonize no",
@@ -117,7 +119,7 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
         "INFERD_NGINX_CONF": str(nginx_conf),
         "INFERD_NGINX_PREFIX": str(run_dir / NGINX_DIR),
         "INFERD_MINFDS": str(open_files),
-        "INFERD_SHARD_COUNT": str(len(shards)),
+        SHARD_COUNT_ENV: str(len(shards)),
         SHARDS_ENV: encode_shards(shards),
         "PYTHONUNBUFFERED": "1",
         **child_output(),
@@ -137,12 +139,14 @@ def run(config: str | None) -> int:
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
     log.info(
-        "inferd: %d shard(s) [%s], API on %s://%s:%d, Redis %s",
+        "inferd: %d shard(s) [%s], API on %s://%s:%d (%d x %d threads), Redis %s",
         len(shards),
         ", ".join(shard.shard_id for shard in shards),
         "https" if settings.api.tls_cert_file else "http",
         settings.api.host,
         settings.api.port,
+        settings.api.workers,
+        api_threads(settings, len(shards)),
         settings.redis_socket or f"{settings.redis.host}:{settings.redis.port}",
     )
     supervisord = [sys.executable, "-m", "supervisor.supervisord", "--nodaemon", "-c", str(SUPERVISORD_CONF)]

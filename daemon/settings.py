@@ -32,6 +32,10 @@ PILLOW_PIXEL_CEILING = 178_956_970
 PREPROCESSING_MODES = ("none", "efficientnet_lite", "tf", "torch", "caffe")
 RESIZE_MODES = ("crop", "stretch")
 DISPATCH_POLICIES = ("round_robin", "shortest_queue")
+MAX_API_THREADS = 1024
+"""Most threads per API process (auto or explicit): past it a process spends its CPU switching threads."""
+MAX_API_WORKERS = 64
+"""Most API processes: each holds its own Redis pool, and Redis's clients are bounded by file descriptors."""
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 """A model name that is one URL path segment as it stands, as Triton's model repository names are."""
@@ -47,7 +51,8 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
-    threads: int = 16
+    threads: int = 0
+    """Per API process; 0 derives it from the shard count (daemon/capacity.py)."""
     request_timeout_s: float = 10.0
     max_body_bytes: int = 20_000_000
     max_image_pixels: int = 50_000_000
@@ -347,8 +352,15 @@ def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
 def validate(s: Settings) -> None:
     """Reject values that would only fail later, naming the key, the value and what is allowed."""
     _require(1 <= s.api.port <= 65535, "api.port", s.api.port, "an integer from 1 to 65535")
-    _require(s.api.workers >= 1, "api.workers", s.api.workers, "1 or more")
-    _require(s.api.threads >= 1, "api.threads", s.api.threads, "1 or more")
+    _require(
+        1 <= s.api.workers <= MAX_API_WORKERS, "api.workers", s.api.workers, f"from 1 to {MAX_API_WORKERS}"
+    )
+    _require(
+        0 <= s.api.threads <= MAX_API_THREADS,
+        "api.threads",
+        s.api.threads,
+        f"0 (auto: enough for every shard's batches) or from 1 to {MAX_API_THREADS}",
+    )
     _require(s.api.request_timeout_s > 0, "api.request_timeout_s", s.api.request_timeout_s, "more than 0")
     _require(s.api.max_body_bytes >= 1024, "api.max_body_bytes", s.api.max_body_bytes, "1024 or more")
     _require(

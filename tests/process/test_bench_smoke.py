@@ -8,16 +8,18 @@ import sys
 
 import pytest
 
+from bench.frontdoor import FrontDoorPoint
 from bench.loadgen import WrkResult
 from bench.offline import OfflinePoint
-from bench.report import render_markdown, summary
+from bench.report import render_markdown, summary, write_frontdoor_section, write_report
 from bench.results import BenchResults
+from bench.sections import end_marker, start_marker
 from bench.simulated import SimResult
 from tools.harness import REPO
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(360)
 def test_quick_benchmark_runs_every_phase_and_writes_the_report(tmp_path):
     out = tmp_path / "out"
     argv = [
@@ -30,7 +32,7 @@ def test_quick_benchmark_runs_every_phase_and_writes_the_report(tmp_path):
         "--work-dir",
         str(tmp_path / "work"),
     ]
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=280, check=False)
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=340, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     results = json.loads((out / "results.json").read_text())
 
@@ -49,13 +51,58 @@ def test_quick_benchmark_runs_every_phase_and_writes_the_report(tmp_path):
     assert {"supervisord", "redis", "api-master", "api-worker-0", "worker-0"} <= roles
     assert results["soak"]["redis_bound_mb"] > results["soak"]["redis_peak_mb"] > 0
 
+    assert [(p["shards"], p["clients"]) for p in results["frontdoor"]] == [(1, 4), (2, 4), (2, 16)]
+    for point in results["frontdoor"]:
+        assert point["inferd"]["rps"] > 0 and point["inferd"]["errors"] == 0, point
+        assert point["ceiling"]["rps"] > 0 and point["api_threads"] >= 16, point
+        assert len(point["mean_batch"]) == point["shards"], point
+        assert {"api", "redis", "workers"} <= set(point["cpu_ms_per_request"]), point
+        assert point["cpu_ms_per_request"]["redis"] > 0 and point["redis_us_per_request"], point
+
     markdown = (out / "RESULTS.md").read_text()
-    for heading in ("## Targets", "## (a)", "## (b)", "## (f)", "## (d)", "## (e)", "## (g)"):
+    for heading in ("## Targets", "## (a)", "## (b)", "## (f)", "## (d)", "## (e)", "## (g)", "## (h)"):
         assert heading in markdown
     assert "| clients | req/s | p50 (ms) |" in markdown
     assert (out / "results.png").read_bytes().startswith(b"\x89PNG")
     assert "inferd benchmark summary" in done.stdout
     assert "added latency at 1 client" in done.stdout
+    assert "one Redis's projected jobs/s" in done.stdout
+
+
+def test_a_full_report_keeps_the_sections_other_runs_wrote(tmp_path):
+    markdown = tmp_path / "RESULTS.md"
+    kept = f"{start_marker('gpu-proof')}\nGPU figures\n{end_marker('gpu-proof')}\n"
+    markdown.write_text(f"# old report\n\n{kept}")
+    write_report(BenchResults(meta={"date": "today"}), markdown, tmp_path / "results.png")
+    text = markdown.read_text()
+    assert "# old report" not in text and text.count(kept) == 1
+
+
+def test_a_frontdoor_run_replaces_only_its_own_section(tmp_path):
+    markdown = tmp_path / "RESULTS.md"
+    markdown.write_text(
+        f"# report\n\nkept\n\n{start_marker('frontdoor')}\nstale\n{end_marker('frontdoor')}\n"
+    )
+    results = BenchResults(meta={"date": "today", "command": "python -m bench.run --phases frontdoor"})
+    results.frontdoor = [
+        FrontDoorPoint(
+            8,
+            64,
+            "auto",
+            256,
+            _load("inferd", "jpeg", 64, 900.0),
+            _load("decode-only", "jpeg", 64, 1000.0),
+            7000.0,
+            {"cpu0": 3.0},
+            {"api": 2.0, "redis": 0.25},
+        )
+    ]
+    write_frontdoor_section(results, markdown)
+    text = markdown.read_text()
+    assert text.startswith("# report\n\nkept\n") and "stale" not in text
+    assert "From its own run, not the one above: `python -m bench.run --phases frontdoor`" in text
+    assert "| 8 | 64 | auto (256) | 900 | 1,000 | 90% | 56,000 | 1,000 |" in text
+    assert "one Redis core would carry about **4,000 jobs/s**" in text
 
 
 def _load(system: str, image: str, clients: int, rps: float) -> WrkResult:
