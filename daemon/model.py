@@ -15,6 +15,7 @@ Two things keep the request path free of host work and of compilation:
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,15 @@ class Classifier:
             raise ModelLoadError(
                 f"model {settings.path} takes input {input_shape}, but model.input_size gives {expected}"
             )
-        self._model: Any = with_preprocessing(model, settings.preprocessing, expected)
+        try:
+            self._model: Any = with_preprocessing(model, settings.preprocessing, expected)
+        except (
+            Exception
+        ) as exc:  # Keras's shape inference raises ValueError and others for a graph that cannot run
+            detail = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))
+            raise ModelLoadError(
+                f"model {settings.path} cannot run on {expected} images: {type(exc).__name__}: {detail[:400]}"
+            ) from exc
         log.info("model: loaded %s (%d classes, input %s)", settings.path, output_classes, input_shape)
 
     def predict(self, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:

@@ -72,7 +72,9 @@ def exported_names(text: str) -> set[str]:
 
 def gpu_collector_names() -> set[str]:
     """What the NVML collector exports on a box with a GPU (a stand-in NVML here)."""
-    nvml = FakeNvml([FakeGpu(utilization=50, used=1, total=2, temperature=40, power_mw=70_000)])
+    nvml = FakeNvml(
+        [FakeGpu(utilization=50, used=1, total=2, temperature=40, power_mw=70_000, uuid="GPU-1234")]
+    )
     families = list(GpuCollector(nvml).collect())
     values = {family.name: family.samples[0] for family in families}
     assert values["nv_gpu_utilization"].value == 0.5 and values["nv_gpu_power_usage"].value == 70.0

@@ -154,12 +154,15 @@ def test_check_lists_the_cpu_shards_and_exits_0(tmp_path, tiny_model):
     config = write_settings(tmp_path, sections)
     result = run_inferd(config, "check")
     assert result.returncode == EXIT_OK, result.stderr
-    assert result.stdout.splitlines() == [
+    lines = result.stdout.splitlines()
+    assert [line.split("\t-> ")[0] for line in lines[:3]] == [
         "cpu0\tcpu\tCPU",
         "cpu1\tcpu\tCPU",
         "cpu2\tcpu\tCPU",
-        f"settings OK: {config.resolve()}",
     ]
+    # Each shard says what its runtime would compute on, as its pinned worker would see it.
+    assert all(line.split("\t-> ")[1].startswith("CPU (tensorflow ") for line in lines[:3]), lines
+    assert lines[3:] == [f"settings OK: {config.resolve()}"]
     assert os.listdir(sections["paths"]["run_dir"]) == []
 
 
@@ -168,7 +171,8 @@ def test_a_model_whose_input_size_differs_from_the_setting_exits_79(tmp_path, ti
     result = run_worker(config)
     assert result.returncode == EXIT_MODEL_LOAD, result.stderr
     assert error_messages(result.stderr) == [
-        f"cpu0: model {tiny_model[0]} takes input (32, 32, 3), but model.input_size gives (48, 48, 3)"
+        f"cpu0: cannot serve (exit 79): model {tiny_model[0]} takes input (32, 32, 3), "
+        "but model.input_size gives (48, 48, 3)"
     ]
 
 
@@ -177,5 +181,7 @@ def test_a_model_that_loads_but_fails_its_warm_up_batch_exits_79(tmp_path):
     sections = tiny_sections((model, labels))  # 32-pixel images: smaller than the 64-pixel kernel
     result = run_worker(write_settings(tmp_path, sections))
     assert result.returncode == EXIT_MODEL_LOAD, result.stderr
-    assert error_messages(result.stderr) == ["cpu0: the model failed its warm-up batch"]
-    assert "Negative dimension size" in result.stderr  # the traceback says which layer and why
+    (message,) = error_messages(result.stderr)
+    # Refused when the model is first prepared to run (before any request), saying which input and why.
+    assert message.startswith(f"cpu0: cannot serve (exit 79): model {model} cannot run on (32, 32, 3) images")
+    assert "kernel shape=(64, 64, 3, 4)" in message
