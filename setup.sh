@@ -28,6 +28,9 @@ command -v redis-server >/dev/null || apt_install redis-server
 if [ "$action" = test ] && ! command -v systemd-analyze >/dev/null; then
     apt_install systemd   # only for `systemd-analyze verify` of the unit file in the tests
 fi
+if [ "$action" = test ] && ! command -v haproxy >/dev/null; then
+    apt_install haproxy   # the balancer in front of two appliances in tests/process/test_scaleout.py
+fi
 
 if [ ! -x .venv/bin/python ]; then
     if ! "$python" -m venv .venv 2>/dev/null; then

@@ -27,7 +27,7 @@ from daemon.errors import (
 from daemon.imaging import decode_image
 from daemon.logs import setup_logging
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
-from daemon.queues import ApiQueues
+from daemon.queues import ApiQueues, DrainState
 from daemon.redis_conn import connect
 from daemon.settings import Settings, load_settings
 from daemon.wire import Job, new_job_id
@@ -51,7 +51,7 @@ class IndexResource:
             "endpoints": {
                 "POST /predict": f"classify an image; ?top=N for N predictions (default {settings.api.default_top})",
                 "GET /healthz": "the API process is alive",
-                "GET /readyz": "Redis is reachable and at least one worker is live",
+                "GET /readyz": "Redis is reachable, at least one worker is live and the box is not draining",
                 "GET /metrics": "Prometheus metrics",
             },
         }
@@ -75,19 +75,36 @@ class ReadyResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
             liveness = self._dispatcher.liveness()
+            drain = self._dispatcher.drain_state()
         except redis.RedisError as exc:
             resp.status = falcon.HTTP_503
             log.warning("api: /readyz: Redis unreachable: %s", exc)
             resp.media = {"ready": False, "reason": "Redis unreachable"}
             return
         live = [shard for shard, alive in liveness.items() if alive]
-        ready = bool(live)
-        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        resp.media = {"ready": ready, "live_shards": live, "registered_shards": list(liveness)}
-        if not ready:
-            resp.media["reason"] = "no worker has a fresh heartbeat"
+        reason = not_ready_reason(live, drain)
+        resp.status = falcon.HTTP_200 if reason is None else falcon.HTTP_503
+        resp.media = {"ready": reason is None, "live_shards": live, "registered_shards": list(liveness)}
+        if drain.shards:
+            resp.media["draining_shards"] = sorted(drain.shards)
+        if reason is not None:
+            resp.media["reason"] = reason
 
     on_head = on_get
+
+
+def not_ready_reason(live: list[str], drain: DrainState) -> str | None:
+    """Why a balancer should send this box nothing now, or None when it should."""
+    # The drain marks come first: a box on its way out must read as not ready even while its shards live.
+    if drain.unready is not None:
+        return f"draining ({drain.unready}): finishing what it holds, send new work elsewhere"
+    if drain.box is not None:
+        return f"drained ({drain.box}): admits no new work until `inferd undrain`"
+    if not live:
+        return "no worker has a fresh heartbeat"
+    if all(shard in drain.shards for shard in live):
+        return "every live shard is drained"
+    return None
 
 
 class PredictResource:

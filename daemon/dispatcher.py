@@ -13,7 +13,7 @@ import time
 from typing import Protocol
 
 from daemon.errors import DeadlineExceeded
-from daemon.queues import ApiQueues
+from daemon.queues import ApiQueues, DrainState
 from daemon.wire import Job, Reply
 
 
@@ -23,6 +23,8 @@ class Dispatch(Protocol):
     def dispatch(self, job: Job) -> Reply: ...
 
     def liveness(self) -> dict[str, bool]: ...
+
+    def drain_state(self) -> DrainState: ...
 
 
 class Dispatcher:
@@ -48,3 +50,7 @@ class Dispatcher:
     def liveness(self) -> dict[str, bool]:
         """Every registered shard and whether its worker is live (raises redis errors for /readyz to report)."""
         return self._queues.liveness()
+
+    def drain_state(self) -> DrainState:
+        """Whether an operator or a shutdown drained the box or some shards (raises redis errors for /readyz)."""
+        return self._queues.drain_state()

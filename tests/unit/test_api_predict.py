@@ -11,6 +11,7 @@ import redis
 
 from daemon.api import create_app
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
+from daemon.queues import DrainState
 from daemon.settings import ApiSettings, ModelSettings, Settings
 from daemon.wire import Job, Prediction, Reply
 from tests.conftest import TINY_INPUT, encode_image
@@ -24,6 +25,7 @@ class FakeDispatcher:
         self.error = error
         self.jobs: list[Job] = []
         self.live = {"gpu3": True, "gpu4": False}
+        self.drain = DrainState()
 
     def dispatch(self, job: Job) -> Reply:
         self.jobs.append(job)
@@ -33,6 +35,9 @@ class FakeDispatcher:
 
     def liveness(self) -> dict[str, bool]:
         return self.live
+
+    def drain_state(self) -> DrainState:
+        return self.drain
 
 
 @pytest.fixture()
@@ -89,6 +94,31 @@ def test_readyz_lists_live_and_registered_shards(app):
     dispatcher.live = {"gpu3": False}
     result = client.simulate_get("/readyz")
     assert result.status_code == 503 and result.json["ready"] is False
+
+
+@pytest.mark.parametrize(
+    ("drain", "reason_starts"),
+    [
+        (DrainState(unready="shutdown"), "draining (shutdown)"),
+        (DrainState(box="operator"), "drained (operator)"),
+        (DrainState(shards=frozenset({"gpu3"})), "every live shard is drained"),
+    ],
+)
+def test_readyz_is_503_while_draining_though_shards_live(app, drain, reason_starts):
+    dispatcher = FakeDispatcher()
+    dispatcher.drain = drain
+    result = app(dispatcher).simulate_get("/readyz")
+    assert result.status_code == 503
+    assert result.json["ready"] is False and result.json["live_shards"] == ["gpu3"]
+    assert result.json["reason"].startswith(reason_starts)
+
+
+def test_readyz_stays_200_while_another_live_shard_admits(app):
+    dispatcher = FakeDispatcher()
+    dispatcher.live = {"gpu3": True, "gpu4": True}
+    dispatcher.drain = DrainState(shards=frozenset({"gpu4"}))
+    result = app(dispatcher).simulate_get("/readyz")
+    assert result.status_code == 200 and result.json["draining_shards"] == ["gpu4"]
 
 
 def test_probes_answer_head_as_load_balancers_send_it(app):
