@@ -100,9 +100,10 @@ class Proxy:
 @pytest.fixture()
 def pair(start_appliance, tmp_path) -> Iterator[tuple[Appliance, Appliance, Proxy]]:
     def box() -> Appliance:
-        return start_appliance(
+        started: Appliance = start_appliance(
             shards=1, api={"workers": 1, "drain_grace_s": GRACE_S, "request_timeout_s": 20.0}
         )
+        return started
 
     first, second = box(), box()
     proxy = Proxy(tmp_path, [first, second])
