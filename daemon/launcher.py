@@ -50,7 +50,8 @@ DEFAULT_MODEL_DIR = (HOME / ModelSettings().path).parent
 folder of a model the settings point at, which holds the user's files."""
 DRAIN_STOP_SLACK_S = 10
 """supervisord's wait for the drain guard, beyond its grace, before it kills it."""
-NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
+SYSTEMD_NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+"""What systemd gives a Type=notify service: handed to the notify program alone, under INFERD_ names."""
 
 
 def redis_maxmemory_mb(settings: Settings, shard_count: int) -> int:
@@ -123,7 +124,7 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
         "INFERD_SHARD_COUNT": str(len(shards)),
         "INFERD_DRAIN_STOPWAIT_S": str(int(settings.api.drain_grace_s) + DRAIN_STOP_SLACK_S),
         # Only systemd (Type=notify) gives a notify socket; on a terminal the notifier has no one to tell.
-        "INFERD_NOTIFY_AUTOSTART": "true" if os.environ.get(NOTIFY_SOCKET_ENV) else "false",
+        "INFERD_NOTIFY_AUTOSTART": "true" if os.environ.get("NOTIFY_SOCKET") else "false",
         SHARDS_ENV: encode_shards(shards),
         "PYTHONUNBUFFERED": "1",
         **child_output(),
@@ -141,6 +142,11 @@ def run(config: str | None) -> int:
     clear_leftovers(settings.paths.run_dir)
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
+    # Only daemon/notify.py may speak for the appliance: gunicorn, for one, would tell systemd READY=1 as soon
+    # as it listens (and STOPPING=1 when supervisord restarts it) if it found NOTIFY_SOCKET.
+    for name in SYSTEMD_NOTIFY_ENV:
+        if name in os.environ:
+            os.environ[f"INFERD_{name}"] = os.environ.pop(name)
     write_record(settings.paths.run_dir, ApplianceRecord.of(settings, os.getpid()))
     log.info(
         "inferd: %d shard(s) [%s], API on http://%s:%d, Redis %s",

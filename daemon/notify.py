@@ -2,7 +2,8 @@
 
 supervisord is the unit's main process (the launcher execs it) and knows nothing of systemd, so this small
 supervisord program speaks for it; the unit says `NotifyAccess=all` because the sender is not the main pid.
-The launcher starts it only when systemd gave a NOTIFY_SOCKET.
+The launcher starts it only when systemd gave a NOTIFY_SOCKET, and hands the socket to it alone (as
+INFERD_NOTIFY_SOCKET): gunicorn would otherwise say READY=1 as soon as it listens.
 
 - `READY=1` once, when /readyz first answers 200 over HTTP (Redis up, a worker live, the API accepting),
   not when supervisord has merely started its programs: `systemctl start` returns when the box can serve.
@@ -37,8 +38,9 @@ from daemon.settings import Settings, load_settings, local_url
 
 log = logging.getLogger(__name__)
 
-NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
-WATCHDOG_USEC_ENV = "WATCHDOG_USEC"
+NOTIFY_SOCKET_ENV = "INFERD_NOTIFY_SOCKET"
+WATCHDOG_USEC_ENV = "INFERD_WATCHDOG_USEC"
+"""systemd's NOTIFY_SOCKET and WATCHDOG_USEC, renamed by the launcher so that no other program answers them."""
 STATUS_INTERVAL_S = 2.0
 """How often the status line is refreshed, and readiness looked at, when no watchdog asks for more."""
 MIN_INTERVAL_S = 0.1
@@ -125,7 +127,11 @@ def notify_loop(settings: Settings, address: str, period_s: float, stop: threadi
         lines = [f"STATUS={health.status(ready)}"]
         if health.watchdog_ok:
             lines.append("WATCHDOG=1")
-        send(address, "\n".join(lines))
+        try:
+            send(address, "\n".join(lines))
+        except OSError as exc:
+            # systemd is going or gone (the unit is stopping): nothing to tell, nothing to mend by restarting.
+            log.warning("notify: cannot reach the notify socket: %s", exc)
         stop.wait(period_s)
 
 
@@ -133,7 +139,7 @@ def main() -> int:
     setup_logging()
     address = os.environ.get(NOTIFY_SOCKET_ENV)
     if not address:
-        log.info("notify: no NOTIFY_SOCKET (not started by systemd with Type=notify); nothing to do")
+        log.info("notify: no notify socket (not started by systemd with Type=notify); nothing to do")
         return 0
     settings = load_settings()
     stop = threading.Event()
