@@ -25,6 +25,7 @@ and waits the grace. Keys are described in `daemon.queues`' table.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -141,8 +142,14 @@ def guard(client: redis.Redis, grace_s: float, stop: threading.Event) -> None:
             log.info("drain: cleared the previous run's shutdown mark")
     except redis.RedisError as exc:
         log.warning("drain: Redis unreachable at start (%s)", exc)
+    supervisord = os.getppid()
     while not stop.wait(1.0):
         pass
+    if os.getppid() != supervisord:
+        # supervisord was killed and its programs got SIGTERM all at once (the parent-death signal): the API
+        # is stopping already, and a grace would only hold up the next appliance's start.
+        log.warning("drain: supervisord is gone; leaving without a grace")
+        return
     try:
         mark_unready(client, SHUTDOWN, ttl_s=grace_s + SHUTDOWN_MARK_SLACK_S)
     except redis.RedisError as exc:
