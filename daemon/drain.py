@@ -28,11 +28,9 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import FrameType
 
 import redis
 
@@ -133,8 +131,8 @@ def drain(
 
 
 # -- the shutdown guard ---------------------------------------------------------------------------------------
-def guard(client: redis.Redis, grace_s: float, stop: threading.Event) -> None:
-    """Wait for `stop`, then make /readyz answer 503 and hold the API's stop back for `grace_s`."""
+def guard(client: redis.Redis, grace_s: float, wait_for_stop: Callable[[], None]) -> None:
+    """Wait for the stop signal, then make /readyz answer 503 and hold the API's stop back for `grace_s`."""
     try:
         mark = client.get(UNREADY_KEY)
         if mark is not None and as_text(mark) == SHUTDOWN:
@@ -143,8 +141,7 @@ def guard(client: redis.Redis, grace_s: float, stop: threading.Event) -> None:
     except redis.RedisError as exc:
         log.warning("drain: Redis unreachable at start (%s)", exc)
     supervisord = os.getppid()
-    while not stop.wait(1.0):
-        pass
+    wait_for_stop()
     if os.getppid() != supervisord:
         # supervisord was killed and its programs got SIGTERM all at once (the parent-death signal): the API
         # is stopping already, and a grace would only hold up the next appliance's start.
@@ -163,14 +160,14 @@ def guard(client: redis.Redis, grace_s: float, stop: threading.Event) -> None:
 def main() -> int:
     setup_logging()
     settings = load_settings()
-    stop = threading.Event()
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    # Blocked and taken with sigwait: no handler, so the mark is set the moment the signal comes.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+    def wait_for_stop() -> None:
+        signal.sigwait(stop_signals)
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    guard(connect(settings, socket_timeout_s=5.0), settings.api.drain_grace_s, stop)
+    guard(connect(settings, socket_timeout_s=5.0), settings.api.drain_grace_s, wait_for_stop)
     return 0
 
 
