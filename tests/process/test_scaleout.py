@@ -20,7 +20,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -97,22 +99,31 @@ class Proxy:
         self.proc.wait(10)
 
 
-@pytest.fixture()
-def pair(start_appliance, tmp_path) -> Iterator[tuple[Appliance, Appliance, Proxy]]:
+@contextmanager
+def behind_haproxy(
+    start_appliance, folder: Path, **overrides: dict[str, Any]
+) -> Iterator[tuple[Appliance, Appliance, Proxy]]:
+    """Two one-shard appliances and an HAProxy in front of them, both boxes seen UP."""
+
     def box() -> Appliance:
-        started: Appliance = start_appliance(
-            shards=1, api={"workers": 1, "drain_grace_s": GRACE_S, "request_timeout_s": 20.0}
-        )
+        api = {"workers": 1, "drain_grace_s": GRACE_S, "request_timeout_s": 20.0}
+        started: Appliance = start_appliance(shards=1, api=api, **overrides)
         return started
 
     first, second = box(), box()
-    proxy = Proxy(tmp_path, [first, second])
+    proxy = Proxy(folder, [first, second])
     try:
         proxy.wait_status("box1", "UP")
         proxy.wait_status("box2", "UP")
         yield first, second, proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture()
+def pair(start_appliance, tmp_path) -> Iterator[tuple[Appliance, Appliance, Proxy]]:
+    with behind_haproxy(start_appliance, tmp_path) as boxes:
+        yield boxes
 
 
 def load(proxy: Proxy, photo_png: bytes, duration_s: float) -> LoadRun:
@@ -226,12 +237,19 @@ def inferd(appliance: Appliance, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_drain_under_load_answers_what_was_queued_and_moves_new_work_away(pair, photo_png):
-    first, _second, proxy = pair
+@pytest.fixture()
+def slow_pair(start_appliance, tmp_path) -> Iterator[tuple[Appliance, Appliance, Proxy]]:
+    # A long batching window keeps jobs claimed most of the time, so the drain closes on work in hand.
+    with behind_haproxy(start_appliance, tmp_path, batching={"max_wait_ms": 300.0}) as boxes:
+        yield boxes
+
+
+def test_drain_under_load_answers_what_was_queued_and_moves_new_work_away(slow_pair, photo_png):
+    first, _second, proxy = slow_pair
     upload = Upload.of("photo.png", photo_png)
     through_proxy = load(proxy, photo_png, duration_s=300)
     # Direct clients of the drained box see what it does without a balancer in front.
-    direct = LoadRun(f"{first.url}/predict", [upload], concurrency=4, duration_s=300, timeout_s=60).start()
+    direct = LoadRun(f"{first.url}/predict", [upload], concurrency=8, duration_s=300, timeout_s=60).start()
     time.sleep(4)
     drained = inferd(first, "drain", "--json")
     drain_done_at = direct.elapsed_s()
