@@ -19,7 +19,8 @@ programs_for() {
         test) echo "wrk wrk"                          # the benchmark's load (tests/process/test_bench_smoke.py)
               echo "openssl openssl"                  # the TLS tests make a self-signed certificate
               echo "systemd-analyze systemd"          # `systemd-analyze verify` of the unit file
-              echo "promtool prometheus" ;;           # `promtool check rules` of conf/prometheus/inferd-alerts.yml
+              echo "promtool prometheus"              # `promtool check rules` of conf/prometheus/inferd-alerts.yml
+              echo "haproxy haproxy" ;;               # the balancer before two appliances (test_scaleout.py)
         bench) echo "wrk wrk" ;;
     esac
 }

@@ -33,7 +33,7 @@ from daemon.limits_metrics import LimitsCollector
 from daemon.logs import setup_logging
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.openapi import OpenApiResource
-from daemon.queues import ApiQueues
+from daemon.queues import ApiQueues, DrainState
 from daemon.redis_conn import connect
 from daemon.settings import Settings, load_settings
 from daemon.triton_metrics import PendingRequestCollector, TritonMiddleware, TritonRequestMetrics
@@ -58,7 +58,7 @@ class IndexResource:
             "endpoints": {
                 "POST /predict": f"classify an image; ?top=N for N predictions (default {settings.api.default_top})",
                 "GET /healthz": "the API process is alive",
-                "GET /readyz": "Redis is reachable and at least one worker is live (and which shards failed, why)",
+                "GET /readyz": "Redis is reachable, a worker is live and the box is not draining (and which shards failed, why)",
                 "GET /metrics": "Prometheus metrics",
                 "GET /openapi.json": "OpenAPI 3.1 description of every endpoint",
                 "GET /v2, POST /v2/models/{name}/infer, ...": "KServe V2 (Open Inference Protocol), as tritonclient speaks it",
@@ -85,28 +85,46 @@ class ReadyResource:
         try:
             status = self._dispatcher.shard_status()
             failed = self._dispatcher.failures()
+            drain = self._dispatcher.drain_state()
         except redis.RedisError as exc:
             log.warning("api: /readyz: Redis unreachable: %s", exc)
             resp.status = falcon.HTTP_503
             resp.media = {"ready": False, "reason": "Redis unreachable"}
             return
         live = [shard for shard, state in status.items() if state == "live"]
-        ready = bool(live)
-        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        reason = not_ready_reason(live, drain, failed)
+        resp.status = falcon.HTTP_200 if reason is None else falcon.HTTP_503
         resp.media = {
-            "ready": ready,
+            "ready": reason is None,
             "live_shards": live,
             "registered_shards": list(status),
             "shards": status,
             "failed_shards": failed,
         }
-        if not ready:
-            reasons = "; ".join(f"{shard}: {reason}" for shard, reason in failed.items())
-            resp.media["reason"] = (
-                f"no worker is serving: {reasons}" if failed else "no worker has a fresh heartbeat"
-            )
+        if drain.shards:
+            resp.media["draining_shards"] = sorted(drain.shards)
+        if reason is not None:
+            resp.media["reason"] = reason
 
     on_head = on_get
+
+
+def not_ready_reason(live: list[str], drain: DrainState, failed: dict[str, str] | None = None) -> str | None:
+    """Why a balancer should send this box nothing now, or None when it should."""
+    # The drain marks come first: a box on its way out must read as not ready even while its shards live.
+    if drain.unready is not None:
+        return f"draining ({drain.unready}): finishing what it holds, send new work elsewhere"
+    if drain.box is not None:
+        return f"drained ({drain.box}): admits no new work until `inferd undrain`"
+    if not live:
+        if failed:
+            return "no worker is serving: " + "; ".join(
+                f"{shard}: {reason}" for shard, reason in failed.items()
+            )
+        return "no worker has a fresh heartbeat"
+    if all(shard in drain.shards for shard in live):
+        return "every live shard is drained"
+    return None
 
 
 class PredictResource:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from daemon.errors import DeadlineExceeded
-from daemon.queues import ApiQueues
+from daemon.queues import ApiQueues, DrainState
 from daemon.wire import Job, Reply
 
 
@@ -31,6 +31,8 @@ class Dispatch(Protocol):
     def shard_status(self) -> dict[str, str]: ...
 
     def failures(self) -> dict[str, str]: ...
+
+    def drain_state(self) -> DrainState: ...
 
 
 class Dispatcher:
@@ -68,3 +70,7 @@ class Dispatcher:
     def failures(self) -> dict[str, str]:
         """Shards whose worker refused to start or hung, with the reason each gave."""
         return self._queues.failures()
+
+    def drain_state(self) -> DrainState:
+        """Whether an operator or a shutdown drained the box or some shards (raises redis errors for /readyz)."""
+        return self._queues.drain_state()

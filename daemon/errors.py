@@ -87,6 +87,12 @@ class Overloaded(Unavailable):
         self.retry_after_s = retry_after_s
 
 
+class Draining(Unavailable):
+    """An operator drained the box or every live shard: it admits nothing new until `inferd undrain`."""
+
+    retry_after_s: float | None = 5.0
+
+
 class JobDropped(Unavailable):
     """An operator flushed the queue or the worker shut down before the job ran."""
 
@@ -109,6 +115,7 @@ ERRORS_BY_NAME: dict[str, type[InferdError]] = {
         NoLiveWorker,
         QueueFull,
         RedisUnavailable,
+        Draining,
         JobDropped,
         DeadlineExceeded,
         InferenceFailed,

@@ -31,16 +31,40 @@ from daemon.front_door import (
 )
 from daemon.logs import setup_logging
 from daemon.metrics import MULTIPROC_ENV
-from daemon.run_dir import RUN_DIR_ENV, AlreadyRunning, clear_leftovers, pdeathsig_prefix, take_lock
-from daemon.settings import HOME, Settings, check_model_files, load_settings, resolve_config_path
+from daemon.run_dir import (
+    RUN_DIR_ENV,
+    AlreadyRunning,
+    ApplianceRecord,
+    clear_leftovers,
+    pdeathsig_prefix,
+    take_lock,
+    write_record,
+)
+from daemon.settings import (
+    HOME,
+    ModelSettings,
+    Settings,
+    check_model_files,
+    load_settings,
+    resolve_config_path,
+)
 from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards, use_backend
 from daemon.wire import JOB_HEADER
+from tools import drain as drain_tool
+from tools.common import settings_or_exit
 
 log = logging.getLogger(__name__)
 
 SUPERVISORD_CONF = HOME / "conf" / "supervisord.conf"
 REDIS_OVERHEAD_MB = 64
 """Redis's own memory plus replies, stats and keys, on top of what full queues hold."""
+DEFAULT_MODEL_DIR = (HOME / ModelSettings().path).parent
+"""Where `build-default-model` writes without --out: the default model's own folder (var/models), never the
+folder of a model the settings point at, which holds the user's files."""
+DRAIN_STOP_SLACK_S = 10
+"""supervisord's wait for the drain guard, beyond its grace, before it kills it."""
+SYSTEMD_NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+"""What systemd gives a Type=notify service: handed to the notify program alone, under INFERD_ names."""
 
 
 def redis_maxmemory_mb(settings: Settings, shard_count: int) -> int:
@@ -120,6 +144,9 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
         "INFERD_NGINX_PREFIX": str(run_dir / NGINX_DIR),
         "INFERD_MINFDS": str(open_files),
         SHARD_COUNT_ENV: str(len(shards)),
+        "INFERD_DRAIN_STOPWAIT_S": str(int(settings.api.drain_grace_s) + DRAIN_STOP_SLACK_S),
+        # Only systemd (Type=notify) gives a notify socket; on a terminal the notifier has no one to tell.
+        "INFERD_NOTIFY_AUTOSTART": "true" if os.environ.get("NOTIFY_SOCKET") else "false",
         SHARDS_ENV: encode_shards(shards),
         "PYTHONUNBUFFERED": "1",
         **child_output(),
@@ -138,6 +165,12 @@ def run(config: str | None) -> int:
     shards = discover_shards(settings)
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
+    # Only daemon/notify.py may speak for the appliance: gunicorn, for one, would tell systemd READY=1 as soon
+    # as it listens (and STOPPING=1 when supervisord restarts it) if it found NOTIFY_SOCKET.
+    for name in SYSTEMD_NOTIFY_ENV:
+        if name in os.environ:
+            os.environ[f"INFERD_{name}"] = os.environ.pop(name)
+    write_record(settings.paths.run_dir, ApplianceRecord.of(settings, os.getpid()))
     log.info(
         "inferd: %d shard(s) [%s], API on %s://%s:%d (%d x %d threads), Redis %s",
         len(shards),
@@ -196,7 +229,7 @@ def build_default_model(out: str | None) -> int:
     use_backend(settings.model.backend)  # before Keras loads: it reads KERAS_BACKEND once, on import
     from daemon import default_model
 
-    target = Path(out) if out else settings.model.path.parent
+    target = Path(out) if out else DEFAULT_MODEL_DIR
     return default_model.main(["--out", str(target)])
 
 
@@ -209,7 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         "check", help="validate settings, and list the shards that would run and the device each would use"
     )
     build = commands.add_parser("build-default-model", help="build the embedded EfficientNet-Lite0 model")
-    build.add_argument("--out", help="folder for the .keras file and labels (default: model.path's folder)")
+    build.add_argument("--out", help=f"folder for the .keras file and labels (default: {DEFAULT_MODEL_DIR})")
+    drain = commands.add_parser(
+        "drain",
+        help="maintenance: /readyz answers 503 first, then admit nothing and finish what is queued",
+    )
+    drain_tool.add_drain_arguments(drain)
+    undrain = commands.add_parser("undrain", help="admit work again after `inferd drain`")
+    undrain.add_argument("--shard", action="append", metavar="ID", help="only this shard; default: all marks")
     args = parser.parse_args(argv)
     setup_logging()
     if args.config:
@@ -219,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             return run(args.config)
         if args.command == "build-default-model":
             return build_default_model(args.out)
+        if args.command in ("drain", "undrain"):
+            settings = settings_or_exit(f"inferd {args.command}", args.config)
+            if args.command == "drain":
+                return drain_tool.run_drain("inferd drain", settings, args)
+            return drain_tool.run_undrain("inferd undrain", settings, args.shard)
         settings = load_settings(args.config)
         check_model_files(settings)
         check_tls_files(settings)

@@ -12,13 +12,17 @@ Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing
 | `inferd:reply:<job id>` | list holding one `wire.Reply` | the shard, or whoever drops the job | the API's BLPOP (`await_reply`) | expires after `queue.answer_ttl_s` |
 | `inferd:stats:<shard>` | list of `wire.BatchRecord`, newest first | the shard, with each commit | tools/gpu_status | STATS_WINDOW records |
 | `inferd:rotation` | integer | the enqueue script | the enqueue script | - |
+| `inferd:unready` | string: why (`shutdown`, `operator`) | the drain guard on SIGTERM (with a TTL), `inferd drain` | /readyz (503 while set), tools | the guard's TTL; `inferd undrain` deletes it |
+| `inferd:draining` | string: why | `inferd drain`, `flush_queues --drain` | enqueue script (admits nothing), /readyz | `inferd undrain` deletes it |
+| `inferd:draining:<shard>` | string: why | `inferd drain --shard`, `flush_queues --drain --shard` | enqueue script (skips the shard), /readyz | `inferd undrain` deletes it |
 
 Invariants:
 - A job is in one place at a time: a queue, a processing list, or answered. Every move between lists is one
   Redis command or one script, so a worker killed at any instant loses nothing.
-- Only the enqueue script pushes onto a queue, and it checks liveness, the depth limit and the expected wait
-  against the job's deadline in the same atomic step, so a queue never passes `queue.max_depth` however
-  many API threads race, and a job that could not be reached in time is refused instead of queued.
+- Only the enqueue script pushes onto a queue, and it checks liveness, the drain marks, the depth limit and
+  the expected wait against the job's deadline in the same atomic step, so a queue never passes
+  `queue.max_depth` however many API threads race, nothing is admitted to a drained shard once its mark is
+  set (what is already queued still runs), and a job that could not be reached in time is refused instead.
 - A shard pushes its batch's answers and releases the claims in one script: all or none. A batch that a live
   shard adopted while its owner was frozen is not answered again by the owner when it wakes (the `adopted`
   marker), so each job is answered once.
@@ -39,7 +43,7 @@ from typing import Any, cast
 
 import redis
 
-from daemon.errors import InferdError, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
+from daemon.errors import Draining, InferdError, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
 from daemon.settings import BatchingSettings, QueueSettings, Settings
 from daemon.wire import FAILED, STUCK, BatchRecord, Heartbeat, Job, Reply, ShardInfo, WireError, as_text
 
@@ -48,10 +52,14 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "inferd:"
 SHARDS_KEY = f"{KEY_PREFIX}shards"
 ROTATION_KEY = f"{KEY_PREFIX}rotation"
+UNREADY_KEY = f"{KEY_PREFIX}unready"
+DRAINING_KEY = f"{KEY_PREFIX}draining"
 STATS_WINDOW = 120
 """Batch records kept per shard for tools/gpu_status's rates."""
 ADOPTED_MARK_TTL_S = 3600
 """How long an adoption marker waits for its frozen owner to wake; past it any caller has long gone."""
+RATE_WINDOW_S = 60.0
+"""Images/s and mean batch size are computed over this much recent history (tools/gpu_status, the notifier)."""
 SHARD_LIST_TTL_S = 1.0
 """How long an API process trusts its copy of the registered shard list before reading it again."""
 GATHER_MIN_SLICE_S = 0.001
@@ -82,32 +90,44 @@ def reply_key(job_id: str) -> str:
     return f"{KEY_PREFIX}reply:{job_id}"
 
 
+def draining_key(shard: str) -> str:
+    return f"{DRAINING_KEY}:{shard}"
+
+
 # -- scripts ------------------------------------------------------------------------------------------------
 # Nothing a script moves is ever evaluated; each returns counts or the jobs it took.
 
 NO_LIVE_SHARD = -1
 ALL_QUEUES_FULL = -2
 WOULD_MISS_DEADLINE = -3
-# KEYS: rotation counter, then (queue, heartbeat) per shard.
+DRAINING = -4
+# KEYS: rotation counter, box drain mark, then (queue, heartbeat, shard drain mark) per shard.
 # ARGV: job bytes, max depth, policy, milliseconds left before the job's deadline, max batch size.
-# Returns {chosen slot or NO_LIVE_SHARD, ALL_QUEUES_FULL, WOULD_MISS_DEADLINE; expected wait in ms}.
+# Returns {chosen slot, or NO_LIVE_SHARD, ALL_QUEUES_FULL, WOULD_MISS_DEADLINE or DRAINING; expected wait in ms}.
 # A shard's expected wait is the batches ahead of the job (its own included) times the seconds per batch its
 # worker last reported in its heartbeat (`batch_s`; 0 until it has run a batch): a job that would wait past
 # its deadline goes to a shard where it would not, or is refused with the shortest wait as the retry hint.
 ENQUEUE_SCRIPT = """
-local shard_count = (#KEYS - 1) / 2
+if redis.call('EXISTS', KEYS[2]) == 1 then return {-4, 0} end
+local shard_count = (#KEYS - 2) / 3
 local max_depth = tonumber(ARGV[2])
 local policy = ARGV[3]
 local budget_ms = tonumber(ARGV[4])
 local max_batch = tonumber(ARGV[5])
--- Rotate over live shards only, so a dead shard's turn is not handed to its neighbour twice.
-local live = {}
+-- Rotate over live, admitting shards only, so a dead or drained shard's turn is not handed to its
+-- neighbour twice.
+local live, drained = {}, 0
 for slot = 0, shard_count - 1 do
-  if redis.call('EXISTS', KEYS[3 + slot * 2]) == 1 then live[#live + 1] = slot end
+  if redis.call('EXISTS', KEYS[4 + slot * 3]) == 1 then
+    if redis.call('EXISTS', KEYS[5 + slot * 3]) == 1 then drained = drained + 1 else live[#live + 1] = slot end
+  end
 end
-if #live == 0 then return {-1, 0} end
+if #live == 0 then
+  if drained > 0 then return {-4, 0} end
+  return {-1, 0}
+end
 local function expected_wait_ms(slot, depth)
-  local ok, beat = pcall(cjson.decode, redis.call('GET', KEYS[3 + slot * 2]))
+  local ok, beat = pcall(cjson.decode, redis.call('GET', KEYS[4 + slot * 3]))
   local batch_s = ok and type(beat) == 'table' and tonumber(beat['batch_s']) or 0
   return math.ceil((depth + 1) / max_batch) * batch_s * 1000
 end
@@ -116,7 +136,7 @@ local best_slot, best_depth = -1, max_depth
 local soonest_wait = -1
 for offset = 0, #live - 1 do
   local slot = live[((start + offset) % #live) + 1]
-  local depth = redis.call('LLEN', KEYS[2 + slot * 2])
+  local depth = redis.call('LLEN', KEYS[3 + slot * 3])
   if depth < max_depth then
     local wait = expected_wait_ms(slot, depth)
     if soonest_wait < 0 or wait < soonest_wait then soonest_wait = wait end
@@ -130,7 +150,7 @@ if best_slot < 0 then
   if soonest_wait < 0 then return {-2, 0} end
   return {-3, math.ceil(soonest_wait)}
 end
-redis.call('LPUSH', KEYS[2 + best_slot * 2], ARGV[1])
+redis.call('LPUSH', KEYS[3 + best_slot * 3], ARGV[1])
 return {best_slot, 0}
 """
 
@@ -258,6 +278,53 @@ class ShardState:
         return "down"
 
 
+@dataclass(frozen=True, slots=True)
+class DrainState:
+    """What the drain marks say: why the box is not ready or admits nothing, and which shards admit nothing."""
+
+    unready: str | None = None
+    """Set first by a drain or a shutdown: /readyz answers 503 while the box still serves."""
+    box: str | None = None
+    """Set when the box admits no new work at all."""
+    shards: frozenset[str] = frozenset()
+
+    @property
+    def any(self) -> bool:
+        return bool(self.unready or self.box or self.shards)
+
+
+def read_drain_state(client: redis.Redis, shards: list[str]) -> DrainState:
+    """The drain marks of the box and of `shards`, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    pipe.get(UNREADY_KEY)
+    pipe.get(DRAINING_KEY)
+    for shard in shards:
+        pipe.exists(draining_key(shard))
+    unready, box, *marks = pipe.execute()
+    return DrainState(
+        unready=None if unready is None else as_text(unready),
+        box=None if box is None else as_text(box),
+        shards=frozenset(shard for shard, marked in zip(shards, marks, strict=True) if marked),
+    )
+
+
+def batch_rates(
+    records: tuple[BatchRecord, ...], now: float, window_s: float = RATE_WINDOW_S
+) -> tuple[float, float | None]:
+    """Images/s and mean batch size over the last `window_s`, from a worker's records (newest first)."""
+    recent = [batch for batch in records if batch.finished_at >= now - window_s]
+    if not recent:
+        return 0.0, None
+    mean_batch = sum(batch.size for batch in recent) / len(recent)
+    if len(records) >= STATS_WINDOW and len(recent) == len(records) and len(recent) > 1:
+        # The worker keeps only STATS_WINDOW records: when all of them are recent, older batches of the
+        # window were trimmed, so the rate is taken over the span the records cover (the oldest batch's
+        # images were done before that span began).
+        span = now - recent[-1].finished_at
+        return sum(batch.size for batch in recent[:-1]) / max(span, 1e-3), mean_batch
+    return sum(batch.size for batch in recent) / window_s, mean_batch
+
+
 def registered_shard_ids(client: redis.Redis) -> list[str]:
     return sorted(as_text(key) for key in client.hkeys(SHARDS_KEY))
 
@@ -349,9 +416,9 @@ class ApiQueues:
             if not shards:
                 # Also what a restarted Redis looks like until the workers' next beat re-registers them.
                 raise NoLiveWorker("no worker is registered yet (the appliance is starting); retry shortly")
-            keys = [ROTATION_KEY]
+            keys = [ROTATION_KEY, DRAINING_KEY]
             for shard in shards:
-                keys += [queue_key(shard), heartbeat_key(shard)]
+                keys += [queue_key(shard), heartbeat_key(shard), draining_key(shard)]
             args: list[bytes | str | int] = [
                 job.encode(),
                 self._max_depth,
@@ -366,6 +433,10 @@ class ApiQueues:
             raise RedisUnavailable("the queue service is unavailable; retry shortly") from exc
         if slot == NO_LIVE_SHARD:
             raise NoLiveWorker("no live worker: every shard's heartbeat is stale")
+        if slot == DRAINING:
+            raise Draining(
+                "the appliance is draining for maintenance and admits no new work; retry elsewhere"
+            )
         if slot == ALL_QUEUES_FULL:
             raise QueueFull(
                 f"all {len(shards)} shard queue(s) are full ({self._max_depth} jobs each); retry shortly"
@@ -398,6 +469,10 @@ class ApiQueues:
             for state in read_shards(self._client)
             if state.status in (FAILED, STUCK) and state.info is not None
         }
+
+    def drain_state(self) -> DrainState:
+        """The drain marks of the box and of every registered shard."""
+        return read_drain_state(self._client, registered_shard_ids(self._client))
 
 
 # -- a shard's face -----------------------------------------------------------------------------------------

@@ -10,12 +10,18 @@ killed (kill -9, OOM) its children get SIGTERM and leave cleanly (workers finish
 serve on unsupervised. Each child carries INFERD_RUN_DIR in its environment; a launcher that finds the lock
 free but such processes still alive (a previous tree still finishing) waits for them, then kills what is
 left, before starting its own.
+
+The launcher also writes `<run_dir>/appliance.json` (`ApplianceRecord`): where the running appliance answers
+and where its Redis is, as its settings and INFERD_* overrides made them, so the tools find an appliance
+started with overrides they were not given (`INFERD_API_PORT=9000 inferd run`, then `tools/stress`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -24,6 +30,7 @@ import time
 from pathlib import Path
 
 from daemon.errors import InferdError
+from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,7 @@ RUN_DIR_ENV = "INFERD_RUN_DIR"
 LEFTOVER_GRACE_S = 35.0
 """How long a previous tree's processes get to finish (above a worker's stopwaitsecs of 30 s) before SIGKILL."""
 PDEATHSIG = "TERM"
+RECORD_NAME = "appliance.json"
 
 
 class AlreadyRunning(InferdError):
@@ -115,3 +123,61 @@ def pdeathsig_prefix() -> str:
         log.warning("inferd: setpriv (util-linux) not found; programs would outlive a killed supervisord")
         return ""
     return f"{setpriv} --pdeathsig {PDEATHSIG} --"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApplianceRecord:
+    """Where a running appliance answers, as it was started (settings file plus INFERD_* overrides)."""
+
+    pid: int
+    """supervisord's (the launcher execs it in the same process)."""
+    config: str
+    api_host: str
+    api_port: int
+    redis_socket: str | None
+    redis_host: str
+    redis_port: int
+
+    @classmethod
+    def of(cls, settings: Settings, pid: int) -> ApplianceRecord:
+        socket = settings.redis_socket
+        return cls(
+            pid=pid,
+            config=str(settings.source),
+            api_host=settings.api.host,
+            api_port=settings.api.port,
+            redis_socket=None if socket is None else str(socket),
+            redis_host=settings.redis.host,
+            redis_port=settings.redis.port,
+        )
+
+    def applied_to(self, settings: Settings) -> Settings:
+        """`settings` with the running appliance's addresses in place of the file's."""
+        api = dataclasses.replace(settings.api, host=self.api_host, port=self.api_port)
+        redis_settings = dataclasses.replace(
+            settings.redis,
+            socket=None if self.redis_socket is None else Path(self.redis_socket),
+            host=self.redis_host,
+            port=self.redis_port,
+        )
+        return dataclasses.replace(settings, api=api, redis=redis_settings)
+
+
+def write_record(run_dir: Path, record: ApplianceRecord) -> None:
+    path = run_dir / RECORD_NAME
+    path.write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
+
+
+def read_record(run_dir: Path) -> ApplianceRecord | None:
+    """The record of the appliance running on `run_dir`, or None when there is none or it has stopped."""
+    try:
+        record = ApplianceRecord(**json.loads((run_dir / RECORD_NAME).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None  # absent, unreadable (another user's run dir), or written by another version
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return None  # a stopped appliance's leftover
+    except PermissionError:
+        pass  # alive, under another user
+    return record

@@ -63,6 +63,7 @@ class ApiSettings:
     max_connections: int = 16384
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    drain_grace_s: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,12 @@ SECTIONS: dict[str, type[Any]] = {
     name: hint for name, hint in typing.get_type_hints(Settings).items() if name not in ("secrets", "source")
 }
 """The file's [sections]: every field of Settings but what is derived at load."""
+
+
+def local_url(api: ApiSettings) -> str:
+    """Where a client on this machine reaches the API: a wildcard bind is reached on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(api.host, api.host)
+    return f"http://[{host}]:{api.port}" if ":" in host else f"http://{host}:{api.port}"
 
 
 def resolve_config_path(cli_path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
@@ -368,6 +375,9 @@ def validate(s: Settings) -> None:
         "api.max_image_pixels",
         s.api.max_image_pixels,
         f"from 1 to {PILLOW_PIXEL_CEILING} (Pillow refuses larger images whatever we allow)",
+    )
+    _require(
+        0 <= s.api.drain_grace_s <= 300, "api.drain_grace_s", s.api.drain_grace_s, "from 0 to 300 seconds"
     )
     _require(s.api.max_top >= 1, "api.max_top", s.api.max_top, "1 or more")
     _require(

@@ -100,9 +100,12 @@ def start_appliance(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Iterator[C
     ) -> Appliance:
         overrides.setdefault("devices", {}).update({"cpu_workers": shards})
         sections = tiny_sections(tiny_model, **overrides)
-        config = write_settings(tmp_path, sections)
+        # A second appliance in one test gets its own folder: settings file, log dir and output.
+        folder = tmp_path / f"appliance-{len(started)}" if started else tmp_path
+        folder.mkdir(exist_ok=True)
+        config = write_settings(folder, sections)
         appliance = Appliance(
-            tmp_path, config, sections["api"]["port"], Path(sections["paths"]["run_dir"]), shards, env
+            folder, config, sections["api"]["port"], Path(sections["paths"]["run_dir"]), shards, env
         )
         started.append(appliance)
         if ready:

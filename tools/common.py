@@ -12,6 +12,7 @@ import redis
 
 from daemon.errors import EXIT_CONFIG, ConfigError
 from daemon.redis_conn import connect
+from daemon.run_dir import read_record
 from daemon.settings import Settings, load_settings
 
 EXIT_OK = 0
@@ -59,12 +60,26 @@ class ToolArgumentParser(argparse.ArgumentParser):
 
 
 def settings_or_exit(prog: str, config: str | None) -> Settings:
-    """The appliance's settings, or exit EX_CONFIG with the validation message."""
+    """The appliance's settings, or exit EX_CONFIG with the validation message.
+
+    When an appliance runs on the settings' run dir, its own addresses (API, Redis) replace the file's: it
+    may have been started with INFERD_* overrides this tool was not given.
+    """
     try:
-        return load_settings(config)
+        settings = load_settings(config)
     except ConfigError as exc:
         print(f"{prog}: configuration error: {exc.message}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    record = read_record(settings.paths.run_dir)
+    return settings if record is None else record.applied_to(settings)
+
+
+def unknown_shards(prog: str, requested: Sequence[str], known: Sequence[str]) -> str | None:
+    """The usage error for shard ids that are not known, or None when all are."""
+    unknown = sorted(set(requested) - set(known))
+    if not unknown:
+        return None
+    return f"{prog}: no such shard {', '.join(unknown)}; known: {', '.join(known) or 'none'}"
 
 
 def redis_address(settings: Settings) -> str:

@@ -1,8 +1,14 @@
-"""`flush_queues`: drop the jobs waiting in inferd's shard queues, and answer each caller with a clean 503.
+"""`flush_queues --purge | --drain`: empty inferd's shard queues, by dropping or by finishing what waits.
 
+`--purge` drops the jobs waiting in `inferd:queue:<shard>` and answers each caller at once with a clean 503.
 The old advice was "stop the server and FLUSHALL Redis", which also wiped answers, heartbeats and anything
-else kept in that Redis. This removes only `inferd:queue:<shard>` contents; jobs a worker has already
-claimed (in flight) are left to finish, and every dropped job's caller gets its answer at once.
+else kept in that Redis; this removes only the queues' contents, and jobs a worker has already claimed (in
+flight) are left to finish.
+
+`--drain` drops nothing: it stops admitting to the shards (or the box, readiness first) and waits until
+every waiting job is answered; it is `inferd drain` (tools/drain.py), and `inferd undrain` resumes.
+
+One of the two is required: which one an operator means is not something to guess.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import redis
 from daemon.errors import EXIT_CONFIG, JobDropped
 from daemon.queues import KEY_PREFIX, ShardQueues, known_shards, processing_key, queue_key
 from daemon.settings import Settings
+from tools import drain as drain_tool
 from tools.common import (
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_REDIS_DOWN,
     EXIT_USAGE,
@@ -25,6 +33,7 @@ from tools.common import (
     redis_address,
     render_table,
     settings_or_exit,
+    unknown_shards,
 )
 
 DROP_MESSAGE = "the job was dropped by an operator (flush_queues) before it ran; retry"
@@ -68,29 +77,36 @@ def report(results: list[ShardFlush], dry_run: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = ToolArgumentParser(
         "flush_queues",
-        f"Drop the jobs waiting in inferd's shard queues ({KEY_PREFIX}queue:<shard>) and answer each "
-        "dropped job's caller at once with 503 and a JSON reason. Nothing else in Redis is touched (no "
-        "FLUSHALL): answers, heartbeats, statistics and other applications' keys stay, and jobs a worker "
-        "is already running finish normally.",
-        exit_codes=(EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE, EXIT_CONFIG),
+        f"Empty inferd's shard queues ({KEY_PREFIX}queue:<shard>), one of two ways. --purge drops the waiting "
+        "jobs and answers each dropped job's caller at once with 503 and a JSON reason. --drain drops "
+        "nothing: it stops admitting new jobs (for the box: /readyz answers 503 first, admission stops "
+        "after api.drain_grace_s) and waits until every waiting job is answered; `inferd undrain` resumes. "
+        "Nothing else in Redis is touched (no FLUSHALL), and jobs a worker is already running finish "
+        "normally either way.",
+        exit_codes=(EXIT_OK, EXIT_FAILED, EXIT_REDIS_DOWN, EXIT_USAGE, EXIT_CONFIG),
     )
-    parser.add_argument(
-        "--shard", action="append", metavar="ID", help="only this shard (e.g. gpu0); repeatable; default: all"
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--purge", action="store_true", help="drop waiting jobs; their callers get 503 at once")
+    mode.add_argument(
+        "--drain", action="store_true", help="stop admitting, let waiting jobs finish, report the counts"
     )
-    parser.add_argument("--dry-run", action="store_true", help="show what would be dropped, drop nothing")
-    parser.add_argument("--json", action="store_true", help="print the per-shard counts as JSON")
+    drain_tool.add_drain_arguments(parser)
+    parser.add_argument("--dry-run", action="store_true", help="--purge: show what would be dropped")
     args = parser.parse_args(argv)
+    if args.drain and args.dry_run:
+        parser.error("--dry-run goes with --purge; --drain drops nothing")
+    if args.purge and (args.grace is not None or args.timeout is not None):
+        parser.error("--grace and --timeout go with --drain")
     settings = settings_or_exit(parser.prog, args.config)
+    if args.drain:
+        return drain_tool.run_drain(parser.prog, settings, args)
     client = connect_redis(settings)
     try:
         shards = known_shards(client)
         if args.shard:
-            unknown = sorted(set(args.shard) - set(shards))
-            if unknown:
-                print(
-                    f"flush_queues: no such shard {', '.join(unknown)}; known: {', '.join(shards) or 'none'}",
-                    file=sys.stderr,
-                )
+            message = unknown_shards(parser.prog, args.shard, shards)
+            if message:
+                print(message, file=sys.stderr)
                 return EXIT_USAGE
             shards = sorted(set(args.shard))
         results = flush(client, settings, shards, args.dry_run)

@@ -19,9 +19,8 @@ import redis
 
 from daemon.errors import EXIT_CONFIG
 from daemon.nvml import GpuReading, Nvml
-from daemon.queues import STATS_WINDOW, ShardState, read_shards
+from daemon.queues import RATE_WINDOW_S, ShardState, batch_rates, read_shards
 from daemon.settings import Settings
-from daemon.wire import BatchRecord
 from tools.common import (
     EXIT_OK,
     EXIT_REDIS_DOWN,
@@ -36,8 +35,6 @@ from tools.common import (
 
 log = logging.getLogger(__name__)
 
-RATE_WINDOW_S = 60.0
-"""Images/s and mean batch size are computed over this much recent history."""
 DEFAULT_WATCH_S = 2.0
 """Refresh interval of `--watch` given without a value (as `watch` does)."""
 HOME_CURSOR, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
@@ -66,23 +63,6 @@ class ShardStatus:
     """Why it failed, or why a GPU shard serves on the CPU (`fallback`)."""
     fallback: bool = False
     backend: str | None = None
-
-
-def batch_rates(
-    records: tuple[BatchRecord, ...], now: float, window_s: float = RATE_WINDOW_S
-) -> tuple[float, float | None]:
-    """Images/s and mean batch size over the last `window_s`, from a worker's records (newest first)."""
-    recent = [batch for batch in records if batch.finished_at >= now - window_s]
-    if not recent:
-        return 0.0, None
-    mean_batch = sum(batch.size for batch in recent) / len(recent)
-    if len(records) >= STATS_WINDOW and len(recent) == len(records) and len(recent) > 1:
-        # The worker keeps only STATS_WINDOW records: when all of them are recent, older batches of the
-        # window were trimmed, so the rate is taken over the span the records cover (the oldest batch's
-        # images were done before that span began).
-        span = now - recent[-1].finished_at
-        return sum(batch.size for batch in recent[:-1]) / max(span, 1e-3), mean_batch
-    return sum(batch.size for batch in recent) / window_s, mean_batch
 
 
 def collect(

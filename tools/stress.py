@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 from daemon.errors import EXIT_CONFIG
+from daemon.settings import local_url
 from tools.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolArgumentParser, settings_or_exit
 from tools.loadgen import LoadResult, LoadRun, LoadSummary, load_uploads
 
@@ -25,6 +28,8 @@ DURATION_CAP_S = 600.0
 """Without -d, a run still ends after this long, whatever -n says."""
 RATE_MODE_MAX_IN_FLIGHT = 64
 """Default -c in open loop: how many requests may be outstanding at once before new ones start late."""
+PREFLIGHT_TIMEOUT_S = 5.0
+"""How long the one connection attempt before the load may take."""
 BAR_WIDTH = 30
 TTY_REFRESH_S = 0.2
 LOG_REFRESH_S = 5.0
@@ -131,6 +136,21 @@ def plot(result: LoadResult, path: Path) -> None:
     plt.close(figure)
 
 
+def nothing_answers(url: str) -> str | None:
+    """Why nothing listens at `url`'s host and port, or None when a connection opens.
+
+    Checked once before the load: against a closed port every request fails in microseconds, and a run
+    would send a hundred thousand of them to say one thing (wrk and hey stop at once too).
+    """
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=PREFLIGHT_TIMEOUT_S).close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def parse_header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip():
@@ -193,9 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     url = args.url
     if url is None:
-        settings = settings_or_exit(parser.prog, args.config)
-        host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host
-        url = f"http://{host}:{settings.api.port}/predict"
+        url = f"{local_url(settings_or_exit(parser.prog, args.config).api)}/predict"
     requests = args.requests if args.requests or args.duration else DEFAULT_REQUESTS
     run = LoadRun(
         url,
@@ -207,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout,
         headers=dict(args.header),
     )
+    refused = nothing_answers(run.url)
+    if refused is not None:
+        print(f"stress: nothing answers at {run.url}: {refused}", file=sys.stderr)
+        return EXIT_FAILED
     with Progress(run, sys.stderr):
         run.start()
         try:

@@ -13,6 +13,7 @@ import redis
 
 from daemon.api import create_app
 from daemon.errors import ConfigError, QueueFull
+from daemon.queues import DrainState
 from daemon.wire import ALL_CLASSES, Job, Reply
 from tests.conftest import TINY_INPUT
 from tests.tiny_model import TINY_LABELS
@@ -44,6 +45,9 @@ class VectorDispatcher:
 
     def failures(self) -> dict[str, str]:
         return {}
+
+    def drain_state(self) -> DrainState:
+        return DrainState()
 
 
 @pytest.fixture()

@@ -8,8 +8,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from daemon import drain
 from daemon.dispatcher import Dispatcher
-from daemon.errors import DeadlineExceeded, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
+from daemon.errors import DeadlineExceeded, Draining, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
 from daemon.queues import SHARDS_KEY, ApiQueues, heartbeat_key, queue_key, reply_key
 from daemon.redis_conn import connect
 from daemon.wire import Heartbeat, Job, Reply, new_job_id
@@ -58,6 +59,28 @@ def test_no_live_worker_is_a_503(redis_settings, redis_client):
     with pytest.raises(NoLiveWorker) as error:
         dispatcher.submit(a_job())
     assert error.value.status == 503 and error.value.retry_after_s
+
+
+def test_a_drained_shard_gets_nothing_and_a_drained_box_refuses_with_retry_after(
+    redis_settings, redis_client
+):
+    register(redis_client, "cpu0", "cpu1")
+    dispatcher = queues_for(redis_settings, redis_client)
+    drain.close_admission(redis_client, drain.OPERATOR, ["cpu1"])
+    assert Counter(dispatcher.submit(a_job()) for _ in range(6)) == {"cpu0": 6}
+    drain.close_admission(redis_client, drain.OPERATOR, ["cpu0"])
+    with pytest.raises(Draining) as error:
+        dispatcher.submit(a_job())  # live shards, all drained: "draining", not "no live worker"
+    assert error.value.status == 503 and error.value.retry_after_s
+    drain.undrain(redis_client, None)
+    assert dispatcher.submit(a_job()) in ("cpu0", "cpu1")
+    drain.close_admission(redis_client, drain.OPERATOR, None)
+    with pytest.raises(Draining):
+        dispatcher.submit(a_job())
+    assert redis_client.llen(queue_key("cpu0")) + redis_client.llen(queue_key("cpu1")) == 7
+    assert dispatcher.drain_state().box == "operator"
+    drain.undrain(redis_client, None)
+    assert not dispatcher.drain_state().any
 
 
 def test_full_queues_refuse_at_once_and_never_exceed_the_limit(make_settings, redis_socket, redis_client):

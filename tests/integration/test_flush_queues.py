@@ -8,10 +8,20 @@ import time
 import numpy as np
 import pytest
 
-from daemon.queues import SHARDS_KEY, heartbeat_key, processing_key, queue_key, reply_key, stats_key
+from daemon.queues import (
+    DRAINING_KEY,
+    SHARDS_KEY,
+    UNREADY_KEY,
+    draining_key,
+    heartbeat_key,
+    processing_key,
+    queue_key,
+    reply_key,
+    stats_key,
+)
 from daemon.wire import Job, Reply, new_job_id
 from tools import flush_queues
-from tools.common import EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE
+from tools.common import EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE
 
 
 def push_jobs(client, shard: str, count: int) -> list[str]:
@@ -58,7 +68,7 @@ def test_dry_run_counts_and_drops_nothing(redis_settings, busy_redis, capsys):
     push_jobs(busy_redis, "cpu0", 3)
     push_jobs(busy_redis, "cpu1", 2)
     before = untouched_keys(busy_redis)
-    code, out = flush(capsys, redis_settings, "--dry-run")
+    code, out = flush(capsys, redis_settings, "--purge", "--dry-run")
     assert code == EXIT_OK
     lines = out.splitlines()
     assert lines[1].split() == ["cpu0", "3", "1"] and lines[2].split() == ["cpu1", "2", "0"]
@@ -72,7 +82,7 @@ def test_flush_empties_every_queue_answers_each_caller_and_keeps_other_keys(
 ):
     dropped = push_jobs(busy_redis, "cpu0", 3) + push_jobs(busy_redis, "cpu1", 2)
     before = untouched_keys(busy_redis)
-    code, out = flush(capsys, redis_settings)
+    code, out = flush(capsys, redis_settings, "--purge")
     assert code == EXIT_OK
     assert "dropped 5 queued job(s)" in out.splitlines()[-1]
     assert busy_redis.keys("inferd:queue:*") == []
@@ -90,12 +100,12 @@ def test_flush_empties_every_queue_answers_each_caller_and_keeps_other_keys(
 def test_one_shard_only_and_an_unknown_shard(redis_settings, busy_redis, capsys):
     push_jobs(busy_redis, "cpu0", 3)
     push_jobs(busy_redis, "cpu1", 2)
-    code, out = flush(capsys, redis_settings, "--shard", "cpu1", "--json")
+    code, out = flush(capsys, redis_settings, "--purge", "--shard", "cpu1", "--json")
     assert code == EXIT_OK
     assert json.loads(out) == {"dry_run": False, "shards": [{"shard": "cpu1", "queued": 2, "in_flight": 0}]}
     assert (busy_redis.llen(queue_key("cpu0")), busy_redis.llen(queue_key("cpu1"))) == (3, 0)
 
-    code = flush_queues.main(["--config", str(redis_settings.source), "--shard", "gpu7"])
+    code = flush_queues.main(["--config", str(redis_settings.source), "--purge", "--shard", "gpu7"])
     assert code == EXIT_USAGE
     assert "no such shard gpu7; known: cpu0, cpu1" in capsys.readouterr().err
     assert busy_redis.llen(queue_key("cpu0")) == 3
@@ -103,7 +113,7 @@ def test_one_shard_only_and_an_unknown_shard(redis_settings, busy_redis, capsys)
 
 def test_a_queue_of_a_shard_no_longer_registered_is_flushed_too(redis_settings, busy_redis, capsys):
     push_jobs(busy_redis, "gpu3", 2)  # e.g. a GPU taken out of devices.gpus since
-    code, out = flush(capsys, redis_settings)
+    code, out = flush(capsys, redis_settings, "--purge")
     assert code == EXIT_OK
     assert any(line.split() == ["gpu3", "2", "0"] for line in out.splitlines())
     assert busy_redis.llen(queue_key("gpu3")) == 0
@@ -111,5 +121,24 @@ def test_a_queue_of_a_shard_no_longer_registered_is_flushed_too(redis_settings, 
 
 def test_unreachable_redis_exits_3(make_settings, tmp_path, capsys):
     settings = make_settings(redis={"managed": False, "socket": str(tmp_path / "nobody.sock")})
-    assert flush_queues.main(["--config", str(settings.source)]) == EXIT_REDIS_DOWN
+    assert flush_queues.main(["--config", str(settings.source), "--purge"]) == EXIT_REDIS_DOWN
     assert "is unreachable" in capsys.readouterr().err
+
+
+def test_a_mode_is_required_and_the_usage_error_names_both(redis_settings, busy_redis, capsys):
+    push_jobs(busy_redis, "cpu0", 2)
+    with pytest.raises(SystemExit) as exit_:
+        flush_queues.main(["--config", str(redis_settings.source)])
+    assert exit_.value.code == EXIT_USAGE
+    assert "one of the arguments --purge --drain is required" in capsys.readouterr().err
+    assert busy_redis.llen(queue_key("cpu0")) == 2  # nothing was done
+
+
+def test_drain_of_a_shard_admits_nothing_there_and_waits_for_its_queue(redis_settings, busy_redis, capsys):
+    """No worker runs here, so the drain times out with the jobs left and says so (exit 1)."""
+    push_jobs(busy_redis, "cpu1", 2)
+    code, out = flush(capsys, redis_settings, "--drain", "--shard", "cpu1", "--timeout", "0.3", "--json")
+    assert code == EXIT_FAILED
+    assert json.loads(out)["shards"] == [{"shard": "cpu1", "queued": 2, "in_flight": 0, "left": 2}]
+    assert busy_redis.get(draining_key("cpu1")) == b"operator"
+    assert busy_redis.get(DRAINING_KEY) is None and busy_redis.get(UNREADY_KEY) is None

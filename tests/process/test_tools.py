@@ -90,12 +90,12 @@ def test_flush_queues_answers_waiting_callers_503_at_once_and_keeps_other_keys(s
         )
         queued = client.llen(queue_key("cpu0"))
 
-        dry = tool("flush_queues", appliance, "--dry-run")
+        dry = tool("flush_queues", appliance, "--purge", "--dry-run")
         assert dry.returncode == EXIT_OK, dry.stderr
         assert dry.stdout.splitlines()[1].split()[:2] == ["cpu0", str(queued)]
         assert client.llen(queue_key("cpu0")) == queued
 
-        flushed = tool("flush_queues", appliance)
+        flushed = tool("flush_queues", appliance, "--purge")
         assert flushed.returncode == EXIT_OK, flushed.stderr
         assert f"dropped {queued} queued job(s)" in flushed.stdout
         # Every dropped caller is answered while the worker is still frozen: a clean 503, no hang.

@@ -13,6 +13,7 @@ import redis
 from daemon.api import create_app
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
 from daemon.front_door import ARRIVED_HEADER
+from daemon.queues import DrainState
 from daemon.settings import ApiSettings, ModelSettings, Settings
 from daemon.wire import Job, Prediction, Reply
 from tests.conftest import TINY_INPUT, encode_image
@@ -27,6 +28,7 @@ class FakeDispatcher:
         self.jobs: list[Job] = []
         self.status = {"gpu3": "live", "gpu4": "stuck"}
         self.failed: dict[str, str] = {}
+        self.drain = DrainState()
 
     def dispatch(self, job: Job) -> Reply:
         self.jobs.append(job)
@@ -42,6 +44,9 @@ class FakeDispatcher:
 
     def failures(self) -> dict[str, str]:
         return self.failed
+
+    def drain_state(self) -> DrainState:
+        return self.drain
 
 
 @pytest.fixture()
@@ -124,6 +129,31 @@ def test_readyz_lists_live_and_registered_shards(app):
     dispatcher.status = {"gpu3": "down"}
     result = client.simulate_get("/readyz")
     assert result.status_code == 503 and result.json["ready"] is False
+
+
+@pytest.mark.parametrize(
+    ("drain", "reason_starts"),
+    [
+        (DrainState(unready="shutdown"), "draining (shutdown)"),
+        (DrainState(box="operator"), "drained (operator)"),
+        (DrainState(shards=frozenset({"gpu3"})), "every live shard is drained"),
+    ],
+)
+def test_readyz_is_503_while_draining_though_shards_live(app, drain, reason_starts):
+    dispatcher = FakeDispatcher()
+    dispatcher.drain = drain
+    result = app(dispatcher).simulate_get("/readyz")
+    assert result.status_code == 503
+    assert result.json["ready"] is False and result.json["live_shards"] == ["gpu3"]
+    assert result.json["reason"].startswith(reason_starts)
+
+
+def test_readyz_stays_200_while_another_live_shard_admits(app):
+    dispatcher = FakeDispatcher()
+    dispatcher.status = {"gpu3": "live", "gpu4": "live"}
+    dispatcher.drain = DrainState(shards=frozenset({"gpu4"}))
+    result = app(dispatcher).simulate_get("/readyz")
+    assert result.status_code == 200 and result.json["draining_shards"] == ["gpu4"]
 
 
 def test_probes_answer_head_as_load_balancers_send_it(app):

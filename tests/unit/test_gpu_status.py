@@ -6,10 +6,11 @@ import dataclasses
 import time
 
 from daemon.nvml import GpuReading
+from daemon.queues import batch_rates
 from daemon.wire import BatchRecord
 from tests.fake_nvml import GIB
 from tools.common import EXIT_OK, EXIT_SHARD_DOWN
-from tools.gpu_status import ShardStatus, batch_rates, exit_code, render_status_table
+from tools.gpu_status import ShardStatus, exit_code, render_status_table
 
 
 def records(*batches: tuple[float, int]) -> tuple[BatchRecord, ...]:

@@ -223,3 +223,17 @@ def test_plot_writes_a_png(server, tmp_path, capsys):
     image.write_bytes(b"fake")
     assert stress.main([str(image), "--url", server, "-n", "20", "--plot", str(figure)]) == EXIT_OK
     assert figure.read_bytes().startswith(b"\x89PNG")
+
+
+def test_nothing_listening_stops_at_once_with_one_line_and_sends_nothing(tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"fake")
+    with socket.socket() as closed:  # bound but not listening: connecting is refused, as at a dead port
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        started = time.monotonic()
+        code = stress.main([str(image), "--url", url, "-d", "15", "--json"])
+    assert code == EXIT_FAILED and time.monotonic() - started < 5
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no report of thousands of refused requests
+    assert captured.err.strip() == f"stress: nothing answers at {url}/predict: Connection refused"

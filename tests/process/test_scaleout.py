@@ -1,0 +1,282 @@
+"""Two appliances behind a real HAProxy (the config tools/haproxy_config.py prints), under 16 clients.
+
+A box dies (SIGKILL of its whole process tree), stops (SIGTERM), is restarted one after the other, or is
+drained for maintenance: every request sent through HAProxy is answered 200. The counts are printed
+(`pytest -s` shows them). Each test also checks what makes the zero honest: that the fault met requests in
+flight (HAProxy retried some), that a stopping box turned not-ready while its API still accepted, and that
+HAProxy saw a failed readiness check rather than a refused connection.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from daemon.run_dir import leftover_processes
+from tools.haproxy_config import Box, Checks, render
+from tools.harness import REPO, Appliance, free_port, wait_until
+from tools.loadgen import LoadResult, LoadRun, Upload
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not shutil.which("haproxy"), reason="haproxy not installed (./setup.sh test installs it)"
+    ),
+]
+
+CLIENTS = 16
+CHECKS = Checks(inter_ms=300, fall=2, rise=2)
+GRACE_S = 2.0
+"""api.drain_grace_s of the boxes: above fall x inter (0.6 s) with room for a loaded machine."""
+
+
+class Proxy:
+    """`haproxy -db` on a generated config, in its own process group."""
+
+    def __init__(self, folder: Path, boxes: list[Appliance]) -> None:
+        self.port, self.stats_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = render(
+            [Box("127.0.0.1", box.port, 1) for box in boxes],
+            bind=f"127.0.0.1:{self.port}",
+            stats=f"127.0.0.1:{self.stats_port}",
+            checks=CHECKS,
+            maxconn=CLIENTS,
+            max_retried_body=1 << 20,
+            server_timeout_s=15,
+        )
+        self.config = folder / "haproxy.cfg"
+        self.config.write_text(config)
+        self.log = folder / "haproxy.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["haproxy", "-db", "-f", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def servers(self) -> dict[str, dict[str, str]]:
+        """The stats page's CSV rows of the backend's servers, by name (box1, box2)."""
+        text = requests.get(f"http://127.0.0.1:{self.stats_port}/;csv", timeout=2).text
+        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+        return {
+            row["svname"]: row
+            for row in rows
+            if row["pxname"] == "appliances" and row["svname"].startswith("box")
+        }
+
+    def wait_status(self, server: str, status: str, timeout_s: float = 60) -> dict[str, str]:
+        rows: list[dict[str, str]] = []
+
+        def reached() -> bool:
+            rows[:] = [self.servers()[server]]
+            return rows[0]["status"] == status
+
+        wait_until(f"HAProxy to see {server} {status}", reached, timeout_s, self.output)
+        return rows[0]
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(10)
+
+
+@contextmanager
+def behind_haproxy(
+    start_appliance, folder: Path, **overrides: dict[str, Any]
+) -> Iterator[tuple[Appliance, Appliance, Proxy]]:
+    """Two one-shard appliances and an HAProxy in front of them, both boxes seen UP."""
+
+    def box() -> Appliance:
+        api = {"workers": 1, "drain_grace_s": GRACE_S, "request_timeout_s": 20.0}
+        started: Appliance = start_appliance(shards=1, api=api, **overrides)
+        return started
+
+    first, second = box(), box()
+    proxy = Proxy(folder, [first, second])
+    try:
+        proxy.wait_status("box1", "UP")
+        proxy.wait_status("box2", "UP")
+        yield first, second, proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture()
+def pair(start_appliance, tmp_path) -> Iterator[tuple[Appliance, Appliance, Proxy]]:
+    with behind_haproxy(start_appliance, tmp_path) as boxes:
+        yield boxes
+
+
+def load(proxy: Proxy, photo_png: bytes, duration_s: float) -> LoadRun:
+    upload = Upload.of("photo.png", photo_png)
+    return LoadRun(
+        f"{proxy.url}/predict", [upload], concurrency=CLIENTS, duration_s=duration_s, timeout_s=60
+    ).start()
+
+
+def account(name: str, result: LoadResult) -> Counter[str]:
+    counts: Counter[str] = Counter(sent=len(result.records))
+    for record in result.records:
+        counts["answered_200" if record.status == 200 else "failed"] += 1
+    failures = Counter(f"{r.status}: {r.error}" for r in result.records if r.status != 200)
+    print(
+        f"\n[{name}] sent={counts['sent']} answered_200={counts['answered_200']} failed={counts['failed']} {dict(failures)}"
+    )
+    return counts
+
+
+def retries(proxy: Proxy, server: str) -> int:
+    row = proxy.servers()[server]
+    return int(row["wretr"] or 0) + int(row["wredis"] or 0)
+
+
+def kill_tree(appliance: Appliance) -> None:
+    """SIGKILL supervisord and every program it started, all at once (no parent-death signal gets a say)."""
+    pids = [appliance.pid, *leftover_processes(appliance.run_dir)]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert appliance.wait_exit(10) is not None
+
+
+def sigterm(appliance: Appliance) -> None:
+    os.kill(appliance.pid, signal.SIGTERM)  # supervisord alone, as systemd's KillMode=mixed does
+
+
+def test_sigkill_of_one_box_fails_no_request(pair, photo_png):
+    first, _second, proxy = pair
+    run = load(proxy, photo_png, duration_s=16)
+    time.sleep(5)
+    kill_tree(first)
+    killed_at = run.elapsed_s()
+    down = proxy.wait_status("box1", "DOWN", 30)
+    result = run.wait(90)
+    counts = account("sigkill one box", result)
+    assert counts["failed"] == 0 and counts["sent"] > 0
+    assert any(r.start_s > killed_at + 2 for r in result.records), "the load ended before the box was gone"
+    assert retries(proxy, "box1") > 0, "no request was in flight on the killed box: the test proved nothing"
+    assert down["check_status"] in ("L4CON", "L4TOUT", "L7RSP", "SOCKERR"), down["check_status"]
+
+
+@pytest.mark.timeout(900)  # four appliance starts on a loaded 2-core machine
+def test_sigterm_turns_not_ready_first_then_a_rolling_restart_fails_no_request(pair, photo_png):
+    first, second, proxy = pair
+
+    # One box stops: not ready while its API still accepts, HAProxy moves away, it finishes and exits 0.
+    run = load(proxy, photo_png, duration_s=120)
+    time.sleep(4)
+    sigterm(first)
+    not_ready: list[requests.Response] = []
+
+    def draining_while_accepting() -> bool:
+        ready = requests.get(f"{first.url}/readyz", timeout=2)
+        not_ready[:] = [ready]
+        return ready.status_code == 503 and requests.get(f"{first.url}/healthz", timeout=2).status_code == 200
+
+    wait_until("the stopping box's /readyz to answer 503 while its API accepts", draining_while_accepting, 10)
+    assert not_ready[0].json()["reason"].startswith("draining (shutdown)")
+    down = proxy.wait_status("box1", "DOWN", 10)
+    assert down["check_status"] == "L7STS", f"HAProxy saw {down['check_status']}, not the 503 of /readyz"
+    assert requests.get(f"{first.url}/healthz", timeout=2).status_code == 200, (
+        "the API stopped before the grace"
+    )
+    assert first.wait_exit(60) == 0
+    run.stop()
+    counts = account("sigterm one box", run.wait(90))
+    assert counts["failed"] == 0 and counts["sent"] > 0
+
+    first.start()
+    proxy.wait_status("box1", "UP")
+
+    # Both restarted, one after the other, under load.
+    run = load(proxy, photo_png, duration_s=300)
+    for number, box in ((1, first), (2, second)):
+        time.sleep(3)
+        sigterm(box)
+        proxy.wait_status(f"box{number}", "DOWN", 15)
+        assert box.wait_exit(60) == 0
+        box.start()
+        proxy.wait_status(f"box{number}", "UP")
+    time.sleep(3)
+    run.stop()
+    result = run.wait(90)
+    counts = account("rolling restart of both boxes", result)
+    assert counts["failed"] == 0 and counts["sent"] > 0
+    served = {row: int(proxy.servers()[row]["stot"]) for row in ("box1", "box2")}
+    assert all(served.values()), served
+
+
+def inferd(appliance: Appliance, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.launcher", "--config", str(appliance.config), *args],
+        cwd=REPO,
+        env=appliance.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture()
+def slow_pair(start_appliance, tmp_path) -> Iterator[tuple[Appliance, Appliance, Proxy]]:
+    # A long batching window keeps jobs claimed most of the time, so the drain closes on work in hand.
+    with behind_haproxy(start_appliance, tmp_path, batching={"max_wait_ms": 300.0}) as boxes:
+        yield boxes
+
+
+def test_drain_under_load_answers_what_was_queued_and_moves_new_work_away(slow_pair, photo_png):
+    first, _second, proxy = slow_pair
+    upload = Upload.of("photo.png", photo_png)
+    through_proxy = load(proxy, photo_png, duration_s=300)
+    # Direct clients of the drained box see what it does without a balancer in front.
+    direct = LoadRun(f"{first.url}/predict", [upload], concurrency=8, duration_s=300, timeout_s=60).start()
+    time.sleep(4)
+    drained = inferd(first, "drain", "--json")
+    drain_done_at = direct.elapsed_s()
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    report = json.loads(drained.stdout)
+    print(f"\n[inferd drain] {report} {drained.stderr.strip()}")
+    (shard,) = report["shards"]
+    assert shard["left"] == 0 and shard["queued"] + shard["in_flight"] > 0, "nothing was queued at the close"
+    assert proxy.servers()["box1"]["status"] == "DOWN", "admission closed before HAProxy moved away"
+
+    refused = requests.post(f"{first.url}/predict", files={"image": photo_png}, timeout=30)
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+    assert "draining" in refused.json()["error"]
+    time.sleep(2)
+    direct.stop()
+    direct_result = direct.wait(90)
+    undrained = inferd(first, "undrain")
+    assert undrained.returncode == 0, undrained.stderr
+    proxy.wait_status("box1", "UP")
+    before = int(proxy.servers()["box1"]["stot"])
+    time.sleep(3)
+    through_proxy.stop()
+    counts = account("drain one box behind HAProxy", through_proxy.wait(90))
+    assert counts["failed"] == 0 and counts["sent"] > 0
+    assert int(proxy.servers()["box1"]["stot"]) > before, "the undrained box got no work back"
+
+    direct_counts = account("drain, direct clients of the drained box", direct_result)
+    statuses = Counter(r.status for r in direct_result.records)
+    assert set(statuses) <= {200, 503}, statuses
+    after = [r for r in direct_result.records if r.start_s > drain_done_at]
+    assert after and all(r.status == 503 and "draining" in (r.error or "") for r in after)
+    assert direct_counts["answered_200"] > 0
