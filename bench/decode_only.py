@@ -8,6 +8,7 @@ worker class) as inferd's API, so the two differ only in what happens after the 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import cast
 
@@ -53,13 +54,21 @@ def get_app() -> falcon.App[falcon.Request, falcon.Response]:
 
 
 def decode_only_service(config: Path, env: dict[str, str], folder: Path) -> Service:
-    """gunicorn serving this app with inferd's own gunicorn settings (`config` plus INFERD_* in `env`)."""
+    """gunicorn serving this app with inferd's own gunicorn settings (`config` plus INFERD_* in `env`), but
+    on TCP at api.port with all of api.workers in one instance: the appliance splits its processes between
+    two instances behind its front door, and the ceiling gets as many processes in all."""
+    settings = load_settings(config, env={**os.environ, **env})
     argv = [
         PYTHON,
         "-m",
         "gunicorn",
         "--config",
         "python:daemon.gunicorn_conf",
+        # Command-line options win over the config module's.
+        "--bind",
+        f"{settings.api.host}:{settings.api.port}",
+        "--workers",
+        str(settings.api.workers),
         "bench.decode_only:get_app()",
     ]
     return Service("decode-only", argv, folder / "decode-only.log", {**env, "INFERD_CONFIG": str(config)})
