@@ -102,7 +102,7 @@ def test_the_appliance_shows_the_failed_gpu_shard_on_readyz_metrics_and_gpu_stat
         assert f"gpu0 FAILED: {reason}" in status.stdout
 
         time.sleep(3)  # had supervisord meant to retry, it would have started the worker again by now
-        assert appliance.output().count("spawned: 'worker-0'") == 1
+        assert appliance.log_path.read_text(errors="replace").count("spawned: 'worker-0'") == 1
         assert "worker:worker-0                  EXITED" in appliance.supervisorctl("status")
     finally:
         appliance.stop()
