@@ -1,4 +1,5 @@
-"""`python -m bench.front_door`: the front-door probes of issue 11, against a real appliance on the tiny model.
+"""`python -m bench.abuse_probes`: slow, silent and hostile clients and faults against the front door of a
+real appliance on the tiny model (the figures behind the README's "Front door" section).
 
 Each probe prints one line of figures: latency of a normal /predict and of /healthz while slow and silent
 sockets are held open, while 10,000 idle keep-alive connections are held, what `requests` sees on an
