@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,16 +27,13 @@ import pytest
 import requests
 
 from daemon.run_dir import leftover_processes
+from tests.needs import need_program
 from tools.haproxy_config import Box, Checks, render
 from tools.harness import REPO, Appliance, free_port, wait_until
 from tools.loadgen import LoadResult, LoadRun, Upload
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not shutil.which("haproxy"), reason="haproxy not installed (./setup.sh test installs it)"
-    ),
-]
+pytestmark = pytest.mark.slow
+HAPROXY = need_program("haproxy", "Debian's haproxy")
 
 CLIENTS = 16
 CHECKS = Checks(inter_ms=300, fall=2, rise=2)
@@ -65,7 +61,7 @@ class Proxy:
         self.log = folder / "haproxy.log"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                ["haproxy", "-db", "-f", str(self.config)],
+                [HAPROXY, "-db", "-f", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -45,9 +45,6 @@ OPAQUE = {
     ("tools/runtime_choice.py", "_run"): (
         "nvidia-smi, only where shutil.which finds it (a GPU box's driver ships it): set-up reads the GPUs"
     ),
-    ("tests/process/test_dashboards.py", "test_promtool_accepts_the_alert_rules"): (
-        'promtool, found by shutil.which("promtool"), which is scanned'
-    ),
 }
 """Calls whose program is not written where they are, with what it is; a new one must be added here."""
 PYTHON = "<python>"
@@ -59,6 +56,17 @@ class Started:
     """file:line"""
     program: str
     """A program name, PYTHON, or "<python> -m module"."""
+
+
+FINDERS = frozenset({"shutil.which", "need_program"})
+"""Calls that look a program up by name: a constant name there is a program the code means to start."""
+
+
+def found_by_name(call: ast.Call) -> str | None:
+    """The program a `shutil.which("x")` or `need_program("x", ...)` call looks up, if it names one."""
+    if ast.unparse(call.func) in FINDERS and call.args and isinstance(call.args[0], ast.Constant):
+        return str(call.args[0].value)
+    return None
 
 
 class Resolver:
@@ -83,6 +91,8 @@ class Resolver:
             return head
         if isinstance(expr, ast.Attribute) and ast.unparse(expr) == "sys.executable":
             return PYTHON
+        if isinstance(expr, ast.Call) and (found := found_by_name(expr)) is not None:
+            return found
         if isinstance(expr, ast.Name):
             return self.name(module, scope, expr.id)
         return None
@@ -125,8 +135,8 @@ class CallScanner(ast.NodeVisitor):
         self.generic_visit(call)
         target = tuple(ast.unparse(call.func).rsplit(".", 1))
         where = f"{self.module}:{call.lineno}"
-        if target == ("shutil", "which") and isinstance(call.args[0], ast.Constant):
-            self.found.append(Started(where, str(call.args[0].value)))
+        if (found := found_by_name(call)) is not None:
+            self.found.append(Started(where, found))
         elif target in PROCESS_CALLS:
             position = PROCESS_CALLS[target]
             argv = call.args[position] if len(call.args) > position else call.keywords[0].value
@@ -213,7 +223,7 @@ def test_the_scan_sees_what_it_must():
     found, _ = started_programs()
     seen = {started.program for started in found}
     # Known starts of each kind, so a scanner that found nothing could not pass the test above.
-    assert {"wrk", "redis-server", "systemd-analyze", "py-spy", "nproc"} <= seen
+    assert {"wrk", "redis-server", "systemd-analyze", "py-spy", "nproc", "haproxy", "promtool"} <= seen
     assert {f"{PYTHON} -m daemon.launcher", f"{PYTHON} -m supervisor.supervisorctl", PYTHON} <= seen
     programs, extras = setup_needs("run")
     assert "wrk" not in programs  # the appliance alone does not need the load generator ...
