@@ -18,7 +18,7 @@ import base64
 import json
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -206,20 +206,7 @@ class ShardInfo:
         return self.state == FAILED
 
     def encode(self) -> str:
-        body = {
-            "kind": self.kind,
-            "index": self.index,
-            "name": self.name,
-            "state": self.state,
-            "reason": self.reason,
-            "device": self.device,
-            "fallback": self.fallback,
-            "backend": self.backend,
-            "runtime_version": self.runtime_version,
-            "cuda_version": self.cuda_version,
-            "memory_total_bytes": self.memory_total_bytes,
-        }
-        return json.dumps(body)
+        return json.dumps(asdict(self))
 
     @classmethod
     def decode(cls, payload: bytes | str) -> ShardInfo:
