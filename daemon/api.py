@@ -20,7 +20,6 @@ from daemon.dispatcher import Dispatch, Dispatcher
 from daemon.errors import (
     BadRequest,
     InferdError,
-    LengthRequired,
     Overloaded,
     PayloadTooLarge,
     Unauthorized,
@@ -35,6 +34,7 @@ from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.openapi import OpenApiResource
 from daemon.queues import ApiQueues, DrainState
 from daemon.redis_conn import connect
+from daemon.request_body import check_declared_size
 from daemon.settings import Settings, load_settings
 from daemon.triton_metrics import PendingRequestCollector, TritonMiddleware, TritonRequestMetrics
 from daemon.wire import Job, new_job_id
@@ -164,13 +164,7 @@ class PredictResource:
 
     def _read_image(self, req: falcon.Request) -> tuple[bytes, str | None]:
         limit = self._settings.api.max_body_bytes
-        if req.content_length is not None and req.content_length > limit:
-            raise PayloadTooLarge(f"the request body is {req.content_length} bytes; the limit is {limit}")
-        if req.content_length is None and req.get_header("Transfer-Encoding"):
-            # The size limit is enforced before reading; a chunked body has no size to check. Behind the
-            # front door this never happens (nginx reads chunked bodies whole and sends a Content-Length);
-            # it guards the app served without it, as the tests and the benchmark's bare app do.
-            raise LengthRequired("send the upload with a Content-Length (chunked uploads are not accepted)")
+        check_declared_size(req, limit, "upload")
         content_type = (req.content_type or "").lower()
         if content_type.startswith("multipart/form-data"):
             return self._read_multipart(req, limit)

@@ -27,9 +27,10 @@ import numpy.typing as npt
 import redis
 
 from daemon.dispatcher import Dispatch
-from daemon.errors import BadRequest, InferenceFailed, LengthRequired, PayloadTooLarge, UnsupportedMediaType
+from daemon.errors import BadRequest, InferenceFailed, PayloadTooLarge, UnsupportedMediaType
 from daemon.imaging import decode_image
 from daemon.model import load_labels
+from daemon.request_body import check_declared_size
 from daemon.settings import Settings
 from daemon.v2_tensors import (
     HEADER_LENGTH,
@@ -252,11 +253,7 @@ class ModelInferResource:
 
 def read_body(req: falcon.Request, limit: int) -> bytes:
     """The request body, at most `limit` bytes once decompressed: 413 beyond, 411 when chunked."""
-    if req.content_length is not None and req.content_length > limit:
-        raise PayloadTooLarge(f"the request body is {req.content_length} bytes; the limit is {limit}")
-    if req.content_length is None and req.get_header("Transfer-Encoding"):
-        # The size limit is enforced before reading; a chunked body has no size to check.
-        raise LengthRequired("send the request with a Content-Length (chunked bodies are not accepted)")
+    check_declared_size(req, limit, "request")
     data: bytes = req.bounded_stream.read(limit + 1)
     encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
     if encoding in DECODED_ENCODINGS:
