@@ -13,8 +13,10 @@ from daemon.capacity import api_threads, shard_count_from_env
 from daemon.front_door import API_INSTANCE_ENV, api_socket, instance_workers
 from daemon.metrics import multiprocess_mode
 from daemon.settings import load_settings
+from daemon.whole_response import install as send_head_with_first_chunk
 
 _settings = load_settings()
+send_head_with_first_chunk()  # in the master, before the fork: every worker inherits it
 _instance = int(os.environ.get(API_INSTANCE_ENV, "0"))
 
 bind = f"unix:{api_socket(_settings.paths.run_dir, _instance)}"
