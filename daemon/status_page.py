@@ -79,13 +79,6 @@ def status_page() -> StaticFile:
     return StaticFile("status.html", HTML)
 
 
-def add_status_page_routes(app: falcon.App[Any, Any], settings: Settings, client: redis.Redis) -> None:
-    """The page's files and the `/shards` JSON it reads (`/` itself is the index resource's, by Accept)."""
-    for url, (name, content_type) in ASSETS.items():
-        app.add_route(url, StaticFile(name, content_type))
-    app.add_route("/shards", ShardsResource(settings, client))
-
-
 class ShardsResource:
     """`GET /shards`: every shard as `tools/gpu_status --json` shows it (GPU figures from NVML)."""
 
@@ -104,3 +97,10 @@ class ShardsResource:
             log.warning("api: /shards: Redis unreachable: %s", exc)
             raise RedisUnavailable("the queue service is unavailable; retry shortly") from None
         resp.media = shards_json(statuses, self._session.available)
+
+
+def add_status_page_routes(app: falcon.App[Any, Any], settings: Settings, client: redis.Redis) -> None:
+    """The page's files and the `/shards` JSON it reads (`/` itself is the index resource's, by Accept)."""
+    for url, (name, content_type) in ASSETS.items():
+        app.add_route(url, StaticFile(name, content_type))
+    app.add_route("/shards", ShardsResource(settings, client))
