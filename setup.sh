@@ -20,7 +20,9 @@ programs_for() {
               echo "openssl openssl"                  # the TLS tests make a self-signed certificate
               echo "systemd-analyze systemd"          # `systemd-analyze verify` of the unit file
               echo "promtool prometheus"              # `promtool check rules` of conf/prometheus/inferd-alerts.yml
-              echo "haproxy haproxy" ;;               # the balancer before two appliances (test_scaleout.py)
+              echo "haproxy haproxy"                  # the balancer before two appliances (test_scaleout.py)
+              echo "chromium chromium"                # a real browser for the status page (test_status_page.py)
+              echo "chromedriver chromium-driver" ;;  # ... driven by selenium through Debian's own driver
         bench) echo "wrk wrk" ;;
     esac
 }

@@ -36,6 +36,7 @@ from daemon.queues import ApiQueues, DrainState
 from daemon.redis_conn import connect
 from daemon.request_body import check_declared_size
 from daemon.settings import Settings, load_settings
+from daemon.status_page import add_status_page_routes, is_public, prefers_html, status_page
 from daemon.triton_metrics import PendingRequestCollector, TritonMiddleware, TritonRequestMetrics
 from daemon.wire import Job, new_job_id
 
@@ -48,7 +49,10 @@ RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 
 
 class IndexResource:
+    """`GET /`: what this is, as JSON for API clients, or the status page for a browser (by `Accept`)."""
+
     def __init__(self, settings: Settings) -> None:
+        self._page = status_page()
         self._body = {
             "name": "inferd",
             "version": VERSION,
@@ -59,6 +63,7 @@ class IndexResource:
                 "POST /predict": f"classify an image; ?top=N for N predictions (default {settings.api.default_top})",
                 "GET /healthz": "the API process is alive",
                 "GET /readyz": "Redis is reachable, a worker is live and the box is not draining (and which shards failed, why)",
+                "GET /shards": "every shard: device, status, queue, in flight, images/s, batch size, GPU figures",
                 "GET /metrics": "Prometheus metrics",
                 "GET /openapi.json": "OpenAPI 3.1 description of every endpoint",
                 "GET /v2, POST /v2/models/{name}/infer, ...": "KServe V2 (Open Inference Protocol), as tritonclient speaks it",
@@ -66,7 +71,11 @@ class IndexResource:
         }
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self._body
+        resp.vary = ("Accept",)  # one URL, two representations: a cache must key on Accept
+        if prefers_html(req):
+            self._page.serve(resp)
+        else:
+            resp.media = self._body
 
 
 class HealthResource:
@@ -216,13 +225,14 @@ def _read_bounded(stream: Any, limit: int) -> bytes:
 
 
 class BearerAuth:
-    """Optional bearer-token check, compared in constant time; health probes stay open."""
+    """Optional bearer-token check, compared in constant time; health probes and the status page's own files
+    (not the data it reads) stay open."""
 
     def __init__(self, token: str) -> None:
         self._expected = token.encode()
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if req.path in UNAUTHENTICATED_PATHS:
+        if req.path in UNAUTHENTICATED_PATHS or is_public(req):
             return
         scheme, _, given = (req.get_header("Authorization") or "").strip().partition(" ")
         # The scheme name is case-insensitive (RFC 7235 section 2.1); only the token is secret, so only it
@@ -290,6 +300,7 @@ def create_app(
     )
     app.add_route("/predict", PredictResource(settings, dispatcher, metrics))
     add_v2_routes(app, settings, dispatcher, VERSION)
+    add_status_page_routes(app, settings, client)
     app.add_route("/openapi.json", OpenApiResource(settings, VERSION))
     # Most specific first in effect: Falcon picks the handler registered for the nearest class.
     app.add_error_handler(Exception, handle_unexpected)

@@ -12,6 +12,7 @@ from typing import Any
 import falcon
 
 from daemon.settings import Settings
+from daemon.status_page import ASSETS
 
 JSON = "application/json"
 
@@ -88,6 +89,37 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "live_shards": string_list,
                 "registered_shards": string_list,
                 "reason": {"type": "string"},
+            },
+        },
+        "Shards": {
+            "type": "object",
+            "required": ["time", "nvml", "shards", "down", "failed"],
+            "properties": {
+                "time": {"type": "number", "description": "Unix time of the reading"},
+                "nvml": {"type": "boolean", "description": "whether GPU figures could be read"},
+                "shards": {"type": "array", "items": _ref("Shard")},
+                "down": string_list,
+                "failed": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+            },
+        },
+        "Shard": {
+            "type": "object",
+            "required": ["shard", "kind", "device_name", "status", "live", "queue_depth", "in_flight"],
+            "properties": {
+                "shard": {"type": "string"},
+                "kind": {"type": "string"},
+                "device_index": {"type": ["integer", "null"]},
+                "device_name": {"type": "string"},
+                "status": {"enum": ["live", "down", "stuck", "failed"]},
+                "live": {"type": "boolean"},
+                "pid": {"type": ["integer", "null"]},
+                "heartbeat_age_s": {"type": ["number", "null"]},
+                "queue_depth": {"type": "integer"},
+                "in_flight": {"type": "integer"},
+                "images_per_s": {"type": "number"},
+                "mean_batch_size": {"type": ["number", "null"]},
+                "gpu": {"type": ["object", "null"], "description": "NVML's figures for a GPU shard"},
+                "reason": {"type": ["string", "null"]},
             },
         },
         "TensorMetadata": tensor_meta,
@@ -240,9 +272,37 @@ def openapi_document(settings: Settings, version: str) -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/": {
             "get": {
-                "summary": "what this is",
-                "responses": {"200": _answer("a description", {"type": "object"}), **_errors("Error", AUTH)},
+                "summary": "what this is: JSON, or the status page for a client that prefers text/html",
+                "responses": {
+                    "200": {
+                        "description": "a description (JSON), or the status page (HTML, served without a token)",
+                        "content": {
+                            JSON: {"schema": {"type": "object"}},
+                            "text/html": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors("Error", AUTH),
+                },
             }
+        },
+        "/shards": {
+            "get": {
+                "summary": "every shard: device, status, queue, in flight, images/s, batch size, GPU figures",
+                "responses": {
+                    "200": _answer("the shards, as tools/gpu_status --json shows them", _ref("Shards")),
+                    **_errors("Error", {**AUTH, "503": "Redis unreachable"}, retry=True),
+                },
+            }
+        },
+        **{
+            url: {
+                "get": {
+                    "summary": f"a file of the status page ({name})",
+                    "security": [],
+                    "responses": {"200": _answer(name, {"type": "string"}, content_type.split(";")[0])},
+                }
+            }
+            for url, (name, content_type) in ASSETS.items()
         },
         "/healthz": {
             "get": {

@@ -154,16 +154,21 @@ def render_status_table(statuses: list[ShardStatus]) -> str:
     return "\n".join([table, summary, *notes])
 
 
-def status_json(statuses: list[ShardStatus], settings: Settings, nvml: bool) -> dict[str, Any]:
+def shards_json(statuses: list[ShardStatus], nvml: bool) -> dict[str, Any]:
+    """The shards as JSON: what `--json` prints and what the API serves at `GET /shards`."""
     return {
         "time": time.time(),
-        "redis": redis_address(settings),
         "nvml": nvml,
         "shards": [asdict(status) for status in statuses],
         "down": [status.shard for status in statuses if not status.live],
         "failed": {status.shard: status.reason for status in statuses if status.failed},
-        "exit_code": exit_code(statuses),
     }
+
+
+def status_json(statuses: list[ShardStatus], settings: Settings, nvml: bool) -> dict[str, Any]:
+    # The operator's own view adds where it looked and its exit code; the API leaves out the Redis address.
+    document = shards_json(statuses, nvml)
+    return {**document, "redis": redis_address(settings), "exit_code": exit_code(statuses)}
 
 
 def one_frame(client: redis.Redis, settings: Settings, reader: Nvml, as_json: bool) -> tuple[int, str]:

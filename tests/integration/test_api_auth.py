@@ -65,10 +65,15 @@ def test_the_route_list_is_read_from_the_app(secured):
 
 
 @pytest.mark.parametrize("headers", BAD_AUTHORIZATION.values(), ids=BAD_AUTHORIZATION.keys())
-def test_every_route_but_the_probes_refuses_a_bad_authorization_with_401_json(secured, headers):
+def test_every_route_but_the_probes_and_the_page_files_refuses_a_bad_authorization_with_401_json(
+    secured, headers
+):
     from daemon.api import UNAUTHENTICATED_PATHS
+    from daemon.status_page import ASSETS
 
-    guarded = [(method, path) for method, path in routes(secured) if path not in UNAUTHENTICATED_PATHS]
+    open_paths = UNAUTHENTICATED_PATHS | set(ASSETS)
+    guarded = [(method, path) for method, path in routes(secured) if path not in open_paths]
+    assert ("GET", "/shards") in guarded
     for method, path in guarded:
         result = call(secured, method, path, headers)
         assert result.status_code == 401, (method, path, result.text)
@@ -115,3 +120,21 @@ def test_probes_stay_open_and_the_right_token_passes(secured):
     assert result.status_code == 503
     assert result.json["error"].startswith("no worker is registered yet")
     assert result.headers["Retry-After"] == "1"
+
+
+def test_the_status_page_loads_without_a_token_but_its_data_do_not(secured):
+    from daemon.status_page import ASSETS
+
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    page = secured.simulate_get("/", headers=browser)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    for path in ASSETS:
+        assert secured.simulate_get(path).status_code == 200, path
+    # What the page then reads asks for the token, and gets it: JSON from the same URL, and the shards.
+    for path in ("/", "/shards"):
+        refused = secured.simulate_get(path, headers={"Accept": "application/json"})
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer", path
+        answered = secured.simulate_get(path, headers={"Accept": "application/json", **RIGHT})
+        assert answered.status_code == 200 and answered.json, path
+    # Only reading the page is open: any other method on / is refused before it reaches a route.
+    assert secured.simulate_post("/", headers=browser).status_code == 401

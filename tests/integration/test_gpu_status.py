@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,3 +125,24 @@ def test_watch_redraws_a_frame_per_refresh(two_gpu_shards, capsys):
     assert out.count("Every 0.05s: inferd gpu_status") == 3
     code, out = run(capsys, two_gpu_shards, "--watch", "0.05", "--count", "2", "--json")
     assert [json.loads(line)["exit_code"] for line in out.splitlines()] == [0, 0]
+
+
+def test_the_api_serves_the_shards_as_gpu_status_shows_them(two_gpu_shards, redis_client, capsys):
+    import falcon.testing
+
+    from daemon.status_page import ShardsResource
+
+    app = falcon.App()
+    app.add_route("/shards", ShardsResource(two_gpu_shards, redis_client, nvml=FakeNvml([H100, H100])))
+    served = falcon.testing.TestClient(app).simulate_get("/shards").json
+    _, out = run(capsys, two_gpu_shards, "--json")
+    shown = json.loads(out)
+
+    def steady(document: dict[str, Any]) -> dict[str, Any]:
+        # The reading's time and the heartbeats' ages move between the two looks; nothing else may.
+        shards = [{k: v for k, v in shard.items() if k != "heartbeat_age_s"} for shard in document["shards"]]
+        return {**{k: v for k, v in document.items() if k != "time"}, "shards": shards}
+
+    assert "redis" not in served and "exit_code" not in served  # where Redis lives is not the API's to say
+    assert steady(served) == {k: v for k, v in steady(shown).items() if k not in ("redis", "exit_code")}
+    assert [s["gpu"]["utilization_pct"] for s in served["shards"]] == [87, 87]

@@ -1,4 +1,5 @@
-"""A whole appliance shared by a module's tests that only read from it (two CPU shards, the tiny model)."""
+"""A whole appliance shared by a module's tests that only read from it (two CPU shards, the tiny model), and
+the real embedded default model for the tests that classify real photos."""
 
 from __future__ import annotations
 
@@ -6,9 +7,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import skimage
 
+from daemon.default_model import MODEL_FILENAME, default_weights_path, export_default_model
 from tests.conftest import tiny_sections
 from tools.harness import Appliance, write_settings
+
+SKIMAGE_DATA = Path(str(skimage.__file__)).parent / "data"
+"""scikit-image's sample photos: coffee.png is an espresso, chelsea.png a tabby cat."""
+
+
+@pytest.fixture(scope="module")
+def default_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The embedded EfficientNet-Lite0 (model, labels), built from its weights into the module's folder."""
+    folder = tmp_path_factory.mktemp("default-model")
+    export_default_model(folder, default_weights_path())
+    return folder / MODEL_FILENAME, folder / "imagenet-labels.txt"
 
 
 @pytest.fixture(scope="module")

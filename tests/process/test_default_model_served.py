@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import requests
-import skimage
 from PIL import Image
 
-from daemon.default_model import MODEL_FILENAME, default_weights_path, export_default_model
 from tests.conftest import encode_image
+from tests.process.conftest import SKIMAGE_DATA
 
 pytestmark = pytest.mark.slow
-
-SKIMAGE_DATA = Path(str(skimage.__file__)).parent / "data"
-
-
-@pytest.fixture(scope="module")
-def default_model(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("default-model")
-    export_default_model(folder, default_weights_path())
-    return folder / MODEL_FILENAME, folder / "imagenet-labels.txt"
 
 
 def test_real_photos_get_correct_imagenet_labels(start_appliance, default_model):
