@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from bench import frontdoor, loadgen, offline, profile, simulated
+from bench import frontdoor, loadgen, offline, peers, profile, simulated
 from bench.decode_only import decode_only_service
 from bench.loadgen import WrkResult
 from bench.old_design import old_design_services
@@ -237,9 +237,10 @@ def soak(
 
 
 # -- (d) ---------------------------------------------------------------------------------------------------
-def build_tiny_model(folder: Path) -> tuple[Path, Path]:
+def build_tiny_model(folder: Path, input_size: int | None = None) -> tuple[Path, Path]:
     """tests.tiny_model in its own process, so Keras never loads into the driver (which forks later)."""
-    subprocess.run([PYTHON, "-m", "tests.tiny_model", str(folder)], cwd=REPO, check=True, capture_output=True)
+    argv = [PYTHON, "-m", "tests.tiny_model", str(folder), *([str(input_size)] if input_size else [])]
+    subprocess.run(argv, cwd=REPO, check=True, capture_output=True)
     return folder / "tiny.keras", folder / "tiny-labels.txt"
 
 
@@ -346,3 +347,43 @@ def measure_frontdoor(
     standin = folder / "standin"  # bench.frontdoor writes the stand-in file and labels here
     env = appliance_env(folder, standin, standin, {"INFERD_MODEL_INPUT_SIZE": "224"})
     results.frontdoor += frontdoor.measure_frontdoor(folder, CONFIG, env, photo, plan)
+
+
+# -- (i) ---------------------------------------------------------------------------------------------------
+def measure_peers(results: BenchResults, folder: Path, photo: Path, plan: peers.PeersPlan) -> None:
+    """inferd and LitServe serving the tiny model at 224, loaded in turn (bench/peers.py); skipped, in one
+    line, where LitServe is not installed."""
+    missing = peers.missing_peer()
+    if missing is not None:
+        log.info("bench: phase peers skipped: %s", missing)
+        results.meta["peers_skipped"] = missing
+        return
+    model, labels = build_tiny_model(folder / "tiny-model", peers.INPUT_SIZE)
+    env = tiny_env(folder, model, labels, peers.INPUT_SIZE)
+    s = effective_settings(env)
+    results.meta["peers_setup"] = (
+        f"batching.max_batch_size={s.batching.max_batch_size}, batching.max_wait_ms={s.batching.max_wait_ms:g} "
+        f"(the peer's batch timeout); inferd api.workers={s.api.workers}, "
+        f"devices.cpu_workers={s.devices.cpu_workers}, model.backend={s.model.backend}"
+    )
+    results.meta["peers_software"] = peers.peer_software()
+    with ExitStack() as stack:
+        appliance, _ = stack.enter_context(running_appliance(folder / "inferd", env))
+        port = free_port()
+        peer_folder = folder / peers.PEER
+        peer = stack.enter_context(
+            peers.litserve_service(CONFIG, {**env, "INFERD_API_PORT": str(port)}, peer_folder)
+        )
+        peer.wait_http(f"http://127.0.0.1:{port}/health", peers.READY_TIMEOUT_S)
+        contenders = [
+            peers.Contender(
+                "inferd", f"{appliance.url}/predict", lambda: frontdoor.cpu_by_group(appliance.pid)
+            ),
+            peers.Contender(
+                peers.PEER,
+                f"http://127.0.0.1:{port}/predict",
+                lambda: peers.litserve_cpu_by_role(peer.pid, peer_folder / peers.WORKER_PIDS_FOLDER),
+                pause_root=peer.pid,
+            ),
+        ]
+        results.peers += peers.measure_peers(contenders, photo, plan)
