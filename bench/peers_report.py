@@ -42,17 +42,20 @@ def peers_section(r: BenchResults, standalone: bool) -> str:
             "CPU milliseconds per served request by role, in the kept round (utime + stime from "
             "/proc/<pid>/stat of every process of the system; wrk's own CPU is not counted). inferd's api "
             f"is its gunicorn processes (upload, decode, queueing), {PEER}'s its uvicorn API servers (upload "
-            "parsing, queueing); workers are the model processes (for the peer they decode as well).",
+            "parsing, queueing); workers are the model processes (for the peer they decode as well). Cores "
+            "used = all x req/s: on a shared machine a system's req/s follows the share of the cores it gets, "
+            "CPU per request does not.",
             "",
         ]
         out += table(
-            ["system", "clients", *roles, "all"],
+            ["system", "clients", *roles, "all", "cores used"],
             [
                 [
                     p.system,
                     str(p.clients),
                     *(fmt(p.cpu_ms_per_request.get(role), 2) for role in roles),
                     fmt(sum(p.cpu_ms_per_request.values()), 2),
+                    fmt(sum(p.cpu_ms_per_request.values()) * p.result.rps / 1000.0, 2),
                 ]
                 for p in sorted(r.peers, key=lambda p: (p.system != "inferd", p.clients))
             ],

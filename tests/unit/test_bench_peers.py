@@ -96,9 +96,9 @@ def test_inferd_must_be_ahead_of_the_peer_at_every_client_count_and_the_section_
     markdown = render_markdown(results, "results.png")
     assert "## (i) inferd beside LitServe on the same work" in markdown
     assert "| 16 | 200.0 (10 / 15 ms) | 250.0 (10 / 15 ms) | 0.80x |" in markdown
-    assert "| system | clients | api | workers | redis | other | all |" in markdown
-    assert "| inferd | 64 | 3.00 | 2.00 | 0.50 | - | 5.50 |" in markdown
-    assert "| litserve | 1 | 2.00 | 4.50 | - | 0.00 | 6.50 |" in markdown
+    assert "| system | clients | api | workers | redis | other | all | cores used |" in markdown
+    assert "| inferd | 64 | 3.00 | 2.00 | 0.50 | - | 5.50 | 1.38 |" in markdown
+    assert "| litserve | 1 | 2.00 | 4.50 | - | 0.00 | 6.50 | 0.33 |" in markdown
 
 
 def test_without_the_peer_installed_the_phase_is_skipped_in_one_line_and_says_so(tmp_path, monkeypatch):
