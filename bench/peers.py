@@ -1,16 +1,17 @@
-"""(i) inferd beside a server users could pick instead: LitServe, on the same work, one system loaded at a time.
+"""(i) inferd beside the servers users could pick instead (LitServe, BentoML), on the same work, one at a time.
 
-Both serve the tiny test model built at 224x224 with inferd's own decode, resize, normalisation and top-5
-(bench/litserve_peer.py reuses daemon/imaging.py and daemon/model.py), adaptive batching on (max batch 32,
-`batching.max_wait_ms` as LitServe's batch timeout), LitServe with one inference worker per core; wrk posts
-the same JPEG to each. Each client count is measured in rounds that alternate between the systems, and each
-keeps its best round. Only the system being measured runs: LitServe's idle processes poll their queues (a
-fifth of a core here, where inferd's idle cost is under 1%), so its whole tree is stopped (SIGSTOP) outside
-its own turns and continued before them, warm-up included. Around each round the CPU seconds of every
-process of the measured system are read from /proc, summed by role and divided by the requests it served.
+Every system serves the tiny test model built at 224x224 with inferd's own decode, resize, normalisation and
+top-5 (bench/litserve_peer.py and bench/bentoml_peer.py reuse daemon/imaging.py and daemon/model.py),
+adaptive batching on (max batch 32), the peers with one model worker per core; wrk posts the same JPEG to
+each. Each client count is measured in rounds that alternate between the systems, and each keeps its best
+round. Only the system being measured runs: the peers' idle processes poll (LitServe's take a fifth of a core
+here, where inferd's idle cost is under 1%), so each peer's whole tree is stopped (SIGSTOP) outside its own
+turns and continued before them, warm-up included. Around each round the CPU seconds of every process of the
+measured system are read from /proc, summed by role and divided by the requests it served.
 
-LitServe is an optional extra (`bench-peers` in pyproject.toml, installed by `./setup.sh bench`, not by
-`./setup.sh test`): where it is missing the phase says so in one line and is skipped.
+The peers are an optional extra (`bench-peers` in pyproject.toml, installed by `./setup.sh bench`, not by
+`./setup.sh test`): a peer that is missing is named in one line and left out, and without any the phase is
+skipped.
 """
 
 from __future__ import annotations
@@ -20,29 +21,30 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import requests
+
 from bench import loadgen
 from bench.procs import cpu_seconds, state
-from tools.harness import PYTHON, Service, wait_until
+from tools.harness import PYTHON, Service, free_port, wait_until
 from tools.proctree import tree
 
 log = logging.getLogger(__name__)
 
-PEER = "litserve"
-"""The peer's name in the report, and the package it needs."""
 INPUT_SIZE = 224
 """The tiny model's input side here: the size real classifiers take, so decode and resize cost what they do."""
 WORKER_PIDS_ENV = "PEER_WORKER_PIDS_DIR"
-"""A folder where each of the peer's inference workers leaves a file named by its pid: its API servers are
-spawned alike, and only this tells them apart when CPU time is summed by role."""
+"""A folder where each of a peer's model workers leaves a file named by its pid once its model is warm: the
+peers spawn their API servers alike, so only this tells them apart when CPU time is summed by role, and it
+says when every worker is ready."""
 WORKER_PIDS_FOLDER = "worker-pids"
 READY_TIMEOUT_S = 180.0
+"""A peer starts one model worker per core, each loading Keras and warming every batch bucket."""
 PAUSE_TIMEOUT_S = 30.0
-"""LitServe starts one inference worker per core, each loading Keras and warming every batch bucket."""
 
 CpuByRole = Callable[[], dict[int, tuple[str, float]]]
 """pid -> (role, CPU seconds so far) for every process of one system."""
@@ -91,17 +93,54 @@ class Contender:
     """The pid whose whole tree is stopped while another system is measured; None: left running."""
 
 
-def missing_peer() -> str | None:
-    """Why the peer cannot run here, or None when it can."""
-    if importlib.util.find_spec(PEER) is None:
-        return f"{PEER} is not installed (`./setup.sh bench` installs it: the bench-peers extra)"
+@dataclass(frozen=True)
+class Peer:
+    """A server inferd is compared with, served by a module of bench/ run as `python -m`."""
+
+    name: str
+    """Its name in the report, and the package it needs."""
+    module: str
+    health_path: str
+    packages: tuple[str, ...]
+    """Whose versions the report gives."""
+    layout: str
+    """Its processes, as the report describes them."""
+    home_env: str = ""
+    """The variable naming the folder where the peer keeps state of its own, pointed into the run's folder."""
+    env: tuple[tuple[str, str], ...] = ()
+
+
+PEERS = (
+    Peer(
+        "litserve",
+        "bench.litserve_peer",
+        "/health",
+        ("litserve", "fastapi", "uvicorn"),
+        "uvicorn API servers (upload parsing, queueing) and inference workers (decode, model), as many of each",
+    ),
+    Peer(
+        "bentoml",
+        "bench.bentoml_peer",
+        "/readyz",
+        ("bentoml",),
+        "worker processes that each serve HTTP, batch and run the model (decode included)",
+        home_env="BENTOML_HOME",
+        env=(("BENTOML_DO_NOT_TRACK", "True"),),
+    ),
+)
+
+
+def missing(peer: Peer) -> str | None:
+    """Why `peer` cannot run here, or None when it can."""
+    if importlib.util.find_spec(peer.name) is None:
+        return f"{peer.name} is not installed (`./setup.sh bench` installs it: the bench-peers extra)"
     return None
 
 
-def peer_software() -> str:
-    """The peer's version and the HTTP stack under it."""
+def software(peer: Peer) -> str:
+    """The peer's version and the stack under it."""
     found = []
-    for package in (PEER, "fastapi", "uvicorn"):
+    for package in peer.packages:
         try:
             found.append(f"{package} {version(package)}")
         except PackageNotFoundError:
@@ -109,17 +148,52 @@ def peer_software() -> str:
     return ", ".join(found)
 
 
-def litserve_service(config: Path, env: dict[str, str], folder: Path) -> Service:
-    """bench/litserve_peer.py under `config` plus the INFERD_* overrides in `env` (model, port, batching)."""
+def peer_service(peer: Peer, config: Path, env: dict[str, str], folder: Path) -> Service:
+    """`peer` under `config` plus the INFERD_* overrides in `env` (model, `api.port`, batching)."""
     pids = folder / WORKER_PIDS_FOLDER
     pids.mkdir(parents=True, exist_ok=True)
-    argv = [PYTHON, "-m", "bench.litserve_peer"]
-    service_env = {**env, "INFERD_CONFIG": str(config), WORKER_PIDS_ENV: str(pids)}
-    return Service(PEER, argv, folder / f"{PEER}.log", service_env)
+    argv = [PYTHON, "-m", peer.module]
+    service_env = {**env, **dict(peer.env), "INFERD_CONFIG": str(config), WORKER_PIDS_ENV: str(pids)}
+    if peer.home_env:
+        service_env[peer.home_env] = str(folder / "home")
+    return Service(peer.name, argv, folder / f"{peer.name}.log", service_env)
 
 
-def litserve_cpu_by_role(root: int, worker_pids: Path) -> dict[int, tuple[str, float]]:
-    """The inference workers (they leave their pids in `worker_pids`), the launcher, and the API servers."""
+def wait_ready(service: Service, base_url: str, peer: Peer, photo: Path, workers: int) -> None:
+    """Every model worker warm (its pid file written); photos are posted meanwhile, since a server may
+    build its model only on the first request it takes."""
+    service.wait_http(f"{base_url}{peer.health_path}", READY_TIMEOUT_S)
+    pids = Path(service.env[WORKER_PIDS_ENV])
+
+    def all_warm() -> bool:
+        if len(list(pids.iterdir())) >= workers:
+            return True
+        with photo.open("rb") as upload:
+            requests.post(f"{base_url}/predict", files={"image": upload}, timeout=30)
+        return False
+
+    service.wait_until(f"{workers} warm model workers", all_warm, READY_TIMEOUT_S)
+
+
+def start_peer(
+    stack: ExitStack, peer: Peer, config: Path, env: dict[str, str], folder: Path, photo: Path
+) -> Contender:
+    """`peer` started on a free port, every worker warm, stopped when `stack` closes."""
+    port = free_port()
+    service = stack.enter_context(peer_service(peer, config, {**env, "INFERD_API_PORT": str(port)}, folder))
+    base_url = f"http://127.0.0.1:{port}"
+    wait_ready(service, base_url, peer, photo, os.cpu_count() or 1)
+    pids = folder / WORKER_PIDS_FOLDER
+    return Contender(
+        peer.name,
+        f"{base_url}/predict",
+        lambda: peer_cpu_by_role(service.pid, pids),
+        pause_root=service.pid,
+    )
+
+
+def peer_cpu_by_role(root: int, worker_pids: Path) -> dict[int, tuple[str, float]]:
+    """The model workers (they leave their pids in `worker_pids`), the launcher, and the API servers."""
     workers = {int(entry.name) for entry in worker_pids.iterdir() if entry.name.isdigit()}
     found = {}
     for process in tree(root):

@@ -351,39 +351,36 @@ def measure_frontdoor(
 
 # -- (i) ---------------------------------------------------------------------------------------------------
 def measure_peers(results: BenchResults, folder: Path, photo: Path, plan: peers.PeersPlan) -> None:
-    """inferd and LitServe serving the tiny model at 224, loaded in turn (bench/peers.py); skipped, in one
-    line, where LitServe is not installed."""
-    missing = peers.missing_peer()
-    if missing is not None:
-        log.info("bench: phase peers skipped: %s", missing)
-        results.meta["peers_skipped"] = missing
+    """inferd and every installed peer serving the tiny model at 224, loaded in turn (bench/peers.py); a
+    missing peer is named in one line, and with none installed the phase is skipped."""
+    installed = []
+    for peer in peers.PEERS:
+        missing = peers.missing(peer)
+        if missing is None:
+            installed.append(peer)
+        else:
+            log.info("bench: peers: %s left out: %s", peer.name, missing)
+            results.meta.setdefault("peers_missing", []).append(missing)
+    if not installed:
+        log.info("bench: phase peers skipped: no peer is installed")
+        results.meta["peers_skipped"] = "; ".join(results.meta["peers_missing"])
         return
     model, labels = build_tiny_model(folder / "tiny-model", peers.INPUT_SIZE)
     env = tiny_env(folder, model, labels, peers.INPUT_SIZE)
     s = effective_settings(env)
     results.meta["peers_setup"] = (
         f"batching.max_batch_size={s.batching.max_batch_size}, batching.max_wait_ms={s.batching.max_wait_ms:g} "
-        f"(the peer's batch timeout); inferd api.workers={s.api.workers}, "
+        f"(LitServe's batch timeout too); inferd api.workers={s.api.workers}, "
         f"devices.cpu_workers={s.devices.cpu_workers}, model.backend={s.model.backend}"
     )
-    results.meta["peers_software"] = peers.peer_software()
+    results.meta["peers_software"] = {peer.name: peers.software(peer) for peer in installed}
     with ExitStack() as stack:
         appliance, _ = stack.enter_context(running_appliance(folder / "inferd", env))
-        port = free_port()
-        peer_folder = folder / peers.PEER
-        peer = stack.enter_context(
-            peers.litserve_service(CONFIG, {**env, "INFERD_API_PORT": str(port)}, peer_folder)
-        )
-        peer.wait_http(f"http://127.0.0.1:{port}/health", peers.READY_TIMEOUT_S)
         contenders = [
             peers.Contender(
                 "inferd", f"{appliance.url}/predict", lambda: frontdoor.cpu_by_group(appliance.pid)
-            ),
-            peers.Contender(
-                peers.PEER,
-                f"http://127.0.0.1:{port}/predict",
-                lambda: peers.litserve_cpu_by_role(peer.pid, peer_folder / peers.WORKER_PIDS_FOLDER),
-                pause_root=peer.pid,
-            ),
+            )
         ]
+        for peer in installed:
+            contenders.append(peers.start_peer(stack, peer, CONFIG, env, folder / peer.name, photo))
         results.peers += peers.measure_peers(contenders, photo, plan)

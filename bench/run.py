@@ -2,9 +2,9 @@
 
 Phases, each with the machine to itself: (a) the default model offline; (b) the whole appliance with it at
 1/16/64/256 clients, then a py-spy profile and (g) a soak; (d) the tiny model behind inferd, the decode-only
-ceiling and the old design; (e) simulated shards; (h) the front door; (i) inferd beside LitServe (where the
-bench-peers extra is installed). (c) and (f) are derived. The default run takes about
-16 minutes on two cores (the peers phase about 4 of them); `--quick` shrinks every phase to a smoke test of the
+ceiling and the old design; (e) simulated shards; (h) the front door; (i) inferd beside LitServe and BentoML
+(where the bench-peers extra is installed). (c) and (f) are derived. The default run takes about
+18 minutes on two cores (the peers phase about 6 of them); `--quick` shrinks every phase to a smoke test of the
 whole pipeline.
 """
 
