@@ -29,7 +29,8 @@ programs_for() {
 extras_for() {
     # The ML runtime is not among them: install_runtime below picks its build for the hardware found.
     case "$1" in
-        test|bench) echo "default-model,tools,dev,bench" ;;  # bench brings py-spy
+        test) echo "default-model,tools,dev,bench" ;;  # bench brings py-spy
+        bench) echo "default-model,tools,dev,bench,bench-peers" ;;  # bench-peers: LitServe and BentoML, phase (i)
         *) echo "default-model,tools" ;;
     esac
 }

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from bench import frontdoor, loadgen, offline, profile, simulated
+from bench import frontdoor, loadgen, offline, peers, profile, simulated
 from bench.decode_only import decode_only_service
 from bench.loadgen import WrkResult
 from bench.old_design import old_design_services
@@ -237,9 +237,10 @@ def soak(
 
 
 # -- (d) ---------------------------------------------------------------------------------------------------
-def build_tiny_model(folder: Path) -> tuple[Path, Path]:
+def build_tiny_model(folder: Path, input_size: int | None = None) -> tuple[Path, Path]:
     """tests.tiny_model in its own process, so Keras never loads into the driver (which forks later)."""
-    subprocess.run([PYTHON, "-m", "tests.tiny_model", str(folder)], cwd=REPO, check=True, capture_output=True)
+    argv = [PYTHON, "-m", "tests.tiny_model", str(folder), *([str(input_size)] if input_size else [])]
+    subprocess.run(argv, cwd=REPO, check=True, capture_output=True)
     return folder / "tiny.keras", folder / "tiny-labels.txt"
 
 
@@ -346,3 +347,40 @@ def measure_frontdoor(
     standin = folder / "standin"  # bench.frontdoor writes the stand-in file and labels here
     env = appliance_env(folder, standin, standin, {"INFERD_MODEL_INPUT_SIZE": "224"})
     results.frontdoor += frontdoor.measure_frontdoor(folder, CONFIG, env, photo, plan)
+
+
+# -- (i) ---------------------------------------------------------------------------------------------------
+def measure_peers(results: BenchResults, folder: Path, photo: Path, plan: peers.PeersPlan) -> None:
+    """inferd and every installed peer serving the tiny model at 224, loaded in turn (bench/peers.py); a
+    missing peer is named in one line, and with none installed the phase is skipped."""
+    installed = []
+    for peer in peers.PEERS:
+        missing = peers.missing(peer)
+        if missing is None:
+            installed.append(peer)
+        else:
+            log.info("bench: peers: %s left out: %s", peer.name, missing)
+            results.meta.setdefault("peers_missing", []).append(missing)
+    if not installed:
+        log.info("bench: phase peers skipped: no peer is installed")
+        results.meta["peers_skipped"] = "; ".join(results.meta["peers_missing"])
+        return
+    model, labels = build_tiny_model(folder / "tiny-model", peers.INPUT_SIZE)
+    env = tiny_env(folder, model, labels, peers.INPUT_SIZE)
+    s = effective_settings(env)
+    results.meta["peers_setup"] = (
+        f"batching.max_batch_size={s.batching.max_batch_size}, batching.max_wait_ms={s.batching.max_wait_ms:g} "
+        f"(LitServe's batch timeout too); inferd api.workers={s.api.workers}, "
+        f"devices.cpu_workers={s.devices.cpu_workers}, model.backend={s.model.backend}"
+    )
+    results.meta["peers_software"] = {peer.name: peers.software(peer) for peer in installed}
+    with ExitStack() as stack:
+        appliance, _ = stack.enter_context(running_appliance(folder / "inferd", env))
+        contenders = [
+            peers.Contender(
+                "inferd", f"{appliance.url}/predict", lambda: frontdoor.cpu_by_group(appliance.pid)
+            )
+        ]
+        for peer in installed:
+            contenders.append(peers.start_peer(stack, peer, CONFIG, env, folder / peer.name, photo))
+        results.peers += peers.measure_peers(contenders, photo, plan)

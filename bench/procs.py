@@ -41,6 +41,15 @@ def own_cpu_s() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
+def state(pid: int) -> str | None:
+    """The scheduler state letter of a process ('R', 'S', 'T' for stopped, ...), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[0]
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU seconds of a process (all its threads) from /proc/<pid>/stat, None once gone."""
     try:

@@ -8,29 +8,13 @@ from pathlib import Path
 from bench import sections
 from bench.frontdoor import STANDIN_BATCH_MS, STANDIN_PER_IMAGE_MS, TARGET_JOBS_PER_S
 from bench.loadgen import WrkResult
+from bench.markdown import fmt, load_cell, own_run_note, table
+from bench.peers_report import SECTION as PEERS_SECTION
+from bench.peers_report import peers_section, summary_lines
 from bench.results import BenchResults, Target, targets
 
 FRONTDOOR_SECTION = "frontdoor"
 CPU_GROUPS = ("api", "redis", "workers", "front door", "other")
-
-
-def table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return [*lines, ""]
-
-
-def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:,.{digits}f}{suffix}"
-
-
-def load_cell(result: WrkResult | None) -> str:
-    if result is None:
-        return "-"
-    errors = f", {result.errors} errors" if result.errors else ""
-    return f"{result.rps:,.1f} ({result.p50_ms:,.0f} / {result.p99_ms:,.0f} ms{errors})"
 
 
 def targets_table(found: list[Target]) -> list[str]:
@@ -221,6 +205,8 @@ def render_markdown(r: BenchResults, plot_name: str) -> str:
 
     if r.frontdoor:
         out += [frontdoor_section(r, standalone=False)]
+    if r.peers or r.meta.get("peers_skipped"):
+        out += [peers_section(r, standalone=False)]
     out += ["## Plot", "", f"![benchmark plot]({plot_name})", ""]
     return "\n".join(out)
 
@@ -234,11 +220,7 @@ def frontdoor_section(r: BenchResults, standalone: bool) -> str:
     ]
     meta = r.meta
     if standalone:
-        out += [
-            f"From its own run, not the one above: `{meta.get('command', '-')}` on {meta.get('date', '-')} "
-            f"({meta.get('wall_s', 0):.0f} s; {meta.get('machine', '-')}). {meta.get('sharing', '')}.",
-            "",
-        ]
+        out += [own_run_note(meta), ""]
     out += [
         f"`inferd run` with the stand-in model (daemon/standin.py: {STANDIN_BATCH_MS:g} ms per batch + "
         f"{STANDIN_PER_IMAGE_MS:g} ms per image, 224x224 jobs, `devices.gpus = none`, one CPU shard per "
@@ -462,6 +444,7 @@ def summary(r: BenchResults) -> str:
             f"(bound {f.bound:.0f}), p50 {f.inferd.p50_ms:.1f} ms p99 {f.inferd.p99_ms:.1f} ms, "
             f"Redis {f.cpu_ms_per_request.get('redis', 0) * 1000:.0f} µs CPU/job"
         )
+    lines += summary_lines(r)
     return "\n".join(lines)
 
 
@@ -474,5 +457,14 @@ def write_report(r: BenchResults, markdown: Path, plot: Path) -> None:
 
 def write_frontdoor_section(r: BenchResults, markdown: Path) -> None:
     """Only (h), from a run of that phase alone: the rest of the file stays as an earlier run wrote it."""
+    write_own_section(markdown, FRONTDOOR_SECTION, frontdoor_section(r, True))
+
+
+def write_peers_section(r: BenchResults, markdown: Path) -> None:
+    """Only (i), from a run of that phase alone."""
+    write_own_section(markdown, PEERS_SECTION, peers_section(r, True))
+
+
+def write_own_section(markdown: Path, name: str, section: str) -> None:
     previous = markdown.read_text() if markdown.is_file() else "# inferd benchmark results\n"
-    markdown.write_text(sections.replace_section(previous, FRONTDOOR_SECTION, frontdoor_section(r, True)))
+    markdown.write_text(sections.replace_section(previous, name, section))

@@ -14,6 +14,7 @@ from typing import Any
 from bench.frontdoor import TARGET_JOBS_PER_S, FrontDoorPoint
 from bench.loadgen import WrkResult
 from bench.offline import OfflinePoint
+from bench.peers import PeerResult
 from bench.profile import ProfileSummary
 from bench.simulated import SimResult
 from bench.soak import Growth, SoakSamples
@@ -35,6 +36,8 @@ FRONTDOOR_TARGET = CEILING_TARGET
 """Front door with the widest stand-in shard count: served req/s as a share of its bound."""
 CLIENT_GROWTH_TARGET = 0.90
 """Front door at the most clients, as a share of its req/s at the fewest: throughput must not fall (10% noise)."""
+PEER_TARGET = 1.0
+"""inferd's req/s as a multiple of each peer's (LitServe, BentoML) at each client count: ahead means above 1."""
 
 
 @dataclass
@@ -64,6 +67,7 @@ class BenchResults:
     soak: SoakReport | None = None
     profiles: list[ProfileSummary] = field(default_factory=list)
     frontdoor: list[FrontDoorPoint] = field(default_factory=list)
+    peers: list[PeerResult] = field(default_factory=list)
 
     # -- derived figures ----------------------------------------------------------------------------
     def offline_best(self) -> OfflinePoint | None:
@@ -90,6 +94,17 @@ class BenchResults:
         if one is None or many is None or not one.jobs_per_s:
             return None
         return many.jobs_per_s / (shards * one.jobs_per_s)
+
+    def peer_at(self, system: str, clients: int) -> PeerResult | None:
+        return next((p for p in self.peers if (p.system, p.clients) == (system, clients)), None)
+
+    def peer_load(self, system: str, clients: int) -> WrkResult | None:
+        found = self.peer_at(system, clients)
+        return None if found is None else found.result
+
+    def peer_systems(self) -> list[str]:
+        """The peers measured beside inferd, in the order they were measured."""
+        return list(dict.fromkeys(p.system for p in self.peers if p.system != "inferd"))
 
     def frontdoor_sweep(self) -> list[FrontDoorPoint]:
         """The client sweep: auto api.threads at the widest shard count, fewest clients first."""
@@ -181,6 +196,7 @@ def targets(r: BenchResults) -> list[Target]:
         )
     )
     found += frontdoor_targets(r)
+    found += peer_targets(r)
     if r.soak is not None and r.soak.growth:
         worst = max(r.soak.growth, key=lambda g: g.growth_pct)
         found.append(
@@ -240,3 +256,28 @@ def frontdoor_targets(r: BenchResults) -> list[Target]:
             None if redis is None else redis >= TARGET_JOBS_PER_S,
         ),
     ]
+
+
+def peer_targets(r: BenchResults) -> list[Target]:
+    """inferd ahead of each peer at every client count measured (the issue asks for 1, 16 and 64)."""
+    goal = f"> {PEER_TARGET:g}x"
+    if not r.peer_systems():
+        why = r.meta.get("peers_skipped", "not measured")
+        return [Target("tiny model at 224: inferd / each peer's req/s", why, goal, None)]
+    found = []
+    for system in r.peer_systems():
+        for clients in sorted({p.clients for p in r.peers if p.system == system}):
+            inferd, peer = r.peer_load("inferd", clients), r.peer_load(system, clients)
+            ratio = _ratio(inferd, peer)
+            measured = "not measured"
+            if inferd is not None and peer is not None and ratio is not None:
+                measured = f"{inferd.rps:,.1f} / {peer.rps:,.1f} req/s = {ratio:.2f}x"
+            found.append(
+                Target(
+                    f"tiny model at 224, {clients} client(s): inferd / {system} req/s",
+                    measured,
+                    goal,
+                    None if ratio is None else ratio > PEER_TARGET,
+                )
+            )
+    return found

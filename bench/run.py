@@ -2,8 +2,10 @@
 
 Phases, each with the machine to itself: (a) the default model offline; (b) the whole appliance with it at
 1/16/64/256 clients, then a py-spy profile and (g) a soak; (d) the tiny model behind inferd, the decode-only
-ceiling and the old design; (e) simulated shards. (c) and (f) are derived. The default run takes about
-12 minutes on two cores; `--quick` shrinks every phase to a smoke test of the whole pipeline.
+ceiling and the old design; (e) simulated shards; (h) the front door; (i) inferd beside LitServe and BentoML
+(where the bench-peers extra is installed). (c) and (f) are derived. The default run takes about
+18 minutes on two cores (the peers phase about 6 of them); `--quick` shrinks every phase to a smoke test of the
+whole pipeline.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import frontdoor, phases
+from bench import frontdoor, peers, phases
 from bench.loadgen import write_photos
 from bench.phases import Durations, Plan
 from bench.procs import machine_busy_s, own_cpu_s
-from bench.report import summary, write_frontdoor_section, write_report
+from bench.report import summary, write_frontdoor_section, write_peers_section, write_report
 from bench.results import BenchResults
 from daemon.settings import gpu_selection_text
 from tools.harness import PYTHON, REPO
@@ -40,7 +42,9 @@ MODEL_FILE = "efficientnet-lite0.keras"
 LABELS_FILE = "imagenet-labels.txt"
 TINY_INPUT = 32
 """The tiny model's input side, as the tests use it."""
-PHASES = ("offline", "served", "tiny", "simulated", "frontdoor")
+PHASES = ("offline", "served", "tiny", "simulated", "frontdoor", "peers")
+ALONE = {"frontdoor": write_frontdoor_section, "peers": write_peers_section}
+"""Phases that, run alone, need no model built here and write only their own section of RESULTS.md."""
 
 QUICK_DURATIONS = Durations(
     offline_s=0.3,
@@ -232,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     results = BenchResults()
     describe_run(results, argv if argv is not None else sys.argv[1:], d, plan, work)
     photos = write_photos(work / "photos")
-    if wanted == {"frontdoor"}:
-        # The stand-in model needs no Keras model: none is built.
+    alone = next(iter(wanted)) if len(wanted) == 1 and next(iter(wanted)) in ALONE else None
+    if alone:
+        # Each builds what it serves itself (the stand-in, the tiny model at 224): nothing is built here.
         tiny_model = tiny_labels = args.model_dir / MODEL_FILE
     else:
         tiny_model, tiny_labels = phases.build_tiny_model(work / "tiny-model")
     tiny_env = phases.tiny_env(work / "tiny", tiny_model, tiny_labels, TINY_INPUT)
-    if args.quick or wanted == {"frontdoor"}:
+    if args.quick or alone:
         # The smoke test must stay short: the tiny model stands in for the default one everywhere.
         served_env = tiny_env
         results.meta["served_model"] = "tiny model (--quick)"
@@ -293,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
             results,
             lambda: phases.measure_frontdoor(results, work / "frontdoor", photos["jpeg"], plan_h),
         )
+    if "peers" in wanted:
+        plan_i = peers.QUICK_PLAN if args.quick else peers.PeersPlan()
+        run_phase(
+            "peers", results, lambda: phases.measure_peers(results, work / "peers", photos["jpeg"], plan_i)
+        )
 
     wall = time.monotonic() - started
     share = others_share(busy0, own0, wall)
@@ -302,10 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(load average {load_before:.2f} at the start)"
         + (": figures are from a shared machine" if share > 5 else "")
     )
-    if wanted == {"frontdoor"}:
+    if alone:
         # One phase alone: its own section and figures; the rest of RESULTS.md stays as its run wrote it.
-        results.to_json(args.out_dir / "results-frontdoor.json")
-        write_frontdoor_section(results, args.out_dir / "RESULTS.md")
+        results.to_json(args.out_dir / f"results-{alone}.json")
+        ALONE[alone](results, args.out_dir / "RESULTS.md")
     else:
         results.to_json(args.out_dir / "results.json")
         write_report(results, args.out_dir / "RESULTS.md", args.out_dir / "results.png")

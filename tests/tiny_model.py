@@ -48,4 +48,5 @@ def build_model_failing_warm_up(folder: Path, kernel: int = 64, classes: int = 1
 if __name__ == "__main__":
     import sys
 
-    print(build_tiny_model(Path(sys.argv[1])))
+    # python -m tests.tiny_model FOLDER [INPUT_SIZE]
+    print(build_tiny_model(Path(sys.argv[1]), *(int(size) for size in sys.argv[2:3])))
