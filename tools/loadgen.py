@@ -71,6 +71,8 @@ class RequestRecord:
     batch_size: int | None = None
     error: str | None = None
     """The API's JSON `error` for a non-200 answer, or the exception when there was no answer."""
+    model_version: int | None = None
+    """X-Inferd-Model-Version of a 200 answer: the version of the model that computed it."""
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -308,7 +310,15 @@ class LoadRun:
         if response.status == 200:
             batch = response.getheader("X-Inferd-Batch-Size")
             shard = response.getheader("X-Inferd-Shard")
-            return RequestRecord(start_s, latency, 200, shard, int(batch) if batch else None)
+            version = response.getheader("X-Inferd-Model-Version")
+            return RequestRecord(
+                start_s,
+                latency,
+                200,
+                shard,
+                int(batch) if batch else None,
+                model_version=int(version) if version else None,
+            )
         return RequestRecord(start_s, latency, response.status, error=_error_text(body))
 
 
