@@ -15,7 +15,7 @@ from typing import Any, cast
 import falcon
 import redis
 
-from daemon.active_model import ServedVersions
+from daemon.active_model import ServedVersions, with_active_model
 from daemon.capacity import api_pool_size, shard_count_from_env
 from daemon.dispatcher import Dispatch, Dispatcher
 from daemon.errors import (
@@ -279,8 +279,8 @@ def create_app(
     token = settings.secrets.auth_token
     metrics = ApiMetrics()
     # Metrics first: its clock starts before auth can refuse, so a 401 is timed and counted like any answer.
-    triton = TritonRequestMetrics(settings.model, metrics.registry)
     versions = ServedVersions(settings)
+    triton = TritonRequestMetrics(with_active_model(settings).model, metrics.registry)
     middleware: list[Any] = [
         MetricsMiddleware(metrics),
         TritonMiddleware(triton, lambda: versions.current().version),

@@ -71,6 +71,8 @@ class TritonRequestMetrics:
             "Cumulative inference request duration in microseconds",
             registry,
         )
+        for family in (self.success, self.failure, self.duration_us):
+            family.labels(*_model_labels(model))  # exported from the start, at 0, as Triton does
 
 
 class TritonMiddleware:
