@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import falcon.testing
 import numpy as np
+import numpy.typing as npt
 import pytest
+import redis
+from PIL import Image
 
+from daemon.active_model import ModelRecord, choice_of, write_record
+from daemon.api import create_app
 from daemon.gpu_worker import Worker
 from daemon.model import Classifier
-from daemon.queues import ShardQueues, await_swap, queue_key, reply_key, request_swap, swap_key
+from daemon.queues import DrainState, ShardQueues, await_swap, queue_key, reply_key, request_swap, swap_key
 from daemon.shard import cpu_shards
-from daemon.wire import Job, ModelChoice, Reply, new_job_id
+from daemon.wire import Job, ModelChoice, Prediction, Reply, new_job_id
 from tests.conftest import TINY_INPUT
 from tests.tiny_model import build_tiny_model
 
 SWAP_WAIT_S = 60.0
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (40, 40), (90, 120, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+PNG = png()
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +105,68 @@ def test_a_model_loaded_after_the_tool_gave_up_is_not_taken_up(worker, redis_cli
     assert await_swap(redis_client, "cpu0", 0.01) is None  # the tool gives up and withdraws its request
     worker.take_up(loaded)
     assert worker.settings.model.version == 1 and worker.predictor.labels[0] == "class_0"
+
+
+class TwoModels:
+    """A dispatcher in the middle of a swap: its first answer mixes versions 1 (10 classes) and 2 (5 classes),
+    later ones come from version 2 alone."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def dispatch(self, job: Job) -> Reply:
+        return Reply(shard="cpu1", predictions=(Prediction("second_0", 0.9),), model_version=2)
+
+    def dispatch_many(self, jobs: Sequence[Job]) -> list[Reply]:
+        self.calls += 1
+        versions = [1, 2] if self.calls == 1 else [2, 2]
+        return [
+            Reply(shard="cpu0", probabilities=vector_of(v), model_version=v) for v in versions[: len(jobs)]
+        ]
+
+    def shard_status(self) -> dict[str, str]:
+        return {"cpu0": "live", "cpu1": "live"}
+
+    def failures(self) -> dict[str, str]:
+        return {}
+
+    def drain_state(self) -> DrainState:
+        return DrainState()
+
+
+def vector_of(version: int) -> npt.NDArray[np.float32]:
+    vector = np.full(10 if version == 1 else 5, 0.01, np.float32)
+    vector[1] = 1.0 - 0.01 * (len(vector) - 1)
+    return vector
+
+
+def test_answers_carry_the_version_that_computed_them_and_v2_never_mixes_two(make_settings, second_model):
+    settings = make_settings(model={"name": "tiny"})
+    old = choice_of(settings.model)
+    write_record(settings, ModelRecord(active=second_model, settings_model=old, previous=old))
+    dispatcher = TwoModels()
+    nowhere = redis.Redis(unix_socket_path="/nonexistent/redis.sock")
+    client = falcon.testing.TestClient(create_app(settings, nowhere, dispatcher))
+
+    answer = client.simulate_post("/predict", body=PNG, content_type="image/png")
+    assert answer.status_code == 200, answer.text
+    assert answer.json["model_version"] == 2 and answer.headers["X-Inferd-Model-Version"] == "2"
+
+    pixels = np.zeros((2, TINY_INPUT, TINY_INPUT, 3), np.uint8)
+    request = {
+        "inputs": [
+            {
+                "name": "pixels",
+                "datatype": "UINT8",
+                "shape": list(pixels.shape),
+                "data": pixels.ravel().tolist(),
+            }
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}],
+    }
+    infer = client.simulate_post("/v2/models/tiny/infer", json=request)
+    assert infer.status_code == 200, infer.text
+    assert dispatcher.calls == 2  # the first answer met both models: asked again
+    assert infer.json["model_version"] == "2"
+    assert infer.json["outputs"][0]["data"] == [f"{vector_of(2)[1]:f}:1:second_1"] * 2
+    assert client.simulate_get("/v2/models/tiny").json["versions"] == ["2"]
