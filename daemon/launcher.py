@@ -166,6 +166,12 @@ def run(config: str | None) -> int:
     clear_leftovers(settings.paths.run_dir)
     chosen = forget_stale_record(settings)
     if chosen is not None:
+        for what, path in (("model", chosen.path), ("labels", chosen.labels)):
+            if not path.is_file():
+                raise ConfigError(
+                    f"the {what} file {path} that `inferd reload` chose ({record_path(settings)}) is gone; "
+                    "put it back, or delete that record to serve the settings' [model]"
+                )
         log.info(
             "inferd: serving %s version %d, chosen by `inferd reload` (%s); [model] in the settings names %s",
             chosen.path,

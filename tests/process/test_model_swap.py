@@ -18,9 +18,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from daemon.active_model import ModelRecord, choice_of, write_record
 from daemon.queues import read_shards
+from daemon.settings import load_settings
+from daemon.wire import ModelChoice
+from tests.conftest import tiny_sections
 from tests.tiny_model import build_tiny_model
-from tools.harness import PYTHON, REPO, Appliance
+from tools.harness import PYTHON, REPO, Appliance, write_settings
 from tools.loadgen import LoadResult, LoadRun, Upload
 
 pytestmark = pytest.mark.slow
@@ -126,6 +130,8 @@ def test_a_swap_under_load_fails_no_request_and_survives_restarts(
     assert all(p["label"].startswith("second_") for p in answer.json()["predictions"])
     metrics = requests.get(f"{appliance.url}/metrics", timeout=10).text
     assert 'nv_inference_count{model="tiny",version="2"}' in metrics
+    assert 'inferd_shard_model_version{shard="cpu0"} 2.0' in metrics
+    assert 'inferd_shard_model_version{shard="cpu1"} 2.0' in metrics
 
     # A worker killed after the swap comes back with the new model, not the settings' one.
     worker = appliance.pid_of("worker:worker-0")
@@ -214,3 +220,19 @@ def test_a_shard_that_never_answers_rolls_back_the_shards_already_swapped(
     assert not (appliance.run_dir / "model.json").exists()
     answers = {predict(appliance, photo_png).json()["model_version"] for _ in range(6)}
     assert answers == {1}
+
+
+def test_a_start_whose_chosen_model_is_gone_stops_with_exit_78(tmp_path, tiny_model, second_model) -> None:
+    sections = tiny_sections(tiny_model)
+    config = write_settings(tmp_path, sections)
+    settings = load_settings(config, env={})
+    gone = ModelChoice(tmp_path / "deleted.keras", second_model[1], 2)
+    write_record(settings, ModelRecord(active=gone, settings_model=choice_of(settings.model)))
+    result = subprocess.run(
+        [PYTHON, "-m", "daemon.launcher", "--config", str(config), "run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert f"the model file {gone.path} that `inferd reload` chose" in result.stderr
