@@ -117,7 +117,17 @@ def run_reload(prog: str, settings: Settings, args: argparse.Namespace) -> int:
     swapped: list[str] = []
     for shard in live:
         started = time.monotonic()
-        result = swap(client, shard, new, args.timeout)
+        try:
+            result = swap(client, shard, new, args.timeout)
+        except redis.RedisError as exc:
+            restore_record(settings, old)
+            print(
+                f"{prog}: lost Redis while {shard} swapped ({exc}); version {new.version} reached "
+                f"{', '.join(swapped) or 'no shard'}; the record names version {old.version} again, so "
+                f"restarted workers load it; run `inferd reload` again once Redis is back",
+                file=sys.stderr,
+            )
+            return EXIT_REDIS_DOWN
         if not result.ok:
             print(f"{shard}: refused version {new.version}: {result.detail}", file=sys.stderr)
             roll_back(prog, settings, client, swapped, old, new, args.timeout)
@@ -131,6 +141,15 @@ def run_reload(prog: str, settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def restore_record(settings: Settings, old: ModelChoice) -> None:
+    """The record as it was before the reload: none when the settings' [model] was served."""
+    settings_model = choice_of(settings.model)
+    if old == settings_model:
+        record_path(settings).unlink(missing_ok=True)
+    else:
+        write_record(settings, ModelRecord(active=old, settings_model=settings_model))
+
+
 def roll_back(
     prog: str,
     settings: Settings,
@@ -141,11 +160,7 @@ def roll_back(
     timeout_s: float,
 ) -> None:
     """Put the shards already swapped back on `old` and the record as it was: all or nothing."""
-    settings_model = choice_of(settings.model)
-    if old == settings_model:
-        record_path(settings).unlink(missing_ok=True)
-    else:
-        write_record(settings, ModelRecord(active=old, settings_model=settings_model))
+    restore_record(settings, old)
     for shard in reversed(swapped):
         result = swap(client, shard, old, timeout_s)
         state = "back on" if result.ok else "COULD NOT GO BACK to"
