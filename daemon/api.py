@@ -15,6 +15,7 @@ from typing import Any, cast
 import falcon
 import redis
 
+from daemon.active_model import ServedVersions, with_active_model
 from daemon.capacity import api_pool_size, shard_count_from_env
 from daemon.dispatcher import Dispatch, Dispatcher
 from daemon.errors import (
@@ -46,6 +47,7 @@ VERSION = "0.1.0"
 UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 """Probes a supervisor or load balancer calls without credentials."""
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
+MODEL_VERSION_HEADER = "X-Inferd-Model-Version"
 
 
 class IndexResource:
@@ -170,6 +172,11 @@ class PredictResource:
             "success": True,
             "predictions": [{"label": p.label, "probability": p.probability} for p in reply.predictions],
         }
+        if reply.model_version is not None:
+            # The version that computed this answer: during `inferd reload` shards differ for a while.
+            req.context.model_version = reply.model_version
+            resp.set_header(MODEL_VERSION_HEADER, str(reply.model_version))
+            resp.media["model_version"] = reply.model_version
 
     def _read_image(self, req: falcon.Request) -> tuple[bytes, str | None]:
         limit = self._settings.api.max_body_bytes
@@ -282,8 +289,12 @@ def create_app(
     token = settings.secrets.auth_token
     metrics = ApiMetrics()
     # Metrics first: its clock starts before auth can refuse, so a 401 is timed and counted like any answer.
-    triton = TritonRequestMetrics(settings.model, metrics.registry)
-    middleware: list[Any] = [MetricsMiddleware(metrics), TritonMiddleware(triton)]
+    versions = ServedVersions(settings)
+    triton = TritonRequestMetrics(with_active_model(settings).model, metrics.registry)
+    middleware: list[Any] = [
+        MetricsMiddleware(metrics),
+        TritonMiddleware(triton, lambda: versions.current().version),
+    ]
     if token:
         middleware.append(BearerAuth(token))
     app = falcon.App(middleware=middleware)
@@ -294,7 +305,7 @@ def create_app(
     app.add_route("/", IndexResource(settings))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(dispatcher))
-    pending = PendingRequestCollector(client, settings.model)
+    pending = PendingRequestCollector(client, settings.model, lambda: versions.current().version)
     app.add_route(
         "/metrics", MetricsResource(metrics, client, collectors=[pending, LimitsCollector(settings)])
     )

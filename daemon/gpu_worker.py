@@ -27,6 +27,7 @@ from types import FrameType
 
 import redis
 
+from daemon.active_model import applied, with_active_model
 from daemon.device import is_out_of_memory, judge_device, limit_gpu_memory, probe_runtime
 from daemon.errors import (
     EXIT_CONFIG,
@@ -44,13 +45,14 @@ from daemon.inference import Predictor, run_batch
 from daemon.logs import setup_logging
 from daemon.metrics import WorkerMetrics
 from daemon.model import Classifier
+from daemon.model_swap import Loaded, Swapper
 from daemon.queues import ShardQueues
 from daemon.redis_conn import Backoff, connect
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
 from daemon.standin import StandinModel, is_standin
 from daemon.triton_metrics import TritonBatchMetrics
-from daemon.wire import FAILED, STUCK, BatchRecord, Heartbeat, ShardInfo
+from daemon.wire import FAILED, STUCK, BatchRecord, Heartbeat, ShardInfo, SwapResult
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,10 @@ class Worker:
         """False when the loop runs in a thread (tests): only the main thread may install handlers."""
         self.prefix = f"{shard.shard_id}:"
         self.input_shape = (settings.model.input_size, settings.model.input_size, 3)
-        self.info = info or ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, device=shard.name)
-        """What the registry shows of this shard: the device as its runtime reported it (`start_serving`)."""
+        info = info or ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, device=shard.name)
+        self.info = replace(info, model_version=settings.model.version)
+        """What the registry shows of this shard: the device as its runtime reported it (`start_serving`),
+        and the version of the model it computes with."""
         self.stop_signals = 0
         self.images_served = 0
         self.batch_started: float | None = None
@@ -99,6 +103,7 @@ class Worker:
         self._last_sweep = time.monotonic()
         self.metrics = WorkerMetrics(shard.shard_id)
         self.triton_metrics = TritonBatchMetrics(settings.model)
+        self.swapper = Swapper(queues, settings, self.prefix)
 
     # -- signals: handlers only record; the loop acts --------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -130,6 +135,9 @@ class Worker:
                     payloads = self.queues.claim_batch(IDLE_BLOCK_S)
                     if payloads:
                         self.execute_batch(payloads)
+                    loaded = self.swapper.poll(self.settings.model.version)
+                    if loaded is not None:
+                        self.take_up(loaded)
                     self.sweep_dead_shards()
                     backoff.reset()
                 except redis.RedisError as exc:
@@ -189,7 +197,9 @@ class Worker:
         """Run one claimed batch and commit every reply plus the release of the claims in one atomic step."""
         started = self.batch_started = time.monotonic()
         try:
-            outcome = run_batch(payloads, self.predictor, self.shard.shard_id, self.input_shape)
+            outcome = run_batch(
+                payloads, self.predictor, self.shard.shard_id, self.input_shape, self.settings.model.version
+            )
         finally:
             self.slowest_batch_s = max(self.slowest_batch_s, time.monotonic() - started)
             self.batch_started = None
@@ -212,6 +222,26 @@ class Worker:
             self.batch_s = (
                 elapsed if previous is None else previous + BATCH_TIME_WEIGHT * (elapsed - previous)
             )
+
+    def take_up(self, loaded: Loaded) -> None:
+        """Between two batches: compute with the model `loaded` from now on, if `inferd reload` still waits
+        for it (it withdraws a request it gave up on, and then the old model serves on)."""
+        model = applied(loaded.choice, self.settings.model)
+        old_version = self.settings.model.version
+        detail = f"version {old_version} -> {model.version}, loaded and checked in {loaded.load_s:.1f}s"
+        if not self.queues.answer_swap(loaded.asked, SwapResult(model.version, True, detail)):
+            log.warning(
+                "%s inferd reload stopped waiting for version %d; keeping the model in use",
+                self.prefix,
+                model.version,
+            )
+            return
+        self.settings = replace(self.settings, model=model)
+        self.predictor = loaded.predictor
+        self.info = replace(self.info, model_version=model.version)
+        self.triton_metrics = TritonBatchMetrics(model)
+        self.beat()
+        log.info("%s now serving %s (%s)", self.prefix, model.path, detail)
 
     def sweep_dead_shards(self) -> None:
         """Now and then, adopt the claimed and queued jobs of registered shards whose worker has no heartbeat."""
@@ -335,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        settings = load_settings(args.config)
+        # The model `inferd reload` chose last, if it did: a worker restarted after a swap keeps the new one.
+        settings = with_active_model(load_settings(args.config))
         shards = own_shards(settings)
         if not 0 <= args.shard_index < len(shards):
             raise ConfigError(

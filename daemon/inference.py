@@ -50,6 +50,7 @@ def run_batch(
     predictor: Predictor,
     shard: str,
     input_shape: tuple[int, int, int],
+    model_version: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> BatchOutcome:
     """Triage the claimed jobs and classify the ones worth computing; every caller still waiting gets a reply."""
@@ -94,5 +95,6 @@ def run_batch(
             batch_size=len(live),
             queue_ms=waited_s * 1000.0,
             infer_ms=infer_s * 1000.0,
+            model_version=model_version,
         )
     return BatchOutcome(replies, computed=len(live), infer_s=infer_s, queue_s=sum(queue_s))

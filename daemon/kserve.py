@@ -19,6 +19,8 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import falcon
@@ -26,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from daemon.active_model import ServedVersions
 from daemon.dispatcher import Dispatch
 from daemon.errors import BadRequest, InferenceFailed, PayloadTooLarge, UnsupportedMediaType
 from daemon.imaging import decode_image
@@ -59,32 +62,44 @@ def is_v2_path(path: str) -> bool:
 
 
 class ServedModel:
-    """What V2 metadata says about the one model; the labels file is read once, on first use."""
+    """What V2 metadata says about the one model: its version and labels follow `inferd reload`
+    (daemon.active_model); each labels file is read once, on first use."""
 
     def __init__(self, settings: Settings) -> None:
         self.name = settings.model.served_name
-        self.version = str(settings.model.version)
         self.input_size = settings.model.input_size
-        self._labels_path = settings.model.labels
-        self._labels: list[str] | None = None
+        self._versions = ServedVersions(settings)
+        self._labels: dict[Path, list[str]] = {}
         self._lock = threading.Lock()
 
     @property
+    def version(self) -> str:
+        return str(self._versions.current().version)
+
+    @property
     def labels(self) -> list[str]:
+        return self.labels_of(self._versions.current().version)
+
+    def labels_of(self, version: int) -> list[str]:
+        """The labels of `version`: the current one, or the one a swap under way replaces."""
+        choice = self._versions.find(version)
+        if choice is None:
+            raise InferenceFailed(f"a worker answered with model version {version}, which is no longer known")
         with self._lock:
-            if self._labels is None:
-                self._labels = load_labels(self._labels_path)
-            return self._labels
+            if choice.labels not in self._labels:
+                self._labels[choice.labels] = load_labels(choice.labels)
+            return self._labels[choice.labels]
 
     def check(self, model_name: str, model_version: str | None) -> None:
-        """404 unless the route names this model (and, if any, its version)."""
+        """404 unless the route names this model (and, if any, a version it serves)."""
         if model_name != self.name:
             raise falcon.HTTPNotFound(
                 description=f"unknown model {model_name!r}; this appliance serves {self.name!r}"
             )
-        if model_version is not None and model_version != self.version:
+        known = [str(choice.version) for choice in self._versions.known()]
+        if model_version is not None and model_version not in known:
             raise falcon.HTTPNotFound(
-                description=f"model {self.name!r} has no version {model_version!r}; it serves version {self.version}"
+                description=f"model {self.name!r} has no version {model_version!r}; it serves version {known[0]}"
             )
 
     def metadata(self) -> dict[str, Any]:
@@ -185,12 +200,21 @@ class ModelInferResource:
             for p in images
         ]
         replies = self._dispatcher.dispatch_many(jobs)
-        classes = len(self._model.labels)
+        while len({r.model_version for r in replies}) > 1 and time.monotonic() < deadline:
+            # `inferd reload` is under way and the images met both models: one answer must come from one
+            # model, so ask again (the swap of a shard takes seconds; the deadline bounds the retries).
+            jobs = [replace(job, job_id=new_job_id()) for job in jobs]
+            replies = self._dispatcher.dispatch_many(jobs)
+        version = replies[0].model_version
+        labels = self._model.labels if version is None else self._model.labels_of(version)
+        classes = len(labels)
         if any(r.probabilities is None or r.probabilities.shape != (classes,) for r in replies):
             raise InferenceFailed(f"a worker answered without the {classes}-class probability vector")
         probabilities = np.stack([r.probabilities for r in replies if r.probabilities is not None])
-        outputs = [self._output(probabilities, output, request.binary_output) for output in requested]
-        body, json_size = encode_infer_response(self._model.name, self._model.version, request.id, outputs)
+        outputs = [self._output(probabilities, labels, output, request.binary_output) for output in requested]
+        served = self._model.version if version is None else str(version)
+        req.context.model_version = served
+        body, json_size = encode_infer_response(self._model.name, served, request.id, outputs)
         if json_size is None:
             resp.content_type = falcon.MEDIA_JSON
         else:
@@ -241,12 +265,16 @@ class ModelInferResource:
         return request.outputs
 
     def _output(
-        self, probabilities: npt.NDArray[np.float32], requested: RequestedOutput, binary_default: bool
+        self,
+        probabilities: npt.NDArray[np.float32],
+        labels: list[str],
+        requested: RequestedOutput,
+        binary_default: bool,
     ) -> OutputTensor:
         binary = binary_default if requested.binary is None else requested.binary
         if not requested.classification:
             return OutputTensor(OUTPUT_NAME, "FP32", probabilities.shape, probabilities, binary)
-        rows = classification_strings(probabilities, self._model.labels, requested.classification)
+        rows = classification_strings(probabilities, labels, requested.classification)
         flat = [element for row in rows for element in row]
         return OutputTensor(OUTPUT_NAME, "BYTES", (len(rows), len(rows[0])), flat, binary)
 

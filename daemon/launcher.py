@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from daemon.active_model import forget_stale_record, record_path
 from daemon.capacity import SHARD_COUNT_ENV, api_threads, redis_maxclients
 from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
 from daemon.front_door import (
@@ -51,6 +52,7 @@ from daemon.settings import (
 from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards, use_backend
 from daemon.wire import JOB_HEADER
 from tools import drain as drain_tool
+from tools import reload as reload_tool
 from tools.common import settings_or_exit
 
 log = logging.getLogger(__name__)
@@ -162,6 +164,21 @@ def run(config: str | None) -> int:
     # The lock's descriptor survives the exec below, so supervisord holds it until it dies.
     take_lock(make_run_dir(settings))
     clear_leftovers(settings.paths.run_dir)
+    chosen = forget_stale_record(settings)
+    if chosen is not None:
+        for what, path in (("model", chosen.path), ("labels", chosen.labels)):
+            if not path.is_file():
+                raise ConfigError(
+                    f"the {what} file {path} that `inferd reload` chose ({record_path(settings)}) is gone; "
+                    "put it back, or delete that record to serve the settings' [model]"
+                )
+        log.info(
+            "inferd: serving %s version %d, chosen by `inferd reload` (%s); [model] in the settings names %s",
+            chosen.path,
+            chosen.version,
+            record_path(settings),
+            settings.model.path,
+        )
     shards = discover_shards(settings)
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
@@ -250,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     drain_tool.add_drain_arguments(drain)
     undrain = commands.add_parser("undrain", help="admit work again after `inferd drain`")
     undrain.add_argument("--shard", action="append", metavar="ID", help="only this shard; default: all marks")
+    reload = commands.add_parser(
+        "reload",
+        help="change the model without downtime: check it, then swap it in one shard at a time (all or nothing)",
+    )
+    reload_tool.add_reload_arguments(reload)
     args = parser.parse_args(argv)
     setup_logging()
     if args.config:
@@ -259,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             return run(args.config)
         if args.command == "build-default-model":
             return build_default_model(args.out)
+        if args.command == "reload":
+            settings = settings_or_exit("inferd reload", args.config)
+            return reload_tool.run_reload("inferd reload", settings, args)
         if args.command in ("drain", "undrain"):
             settings = settings_or_exit(f"inferd {args.command}", args.config)
             if args.command == "drain":

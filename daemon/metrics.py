@@ -144,6 +144,11 @@ class QueueCollector(Collector):
             "serving on the CPU",
             labels=["shard", "device", "backend", "fallback"],
         )
+        model_version = GaugeMetricFamily(
+            "inferd_shard_model_version",
+            "The version of the model the shard computes with (changes shard by shard during `inferd reload`)",
+            labels=["shard"],
+        )
         up = GaugeMetricFamily("inferd_redis_up", "1 if Redis answered this scrape")
         try:
             shards = read_shards(self._client)
@@ -164,10 +169,12 @@ class QueueCollector(Collector):
             failed.add_metric(
                 [state.shard, info.reason or "" if info.failed else ""], 1 if info.failed else 0
             )
+            if info.model_version is not None and state.live:
+                model_version.add_metric([state.shard], info.model_version)
             if info.device is not None:
                 fallback = "1" if info.fallback else "0"
                 device.add_metric([state.shard, info.device, info.backend or "", fallback], 1)
-        yield from (up, depth, claimed, live, status, failed, device)
+        yield from (up, depth, claimed, live, status, failed, device, model_version)
 
 
 class GpuCollector(Collector):

@@ -79,6 +79,10 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "properties": {
                 "success": {"const": True},
                 "predictions": {"type": "array", "items": _ref("Prediction")},
+                "model_version": {
+                    "type": "integer",
+                    "description": "the version of the model that computed the answer (`inferd reload`)",
+                },
             },
         },
         "Ready": {

@@ -15,6 +15,8 @@ Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing
 | `inferd:unready` | string: why (`shutdown`, `operator`) | the drain guard on SIGTERM (with a TTL), `inferd drain` | /readyz (503 while set), tools | the guard's TTL; `inferd undrain` deletes it |
 | `inferd:draining` | string: why | `inferd drain`, `flush_queues --drain` | enqueue script (admits nothing), /readyz | `inferd undrain` deletes it |
 | `inferd:draining:<shard>` | string: why | `inferd drain --shard`, `flush_queues --drain --shard` | enqueue script (skips the shard), /readyz | `inferd undrain` deletes it |
+| `inferd:swap:<shard>` | string: `wire.ModelChoice` | `inferd reload` | the shard, between batches | the shard deletes it when it answers; the tool when it gives up |
+| `inferd:swap-done:<shard>` | list holding one `wire.SwapResult` | the shard | `inferd reload`'s BLPOP | expires after SWAP_RESULT_TTL_S |
 
 Invariants:
 - A job is in one place at a time: a queue, a processing list, or answered. Every move between lists is one
@@ -45,7 +47,19 @@ import redis
 
 from daemon.errors import Draining, InferdError, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
 from daemon.settings import BatchingSettings, QueueSettings, Settings
-from daemon.wire import FAILED, STUCK, BatchRecord, Heartbeat, Job, Reply, ShardInfo, WireError, as_text
+from daemon.wire import (
+    FAILED,
+    STUCK,
+    BatchRecord,
+    Heartbeat,
+    Job,
+    ModelChoice,
+    Reply,
+    ShardInfo,
+    SwapResult,
+    WireError,
+    as_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +78,10 @@ SHARD_LIST_TTL_S = 1.0
 """How long an API process trusts its copy of the registered shard list before reading it again."""
 GATHER_MIN_SLICE_S = 0.001
 """Shortest pause between looks for more jobs while a batch fills: about three looks per window."""
+SWAP_RESULT_TTL_S = 600
+"""How long a shard's answer to a swap request waits for `inferd reload` to read it."""
+SWAP_WAIT_SLICE_S = 1.0
+"""Longest single blocking wait of `inferd reload` for a shard's answer."""
 
 
 def queue_key(shard: str) -> str:
@@ -92,6 +110,14 @@ def reply_key(job_id: str) -> str:
 
 def draining_key(shard: str) -> str:
     return f"{DRAINING_KEY}:{shard}"
+
+
+def swap_key(shard: str) -> str:
+    return f"{KEY_PREFIX}swap:{shard}"
+
+
+def swap_done_key(shard: str) -> str:
+    return f"{KEY_PREFIX}swap-done:{shard}"
 
 
 # -- scripts ------------------------------------------------------------------------------------------------
@@ -226,6 +252,17 @@ return #KEYS
 """
 
 
+# KEYS: swap request, swap answer list. ARGV: the request as the shard read it, the answer, answer ttl.
+# Answers only a request that still stands: one the tool withdrew (it stopped waiting) is not taken up.
+ANSWER_SWAP_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+
 class _Scripts:
     """Every script registered once per client (redis-py then runs them by SHA, loading on a miss)."""
 
@@ -237,6 +274,7 @@ class _Scripts:
         self.commit = client.register_script(COMMIT_SCRIPT)
         self.take_all = client.register_script(TAKE_ALL_SCRIPT)
         self.push_replies = client.register_script(PUSH_REPLIES_SCRIPT)
+        self.answer_swap = client.register_script(ANSWER_SWAP_SCRIPT)
 
 
 def _ttl(seconds: float) -> int:
@@ -585,3 +623,45 @@ class ShardQueues:
     def leave(self) -> None:
         """Stop receiving jobs at once (the registry entry stays, so the tools show the shard as down)."""
         self._client.delete(heartbeat_key(self.shard))
+
+    def swap_request(self) -> tuple[bytes, ModelChoice] | None:
+        """The model `inferd reload` asks this shard to swap to, as asked and parsed, if it asks."""
+        payload = cast(bytes | None, self._client.get(swap_key(self.shard)))
+        if payload is None:
+            return None
+        choice = _parse_or_none(ModelChoice.decode, payload)
+        return None if choice is None else (payload, choice)
+
+    def answer_swap(self, asked: bytes | str, result: SwapResult) -> bool:
+        """Hand `inferd reload` the outcome and withdraw the request, in one step, if the request is still
+        `asked` (the tool withdraws it when it gives up waiting): False means nobody waits for it any more."""
+        keys = [swap_key(self.shard), swap_done_key(self.shard)]
+        return bool(self._scripts.answer_swap(keys=keys, args=[asked, result.encode(), SWAP_RESULT_TTL_S]))
+
+
+# -- `inferd reload`'s face -------------------------------------------------------------------------------
+def request_swap(client: redis.Redis, shard: str, choice: ModelChoice) -> None:
+    """Ask `shard` to swap to `choice`, forgetting any answer to an earlier request."""
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(swap_done_key(shard))
+    pipe.set(swap_key(shard), choice.encode())
+    pipe.execute()
+
+
+def await_swap(client: redis.Redis, shard: str, timeout_s: float) -> SwapResult | None:
+    """The shard's answer, or None after `timeout_s`: the request is then withdrawn, so a load that ends
+    later is not taken up (the shard's answer and the withdrawal are each atomic, so one of them wins)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # In slices, so the wait outlasts no socket timeout (the tools' is 2 s), however long the load.
+        left = deadline - time.monotonic()
+        popped = client.blpop([swap_done_key(shard)], timeout=max(min(left, SWAP_WAIT_SLICE_S), 0.01))
+        if popped is not None:
+            return SwapResult.decode(cast(Any, popped)[1])
+        if left <= SWAP_WAIT_SLICE_S:
+            # Withdraw and look once more in one step: an answer that came meanwhile was taken up.
+            pipe = client.pipeline(transaction=True)
+            pipe.delete(swap_key(shard))
+            pipe.lpop(swap_done_key(shard))
+            _, late = pipe.execute()
+            return None if late is None else SwapResult.decode(late)

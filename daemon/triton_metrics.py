@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import falcon
 import redis
@@ -60,28 +60,28 @@ def _model_labels(model: ModelSettings) -> tuple[str, str]:
 
 
 class TritonRequestMetrics:
-    """What the API records per inference request."""
+    """What the API records per inference request, under the version that answered it."""
 
     def __init__(self, model: ModelSettings, registry: CollectorRegistry | None) -> None:
-        labels = _model_labels(model)
-        self.success = _cumulative(
-            "nv_inference_request_success", "Successful inference requests", registry
-        ).labels(*labels)
-        self.failure = _cumulative(
-            "nv_inference_request_failure", "Failed inference requests", registry
-        ).labels(*labels)
+        self.model_name = model.served_name
+        self.success = _cumulative("nv_inference_request_success", "Successful inference requests", registry)
+        self.failure = _cumulative("nv_inference_request_failure", "Failed inference requests", registry)
         self.duration_us = _cumulative(
             "nv_inference_request_duration_us",
             "Cumulative inference request duration in microseconds",
             registry,
-        ).labels(*labels)
+        )
+        for family in (self.success, self.failure, self.duration_us):
+            family.labels(*_model_labels(model))  # exported from the start, at 0, as Triton does
 
 
 class TritonMiddleware:
-    """Counts and times every inference request by outcome."""
+    """Counts and times every inference request by outcome, under the model version that computed it (a
+    resource leaves it in `req.context.model_version`), else the version served now (`current_version`)."""
 
-    def __init__(self, metrics: TritonRequestMetrics) -> None:
+    def __init__(self, metrics: TritonRequestMetrics, current_version: Callable[[], int]) -> None:
         self._metrics = metrics
+        self._current_version = current_version
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.triton_started = time.monotonic()
@@ -92,9 +92,11 @@ class TritonMiddleware:
         started = getattr(req.context, "triton_started", None)
         if started is None or not INFERENCE_PATH.fullmatch(req.path):
             return  # refused before our process_request ran (auth), or not an inference request
+        version = getattr(req.context, "model_version", None)
+        labels = (self._metrics.model_name, str(self._current_version() if version is None else version))
         outcome = self._metrics.success if 200 <= resp.status_code < 300 else self._metrics.failure
-        outcome.inc()
-        self._metrics.duration_us.inc((time.monotonic() - started) * MICROSECONDS)
+        outcome.labels(*labels).inc()
+        self._metrics.duration_us.labels(*labels).inc((time.monotonic() - started) * MICROSECONDS)
 
 
 class TritonBatchMetrics:
@@ -130,9 +132,10 @@ class TritonBatchMetrics:
 class PendingRequestCollector(Collector):
     """Images waiting in the shards' queues, read from Redis at each scrape (nothing when Redis is down)."""
 
-    def __init__(self, client: redis.Redis, model: ModelSettings) -> None:
+    def __init__(self, client: redis.Redis, model: ModelSettings, current_version: Callable[[], int]) -> None:
         self._client = client
-        self._labels = list(_model_labels(model))
+        self._model_name = model.served_name
+        self._current_version = current_version
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -144,7 +147,7 @@ class PendingRequestCollector(Collector):
             "Instantaneous number of pending requests awaiting execution",
             labels=list(MODEL_LABELS),
         )
-        pending.add_metric(self._labels, waiting)
+        pending.add_metric([self._model_name, str(self._current_version())], waiting)
         yield pending
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import struct
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,10 +118,14 @@ class Reply:
     batch_size: int = 0
     queue_ms: float = 0.0
     infer_ms: float = 0.0
+    model_version: int | None = None
+    """The version of the model that computed the answer (absent from errors and from older workers)."""
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"shard": self.shard}
         if self.error_kind is None:
+            if self.model_version is not None:
+                body["model_version"] = self.model_version
             body["predictions"] = [[p.label, p.probability] for p in self.predictions]
             if self.probabilities is not None:
                 vector = np.ascontiguousarray(self.probabilities, dtype="<f4").tobytes()
@@ -141,6 +146,7 @@ class Reply:
                 shard=body["shard"], error_kind=str(error["kind"]), error_message=str(error["message"])
             )
         vector = body.get("probabilities")
+        version = body.get("model_version")
         return cls(
             shard=body["shard"],
             predictions=tuple(Prediction(str(label), float(p)) for label, p in body["predictions"]),
@@ -148,6 +154,7 @@ class Reply:
             batch_size=int(body.get("batch_size", 0)),
             queue_ms=float(body.get("queue_ms", 0.0)),
             infer_ms=float(body.get("infer_ms", 0.0)),
+            model_version=None if version is None else int(version),
         )
 
     @classmethod
@@ -200,6 +207,9 @@ class ShardInfo:
     cuda_version: str | None = None
     memory_total_bytes: int | None = None
     """The device memory the runtime reports (or NVML's figure), None for the CPU."""
+    model_version: int | None = None
+    """The version of the model the shard computes with now (`inferd reload` changes it); None before it
+    loaded one."""
 
     @property
     def failed(self) -> bool:
@@ -213,6 +223,7 @@ class ShardInfo:
         body = _json_object(payload, "shard registry entry")
         try:
             memory = body.get("memory_total_bytes")
+            version = body.get("model_version")
             return cls(
                 kind=str(body["kind"]),
                 index=int(body["index"]),
@@ -225,6 +236,7 @@ class ShardInfo:
                 runtime_version=_optional_text(body.get("runtime_version")),
                 cuda_version=_optional_text(body.get("cuda_version")),
                 memory_total_bytes=None if memory is None else int(memory),
+                model_version=None if version is None else int(version),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"shard registry entry {body!r} is incomplete: {exc}") from None
@@ -276,3 +288,53 @@ class BatchRecord:
             return cls(finished_at=float(body["t"]), size=int(body["n"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"batch record {body!r} is incomplete: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    """A model the appliance may serve: its file, its labels and the version answers carry.
+
+    What `inferd reload` asks a shard to swap to, and what `<run_dir>/model.json` records (daemon.active_model).
+    """
+
+    path: Path
+    labels: Path
+    version: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "labels": str(self.labels), "version": self.version}
+
+    def encode(self) -> str:
+        return json.dumps(self.as_dict())
+
+    @classmethod
+    def from_dict(cls, body: Any) -> ModelChoice:
+        try:
+            return cls(path=Path(body["path"]), labels=Path(body["labels"]), version=int(body["version"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError(f"model choice {body!r} is incomplete: {exc}") from None
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> ModelChoice:
+        return cls.from_dict(_json_object(payload, "model choice"))
+
+
+@dataclass(frozen=True, slots=True)
+class SwapResult:
+    """A shard's answer to a swap request: it serves `version` now, or it refused it and keeps its model."""
+
+    version: int
+    ok: bool
+    detail: str
+    """What the shard checked and how long it took, or why it refused."""
+
+    def encode(self) -> str:
+        return json.dumps({"version": self.version, "ok": self.ok, "detail": self.detail})
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> SwapResult:
+        body = _json_object(payload, "swap result")
+        try:
+            return cls(version=int(body["version"]), ok=bool(body["ok"]), detail=str(body["detail"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError(f"swap result {body!r} is incomplete: {exc}") from None

@@ -71,6 +71,8 @@ class RequestRecord:
     batch_size: int | None = None
     error: str | None = None
     """The API's JSON `error` for a non-200 answer, or the exception when there was no answer."""
+    model_version: int | None = None
+    """X-Inferd-Model-Version of a 200 answer: the version of the model that computed it."""
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -100,6 +102,8 @@ class LoadSummary:
     status_counts: dict[str, int]
     """HTTP status -> count; "error" for requests that got no HTTP answer."""
     shards: dict[str, int]
+    model_versions: dict[str, int]
+    """X-Inferd-Model-Version -> 200 answers computed by it (two while `inferd reload` runs)."""
     mean_batch_size: float | None
     """Mean X-Inferd-Batch-Size over 200 answers: the batch a typical request rode in."""
     errors: dict[str, int]
@@ -141,6 +145,7 @@ class LoadResult:
             latency_ms=latency,
             status_counts=dict(sorted(statuses.items())),
             shards=dict(sorted(Counter(r.shard for r in ok if r.shard).items())),
+            model_versions=dict(sorted(Counter(str(r.model_version) for r in ok if r.model_version).items())),
             mean_batch_size=round(sum(batch_sizes) / len(batch_sizes), 2) if batch_sizes else None,
             errors=dict(errors.most_common(TOP_ERRORS)),
             client_cpu_ms_per_request=round(1000.0 * self.client_cpu_s / max(1, len(self.records)), 3),
@@ -308,7 +313,15 @@ class LoadRun:
         if response.status == 200:
             batch = response.getheader("X-Inferd-Batch-Size")
             shard = response.getheader("X-Inferd-Shard")
-            return RequestRecord(start_s, latency, 200, shard, int(batch) if batch else None)
+            version = response.getheader("X-Inferd-Model-Version")
+            return RequestRecord(
+                start_s,
+                latency,
+                200,
+                shard,
+                int(batch) if batch else None,
+                model_version=int(version) if version else None,
+            )
         return RequestRecord(start_s, latency, response.status, error=_error_text(body))
 
 

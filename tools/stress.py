@@ -87,6 +87,7 @@ def report(summary: LoadSummary, images: int) -> str:
     ok = max(1, summary.ok)
     shards = "   ".join(f"{shard} {count} ({count / ok:.0%})" for shard, count in summary.shards.items())
     batch = "-" if summary.mean_batch_size is None else f"{summary.mean_batch_size:.2f}"
+    versions = "   ".join(f"version {v} x {count}" for v, count in summary.model_versions.items())
     lines = [
         f"{summary.requests} requests to {summary.url}, {mode}, {images} image(s)",
         f"  elapsed      {summary.elapsed_s:.2f} s",
@@ -94,6 +95,7 @@ def report(summary: LoadSummary, images: int) -> str:
         f"  latency      {latency}",
         f"  status       {statuses}",
         f"  shards       {shards or '-'}",
+        f"  model        {versions or '-'}",
         f"  mean batch   {batch} images per worker batch (X-Inferd-Batch-Size, as seen by each request)",
         f"  client CPU   {summary.client_cpu_ms_per_request:.2f} ms per request",
     ]

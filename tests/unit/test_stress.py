@@ -30,6 +30,8 @@ class PredictLike(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn does
     delay_s = 0.0
+    versions_from = 0
+    """Requests after this many are answered by model version 2 (0: all by version 1)."""
     hold_until = 0
     """The first requests wait until this many have arrived (10 s at most), so that many are held at once."""
     served = 0
@@ -59,7 +61,13 @@ class PredictLike(BaseHTTPRequestHandler):
             return
         time.sleep(self.delay_s)
         self.answer(
-            200, {"success": True}, {"X-Inferd-Shard": f"cpu{number % 2}", "X-Inferd-Batch-Size": "2"}
+            200,
+            {"success": True},
+            {
+                "X-Inferd-Shard": f"cpu{number % 2}",
+                "X-Inferd-Batch-Size": "2",
+                "X-Inferd-Model-Version": "2" if 0 < PredictLike.versions_from < number else "1",
+            },
         )
         if self.path == "/close":
             # Hang up at once, without saying so: what a keep-alive timeout looks like to a client.
@@ -84,7 +92,7 @@ class PredictLike(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def server() -> Iterator[str]:
-    PredictLike.delay_s, PredictLike.hold_until = 0.0, 0
+    PredictLike.delay_s, PredictLike.hold_until, PredictLike.versions_from = 0.0, 0, 0
     PredictLike.served = PredictLike.in_flight = PredictLike.most_in_flight = 0
     PredictLike.arrivals = []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), PredictLike)
@@ -127,12 +135,13 @@ def test_percentile_is_nearest_rank():
 
 
 def test_closed_loop_sends_exactly_n_and_reports_statuses_shards_and_batches(server):
-    PredictLike.delay_s, PredictLike.hold_until = 0.01, 4
+    PredictLike.delay_s, PredictLike.hold_until, PredictLike.versions_from = 0.01, 4, 30
     result = run_load(f"{server}/predict", [PHOTO], concurrency=4, requests=40)
     summary = result.summary()
     assert PredictLike.served == 40 and summary.requests == 40
     assert summary.status_counts == {"200": 40} and summary.ok == 40
     assert summary.shards == {"cpu0": 20, "cpu1": 20}
+    assert summary.model_versions == {"1": 30, "2": 10}
     assert summary.mean_batch_size == 2.0
     assert 10.0 <= summary.latency_ms["p50"] <= summary.latency_ms["p99"] <= summary.latency_ms["max"]
     # Four clients: the server held four requests at once (it waits for them), and never a fifth.
@@ -207,6 +216,7 @@ def test_cli_prints_a_report_or_json_and_exits_by_outcome(server, tmp_path, caps
     assert report.startswith(f"12 requests to {server}/predict, 3 concurrent, 1 image(s)")
     assert "status       200 x 12" in report
     assert "shards       cpu0 6 (50%)   cpu1 6 (50%)" in report
+    assert "model        version 1 x 12" in report
 
     assert stress.main([str(image), "--url", f"{server}/busy", "-n", "3", "--json"]) == EXIT_FAILED
     summary = json.loads(capsys.readouterr().out)
