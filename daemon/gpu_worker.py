@@ -44,6 +44,7 @@ from daemon.inference import Predictor, run_batch
 from daemon.logs import setup_logging
 from daemon.metrics import WorkerMetrics
 from daemon.model import Classifier
+from daemon.pixel_store import PixelStore
 from daemon.queues import ShardQueues
 from daemon.redis_conn import Backoff, connect
 from daemon.settings import Settings, load_settings
@@ -78,8 +79,11 @@ class Worker:
         predictor: Predictor,
         handle_signals: bool = True,
         info: ShardInfo | None = None,
+        pixels: PixelStore | None = None,
     ) -> None:
         self.settings = settings
+        self.pixels = pixels or PixelStore.for_settings(settings)
+        """Where jobs' shared-memory pixels are read from, and orphaned ones swept."""
         self.shard = shard
         self.queues = queues
         self.predictor = predictor
@@ -189,7 +193,9 @@ class Worker:
         """Run one claimed batch and commit every reply plus the release of the claims in one atomic step."""
         started = self.batch_started = time.monotonic()
         try:
-            outcome = run_batch(payloads, self.predictor, self.shard.shard_id, self.input_shape)
+            outcome = run_batch(
+                payloads, self.predictor, self.shard.shard_id, self.input_shape, read_segment=self.pixels.read
+            )
         finally:
             self.slowest_batch_s = max(self.slowest_batch_s, time.monotonic() - started)
             self.batch_started = None
@@ -214,12 +220,18 @@ class Worker:
             )
 
     def sweep_dead_shards(self) -> None:
-        """Now and then, adopt the claimed and queued jobs of registered shards whose worker has no heartbeat."""
+        """Now and then, adopt the claimed and queued jobs of registered shards whose worker has no heartbeat,
+        and remove pixel segments that outlived their owner (a killed API process)."""
         if time.monotonic() - self._last_sweep < SWEEP_INTERVAL_S:
             return
         self._last_sweep = time.monotonic()
         for dead, moved in self.queues.adopt_dead_shards().items():
             log.warning("%s adopted %d job(s) of dead shard %s", self.prefix, moved, dead)
+        orphans = self.pixels.sweep()
+        if orphans:
+            log.warning(
+                "%s removed %d orphaned pixel segment(s) in %s", self.prefix, orphans, self.pixels.folder
+            )
 
     def teardown(self) -> None:
         """Stop receiving work, then fail what is still queued so no caller waits for a worker that left."""

@@ -31,6 +31,7 @@ from daemon.front_door import (
 )
 from daemon.logs import setup_logging
 from daemon.metrics import MULTIPROC_ENV
+from daemon.pixel_store import PixelStore
 from daemon.run_dir import (
     RUN_DIR_ENV,
     AlreadyRunning,
@@ -162,6 +163,10 @@ def run(config: str | None) -> int:
     # The lock's descriptor survives the exec below, so supervisord holds it until it dies.
     take_lock(make_run_dir(settings))
     clear_leftovers(settings.paths.run_dir)
+    # No process of this appliance is alive now, so no segment left in its folder has an owner.
+    cleared = PixelStore.for_settings(settings).clear()
+    if cleared:
+        log.info("inferd: removed %d pixel segment(s) a previous run left in shared memory", cleared)
     shards = discover_shards(settings)
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
