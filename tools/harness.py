@@ -24,6 +24,8 @@ from typing import Any
 import redis
 import requests
 
+from daemon.pixel_store import segment_folder
+from daemon.settings import load_settings
 from tools.proctree import ProcessId, kill_all, tree
 
 log = logging.getLogger(__name__)
@@ -263,6 +265,11 @@ class Appliance:
 
     def redis(self) -> redis.Redis:
         return redis.Redis(unix_socket_path=str(self.run_dir / "redis.sock"))
+
+    def pixel_segments(self) -> list[str]:
+        """The job pixel segments the appliance holds in shared memory now (`daemon.pixel_store`)."""
+        folder = segment_folder(load_settings(self.config, env=self.env))
+        return sorted(os.listdir(folder)) if folder.is_dir() else []
 
     def launch(self) -> Appliance:
         """Start without waiting for readiness (for a test that expects it never to become ready)."""
