@@ -55,6 +55,28 @@ def segment_folder(settings: Settings) -> Path:
     return settings.queue.shared_memory_dir / f"inferd-{os.getuid()}-{digest}"
 
 
+def room_note(settings: Settings, shard_count: int) -> str | None:
+    """A warning when the tmpfs cannot hold a segment for every job the queues admit (jobs beyond it go
+    through Redis whole), or None when it can or shared memory is off."""
+    if settings.queue.pixels != "shared_memory":
+        return None
+    jobs = shard_count * (settings.queue.max_depth + settings.batching.max_batch_size)
+    needed = jobs * settings.model.input_size**2 * 3
+    where = settings.queue.shared_memory_dir
+    try:
+        stats = os.statvfs(where)
+    except OSError as exc:
+        return f"{where} is not usable ({exc.strerror}): every job's pixels go through Redis"
+    size = stats.f_blocks * stats.f_frsize
+    if size >= needed:
+        return None
+    return (
+        f"{where} holds {size / 2**20:.0f} MB, less than the {needed / 2**20:.0f} MB that {jobs} queued and "
+        "claimed jobs need: jobs beyond it go through Redis whole (give the container a larger /dev/shm, "
+        "e.g. docker --shm-size)"
+    )
+
+
 class PixelStore:
     """Writes, reads and removes job segments in one folder; a disabled store keeps every job whole."""
 

@@ -21,11 +21,13 @@ from daemon.errors import Draining
 from daemon.gpu_worker import Worker
 from daemon.inference import run_batch
 from daemon.model import Classifier
-from daemon.pixel_store import PixelStore, segment_folder
+from daemon.pixel_store import PixelStore, room_note, segment_folder
 from daemon.queues import ApiQueues, ShardQueues, reply_key
 from daemon.shard import cpu_shards
 from daemon.wire import Job, WireError, new_job_id
+from tests.integration.test_dispatcher import register
 from tests.needs import need_program
+from tools import flush_queues
 from tools.harness import REPO, wait_until
 
 SHAPE = (224, 224, 3)
@@ -129,8 +131,6 @@ def test_the_sweep_takes_only_segments_past_the_deadline_and_margin(tmp_path):
 
 
 def test_a_refused_job_ends_its_pipelined_wait_at_once(redis_settings, redis_client):
-    from tests.integration.test_dispatcher import register
-
     register(redis_client, "cpu0")
     redis_client.set("inferd:draining", "operator")
     queues = ApiQueues(redis_client, redis_settings.queue, redis_settings.batching)
@@ -180,3 +180,23 @@ def test_jobs_served_from_shared_memory_leave_no_segment_and_a_removed_one_is_an
     assert outcome.replies[gone.job_id].error_kind == "InferenceFailed"
     assert outcome.replies[kept.job_id].error_kind is None and outcome.computed == 1
     store.clear()
+
+
+def test_purge_sweeps_orphaned_segments_and_leaves_live_ones(redis_settings, redis_client):
+    store = PixelStore.for_settings(redis_settings)
+    orphan, live = store.stage(a_job()), store.stage(a_job())
+    an_hour_ago = time.time() - 3600
+    os.utime(store.folder / str(orphan.segment), (an_hour_ago, an_hour_ago))
+    flush_queues.flush(redis_client, redis_settings, [], dry_run=False)
+    assert os.listdir(store.folder) == [live.segment]
+    store.clear()
+
+
+def test_a_tmpfs_too_small_for_the_queues_is_named_at_start(make_settings, tmp_path):
+    roomy = make_settings(queue={"shared_memory_dir": str(tmp_path)})
+    assert room_note(roomy, 1) is None
+    crowded = make_settings(queue={"shared_memory_dir": str(tmp_path), "max_depth": 10**9})
+    assert "jobs beyond it go through Redis whole" in str(room_note(crowded, 8))
+    missing = make_settings(queue={"shared_memory_dir": str(tmp_path / "none")})
+    assert "every job's pixels go through Redis" in str(room_note(missing, 1))
+    assert room_note(make_settings(queue={"pixels": "redis", "max_depth": 10**9}), 8) is None
