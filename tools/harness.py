@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -266,9 +267,13 @@ class Appliance:
     def redis(self) -> redis.Redis:
         return redis.Redis(unix_socket_path=str(self.run_dir / "redis.sock"))
 
+    def segment_folder(self) -> Path:
+        """Where the appliance keeps job pixels in shared memory (`daemon.pixel_store`)."""
+        return segment_folder(load_settings(self.config, env=self.env))
+
     def pixel_segments(self) -> list[str]:
-        """The job pixel segments the appliance holds in shared memory now (`daemon.pixel_store`)."""
-        folder = segment_folder(load_settings(self.config, env=self.env))
+        """The job pixel segments the appliance holds in shared memory now."""
+        folder = self.segment_folder()
         return sorted(os.listdir(folder)) if folder.is_dir() else []
 
     def launch(self) -> Appliance:
@@ -355,6 +360,8 @@ class Appliance:
         first, so nothing of this appliance outlives the call either way.
         """
         returncode = self.service.stop(timeout_s)
+        # Its run dir is a throwaway one: no later start on it would clear what a killed process left.
+        shutil.rmtree(self.segment_folder(), ignore_errors=True)
         if self.service.killed:
             raise AssertionError(f"appliance did not stop within {timeout_s}s (killed):\n{self.output()}")
         if self.service.leftovers:
