@@ -9,7 +9,7 @@ Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing
 | `inferd:queue:<shard>` | list of `wire.Job`, newest at the left | the API (`ApiQueues.submit`) | its shard, from the right | `queue.max_depth` |
 | `inferd:processing:<shard>` | list: the jobs of the batch in hand | the shard, in the step that takes them off its queue | the shard (`commit` releases them); a live shard adopts a dead one's | `batching.max_batch_size` |
 | `inferd:adopted:<shard>` | string marker | a live shard that adopted this shard's batch | this shard's next `commit` | expires after ADOPTED_MARK_TTL_S |
-| `inferd:reply:<job id>` | list holding one `wire.Reply` | the shard, or whoever drops the job | the API's BLPOP (`await_reply`) | expires after `queue.answer_ttl_s` |
+| `inferd:reply:<job id>` | list holding one `wire.Reply`, or REFUSAL_MARKER | the shard, or whoever drops the job; the enqueue script marks a refused job (pipelined submit) | the API's BLPOP (`await_reply`, `submit_and_await`) | expires after `queue.answer_ttl_s` |
 | `inferd:stats:<shard>` | list of `wire.BatchRecord`, newest first | the shard, with each commit | tools/gpu_status | STATS_WINDOW records |
 | `inferd:rotation` | integer | the enqueue script | the enqueue script | - |
 | `inferd:unready` | string: why (`shutdown`, `operator`) | the drain guard on SIGTERM (with a TTL), `inferd drain` | /readyz (503 while set), tools | the guard's TTL; `inferd undrain` deletes it |
@@ -27,7 +27,10 @@ Invariants:
   shard adopted while its owner was frozen is not answered again by the owner when it wakes (the `adopted`
   marker), so each job is answered once.
 
-The API's face is `ApiQueues` (submit a job, await its reply, liveness); a shard's face is `ShardQueues`
+A job's pixels are not necessarily in Redis: with `queue.pixels = "shared_memory"` the job names a file
+(`daemon.pixel_store`) and only its 76 bytes cross here.
+
+The API's face is `ApiQueues` (submit a job, await its reply, or both in one round trip; liveness); a shard's face is `ShardQueues`
 (claim a batch, commit its answers, requeue or adopt orphans, fail what waits, beat); `read_shards` is the one
 reader of the registry for /readyz, /metrics and the tools.
 """
@@ -456,7 +459,10 @@ class ApiQueues:
 
     def submit_and_await(self, job: Job) -> tuple[str, Reply | None]:
         """`submit` then `await_reply` until `job.deadline`, in one round trip: the enqueue script and the
-        reply wait go out in one pipeline, and a refused job's marker ends the wait at once."""
+        reply wait go out in one pipeline, and a refused job's marker ends the wait at once. A Redis that
+        fails the script itself (out of memory: the marker cannot be written either) leaves the wait to run
+        to the deadline, a 504 where `submit` answers 503 at once; the managed Redis's maxmemory holds full
+        queues twice over, so only a shared external Redis should ever get there."""
         shards, keys, args = self._enqueue_call(job, marker_ttl_s=_ttl(self._answer_ttl_s))
         pipe = self._client.pipeline(transaction=False)
         pipe.evalsha(self._scripts.enqueue.sha, len(keys), *keys, *args)

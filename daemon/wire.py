@@ -101,7 +101,7 @@ class Job:
             JOB_HEADER.unpack_from(payload)
         )
         if magic != JOB_MAGIC or version not in (JOB_VERSION, JOB_VERSION_SEGMENT):
-            raise WireError(f"not an inferd v{JOB_VERSION} job (magic {magic!r}, version {version})")
+            raise WireError(f"not an inferd job of version 1 or 2 (magic {magic!r}, version {version})")
         if version == JOB_VERSION_SEGMENT:
             segment = bytes(payload[JOB_HEADER.size :]).decode("ascii", errors="replace")
             if not SEGMENT_NAME.fullmatch(segment):
