@@ -9,7 +9,7 @@ Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing
 | `inferd:queue:<shard>` | list of `wire.Job`, newest at the left | the API (`ApiQueues.submit`) | its shard, from the right | `queue.max_depth` |
 | `inferd:processing:<shard>` | list: the jobs of the batch in hand | the shard, in the step that takes them off its queue | the shard (`commit` releases them); a live shard adopts a dead one's | `batching.max_batch_size` |
 | `inferd:adopted:<shard>` | string marker | a live shard that adopted this shard's batch | this shard's next `commit` | expires after ADOPTED_MARK_TTL_S |
-| `inferd:reply:<job id>` | list holding one `wire.Reply`, or REFUSAL_MARKER | the shard, or whoever drops the job; the enqueue script marks a refused job (pipelined submit) | the API's BLPOP (`await_reply`, `submit_and_await`) | expires after `queue.answer_ttl_s` |
+| `inferd:reply:<job id>` | list holding one `wire.Reply`, or a refusal marker | the shard, or whoever drops the job; the enqueue script marks a refused job (pipelined submit) | the API's BLPOP (`await_reply`, `submit_and_await`) | expires after `queue.answer_ttl_s` |
 | `inferd:stats:<shard>` | list of `wire.BatchRecord`, newest first | the shard, with each commit | tools/gpu_status | STATS_WINDOW records |
 | `inferd:rotation` | integer | the enqueue script | the enqueue script | - |
 | `inferd:unready` | string: why (`shutdown`, `operator`) | the drain guard on SIGTERM (with a TTL), `inferd drain` | /readyz (503 while set), tools | the guard's TTL; `inferd undrain` deletes it |
@@ -30,9 +30,9 @@ Invariants:
 A job's pixels are not necessarily in Redis: with `queue.pixels = "shared_memory"` the job names a file
 (`daemon.pixel_store`) and only its 76 bytes cross here.
 
-The API's face is `ApiQueues` (submit a job, await its reply, or both in one round trip; liveness); a shard's face is `ShardQueues`
-(claim a batch, commit its answers, requeue or adopt orphans, fail what waits, beat); `read_shards` is the one
-reader of the registry for /readyz, /metrics and the tools.
+The API's face is `ApiQueues` (submit a job, await its reply, or both in one round trip; liveness); a
+shard's face is `ShardQueues` (claim a batch, commit its answers, requeue or adopt orphans, fail what waits,
+beat); `read_shards` is the one reader of the registry for /readyz, /metrics and the tools.
 """
 
 from __future__ import annotations
@@ -105,8 +105,6 @@ NO_LIVE_SHARD = -1
 ALL_QUEUES_FULL = -2
 WOULD_MISS_DEADLINE = -3
 DRAINING = -4
-REFUSAL_MARKER = b"refused"
-"""What the enqueue script leaves on a refused job's reply key for a reply wait sent with it."""
 # KEYS: rotation counter, box drain mark, the job's reply key, then (queue, heartbeat, shard drain mark) per
 # shard.
 # ARGV: job bytes, max depth, policy, milliseconds left before the job's deadline, max batch size, and the
@@ -115,7 +113,7 @@ REFUSAL_MARKER = b"refused"
 # A shard's expected wait is the batches ahead of the job (its own included) times the seconds per batch its
 # worker last reported in its heartbeat (`batch_s`; 0 until it has run a batch): a job that would wait past
 # its deadline goes to a shard where it would not, or is refused with the shortest wait as the retry hint.
-# A refused job gets REFUSAL_MARKER on its reply key when asked for, so that a reply wait sent in the same
+# A refused job gets a marker ('refused') on its reply key when asked for, so that a reply wait sent in the same
 # round trip (`ApiQueues.submit_and_await`) returns at once.
 ENQUEUE_SCRIPT = """
 local function refuse(code, wait)
@@ -265,10 +263,6 @@ def _load_enqueue_script(connection: Any) -> None:
     connection.on_connect()
     connection.send_command("SCRIPT", "LOAD", ENQUEUE_SCRIPT)
     connection.read_response()
-
-
-def _budget_ms(job: Job) -> int:
-    return max(0, int((job.deadline - time.monotonic()) * 1000))
 
 
 def _unavailable(what: str, exc: redis.RedisError) -> RedisUnavailable:
@@ -450,12 +444,12 @@ class ApiQueues:
         """Push `job` onto one live shard's queue (by `queue.dispatch`) and return the shard, or raise the
         503 that says why not: no live shard, every queue full, or every queue too long to reach the job
         before `job.deadline`."""
-        shards, keys, args = self._enqueue_call(job, marker_ttl_s=0)
+        shards, keys, args, budget_ms = self._enqueue_call(job, marker_ttl_s=0)
         try:
             slot, wait_ms = (int(value) for value in self._scripts.enqueue(keys=keys, args=args))
         except redis.RedisError as exc:
             raise _unavailable("submit", exc) from exc
-        return self._admitted(slot, wait_ms, shards, int(args[4]))
+        return self._admitted(slot, wait_ms, shards, budget_ms)
 
     def submit_and_await(self, job: Job) -> tuple[str, Reply | None]:
         """`submit` then `await_reply` until `job.deadline`, in one round trip: the enqueue script and the
@@ -463,7 +457,7 @@ class ApiQueues:
         fails the script itself (out of memory: the marker cannot be written either) leaves the wait to run
         to the deadline, a 504 where `submit` answers 503 at once; the managed Redis's maxmemory holds full
         queues twice over, so only a shared external Redis should ever get there."""
-        shards, keys, args = self._enqueue_call(job, marker_ttl_s=_ttl(self._answer_ttl_s))
+        shards, keys, args, budget_ms = self._enqueue_call(job, marker_ttl_s=_ttl(self._answer_ttl_s))
         pipe = self._client.pipeline(transaction=False)
         pipe.evalsha(self._scripts.enqueue.sha, len(keys), *keys, *args)
         pipe.blpop([reply_key(job.job_id)], timeout=max(job.deadline - time.monotonic(), 0.01))
@@ -480,13 +474,14 @@ class ApiQueues:
             if isinstance(answer, redis.RedisError):
                 raise _unavailable("submit", answer) from answer
         slot, wait_ms = (int(value) for value in enqueued)
-        shard = self._admitted(slot, wait_ms, shards, int(args[4]))
+        shard = self._admitted(slot, wait_ms, shards, budget_ms)
         return shard, None if popped is None else Reply.decode(cast(Any, popped)[1])
 
     def _enqueue_call(
         self, job: Job, marker_ttl_s: int
-    ) -> tuple[list[str], list[str], list[bytes | str | int]]:
-        """The registered shards, and the enqueue script's keys and arguments for `job`."""
+    ) -> tuple[list[str], list[str], list[bytes | str | int], int]:
+        """The registered shards, the enqueue script's keys and arguments for `job`, and the milliseconds
+        left before its deadline."""
         try:
             shards = self.registered_shards()
         except redis.RedisError as exc:
@@ -494,6 +489,7 @@ class ApiQueues:
         if not shards:
             # Also what a restarted Redis looks like until the workers' next beat re-registers them.
             raise NoLiveWorker("no worker is registered yet (the appliance is starting); retry shortly")
+        budget_ms = max(0, int((job.deadline - time.monotonic()) * 1000))
         keys: list[str] = [ROTATION_KEY, DRAINING_KEY, reply_key(job.job_id)]
         for shard in shards:
             keys += [queue_key(shard), heartbeat_key(shard), draining_key(shard)]
@@ -501,11 +497,11 @@ class ApiQueues:
             job.encode(),
             self._max_depth,
             self._policy,
-            _budget_ms(job),
+            budget_ms,
             self._max_batch_size,
             marker_ttl_s,
         ]
-        return shards, keys, args
+        return shards, keys, args, budget_ms
 
     def _admitted(self, slot: int, wait_ms: int, shards: list[str], budget_ms: int) -> str:
         """The shard the enqueue script chose, or the 503 that says why it chose none."""
