@@ -45,18 +45,21 @@ def test_segments_left_by_killed_api_workers_are_swept(start_appliance, tmp_path
         TIMEOUT_S,
         appliance.output,
     )
+    orphans = appliance.pixel_segments()
     masters = [appliance.pid_of("api" if i == 0 else f"api{i + 1}") for i in range(API_INSTANCES)]
     for worker in {child for master in masters for child in children(master)}:
         os.kill(worker.pid, signal.SIGKILL)
-    orphans = appliance.pixel_segments()
+    # Their owners are dead: nothing but the sweep removes them now. (The front door may resend the
+    # requests to the respawned workers, whose new segments are theirs to remove.)
+    left = set(orphans) & set(appliance.pixel_segments())
     result = run.wait(90)
     print(
-        f"\n[killed API workers] {len(orphans)} orphaned segment(s); statuses {[r.status for r in result.records]}"
+        f"\n[killed API workers] {len(left)} orphaned segment(s); statuses {[r.status for r in result.records]}"
     )
-    assert len(orphans) == BURST, "the segments' owners were killed before they could remove them"
+    assert len(left) >= BURST - 1, "the kill landed while the burst's jobs waited with their segments"
     wait_until(
         "the sweep to remove every orphaned segment",
-        lambda: not set(orphans) & set(appliance.pixel_segments()),
+        lambda: not left & set(appliance.pixel_segments()),
         TIMEOUT_S + 30,
         appliance.output,
     )
