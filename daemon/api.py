@@ -33,6 +33,7 @@ from daemon.limits_metrics import LimitsCollector
 from daemon.logs import setup_logging
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.openapi import OpenApiResource
+from daemon.pixel_store import PixelStore
 from daemon.queues import ApiQueues, DrainState
 from daemon.redis_conn import connect
 from daemon.request_body import check_declared_size
@@ -285,7 +286,7 @@ def create_app(
     (by default the real one on that client; tests may pass a fake)."""
     if dispatcher is None:
         queues = ApiQueues(client, settings.queue, settings.batching)
-        dispatcher = Dispatcher(queues, settings.api.request_timeout_s)
+        dispatcher = Dispatcher(queues, settings.api.request_timeout_s, PixelStore.for_settings(settings))
     token = settings.secrets.auth_token
     metrics = ApiMetrics()
     # Metrics first: its clock starts before auth can refuse, so a 401 is timed and counted like any answer.

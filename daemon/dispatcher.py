@@ -6,6 +6,9 @@ round-robin (or the shortest queue, `queue.dispatch = "shortest_queue"`, for GPU
 its queue limit and pushes the job (`daemon.queues.ENQUEUE_SCRIPT`). A shard whose worker has no fresh
 heartbeat gets nothing; a full queue is a 503 at once, never a wait.
 
+With pixels in shared memory (`daemon.pixel_store`), the dispatcher owns each job's segment: it writes it
+before the job is queued and removes it once the answer is in, refused or timed out.
+
 A request of several images (KServe V2 infer) submits every job first and only then awaits the answers, so
 the images spread over the shards and run side by side; the answers come back in the jobs' order.
 """
@@ -17,6 +20,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from daemon.errors import DeadlineExceeded
+from daemon.pixel_store import PixelStore
 from daemon.queues import ApiQueues, DrainState
 from daemon.wire import Job, Reply
 
@@ -38,30 +42,49 @@ class Dispatch(Protocol):
 class Dispatcher:
     """Submits jobs through the API's face of the queues and awaits their answers."""
 
-    def __init__(self, queues: ApiQueues, request_timeout_s: float) -> None:
+    def __init__(self, queues: ApiQueues, request_timeout_s: float, pixels: PixelStore | None = None) -> None:
         self._queues = queues
         self._request_timeout_s = request_timeout_s
+        self._pixels = pixels or PixelStore.disabled()
 
     def dispatch(self, job: Job) -> Reply:
         """The job's successful reply; raises the error a shard answered, a 503 if no shard could take the job,
-        or a 504 if no answer came before `job.deadline`."""
-        return self.dispatch_many([job])[0]
+        or a 504 if no answer came before `job.deadline`. The job goes out and its answer is waited for in
+        one round trip to Redis."""
+        staged = self._pixels.stage(job)
+        try:
+            shard, reply = self._queues.submit_and_await(staged)
+            return self._answered(shard, reply)
+        finally:
+            self._pixels.release(staged)
 
     def dispatch_many(self, jobs: Sequence[Job]) -> list[Reply]:
         """Every job's successful reply, in order, the jobs running concurrently; the first failure raises as
         `dispatch` does (jobs already queued still run, and their answers expire unread)."""
-        shards = [self._queues.submit(job) for job in jobs]
-        replies = []
-        for job, shard in zip(jobs, shards, strict=True):
-            reply = self._queues.await_reply(job.job_id, job.deadline - time.monotonic())
-            if reply is None:
-                raise DeadlineExceeded(
-                    f"no answer from shard {shard} within {self._request_timeout_s:g}s; "
-                    "the appliance is overloaded or a worker is stuck"
-                )
-            reply.raise_if_error()
-            replies.append(reply)
-        return replies
+        staged: list[Job] = []
+        try:
+            shards = []
+            for job in jobs:
+                staged.append(self._pixels.stage(job))
+                shards.append(self._queues.submit(staged[-1]))
+            return [
+                self._answered(shard, self._queues.await_reply(job.job_id, job.deadline - time.monotonic()))
+                for job, shard in zip(jobs, shards, strict=True)
+            ]
+        finally:
+            # Answered, refused or given up on: a job still queued finds its pixels gone and is answered
+            # with that, which nobody reads.
+            for job in staged:
+                self._pixels.release(job)
+
+    def _answered(self, shard: str, reply: Reply | None) -> Reply:
+        if reply is None:
+            raise DeadlineExceeded(
+                f"no answer from shard {shard} within {self._request_timeout_s:g}s; "
+                "the appliance is overloaded or a worker is stuck"
+            )
+        reply.raise_if_error()
+        return reply
 
     def shard_status(self) -> dict[str, str]:
         """Every registered shard and its status, live, down or stuck (raises redis errors for /readyz)."""

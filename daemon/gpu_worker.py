@@ -46,6 +46,7 @@ from daemon.logs import setup_logging
 from daemon.metrics import WorkerMetrics
 from daemon.model import Classifier
 from daemon.model_swap import Loaded, Swapper
+from daemon.pixel_store import PixelStore
 from daemon.queues import ShardQueues
 from daemon.redis_conn import Backoff, connect
 from daemon.settings import Settings, load_settings
@@ -80,8 +81,11 @@ class Worker:
         predictor: Predictor,
         handle_signals: bool = True,
         info: ShardInfo | None = None,
+        pixels: PixelStore | None = None,
     ) -> None:
         self.settings = settings
+        self.pixels = pixels or PixelStore.for_settings(settings)
+        """Where jobs' shared-memory pixels are read from, and orphaned ones swept."""
         self.shard = shard
         self.queues = queues
         self.predictor = predictor
@@ -198,7 +202,12 @@ class Worker:
         started = self.batch_started = time.monotonic()
         try:
             outcome = run_batch(
-                payloads, self.predictor, self.shard.shard_id, self.input_shape, self.settings.model.version
+                payloads,
+                self.predictor,
+                self.shard.shard_id,
+                self.input_shape,
+                self.settings.model.version,
+                read_segment=self.pixels.read,
             )
         finally:
             self.slowest_batch_s = max(self.slowest_batch_s, time.monotonic() - started)
@@ -244,12 +253,18 @@ class Worker:
         log.info("%s now serving %s (%s)", self.prefix, model.path, detail)
 
     def sweep_dead_shards(self) -> None:
-        """Now and then, adopt the claimed and queued jobs of registered shards whose worker has no heartbeat."""
+        """Now and then, adopt the claimed and queued jobs of registered shards whose worker has no heartbeat,
+        and remove pixel segments that outlived their owner (a killed API process)."""
         if time.monotonic() - self._last_sweep < SWEEP_INTERVAL_S:
             return
         self._last_sweep = time.monotonic()
         for dead, moved in self.queues.adopt_dead_shards().items():
             log.warning("%s adopted %d job(s) of dead shard %s", self.prefix, moved, dead)
+        orphans = self.pixels.sweep()
+        if orphans:
+            log.warning(
+                "%s removed %d orphaned pixel segment(s) in %s", self.prefix, orphans, self.pixels.folder
+            )
 
     def teardown(self) -> None:
         """Stop receiving work, then fail what is still queued so no caller waits for a worker that left."""

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from daemon.errors import InferenceFailed
 from daemon.model import top_k
-from daemon.wire import ALL_CLASSES, Job, Reply, WireError
+from daemon.wire import ALL_CLASSES, Job, PixelsGone, Reply, SegmentReader, WireError
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,22 @@ def run_batch(
     input_shape: tuple[int, int, int],
     model_version: int | None = None,
     clock: Callable[[], float] = time.monotonic,
+    read_segment: SegmentReader | None = None,
 ) -> BatchOutcome:
-    """Triage the claimed jobs and classify the ones worth computing; every caller still waiting gets a reply."""
+    """Triage the claimed jobs and classify the ones worth computing; every caller still waiting gets a reply.
+    Jobs whose pixels wait in shared memory are read with `read_segment`."""
     started = clock()
     replies: dict[str, Reply] = {}
     live: list[Job] = []
     for payload in payloads:
         try:
-            job = Job.decode(payload)
+            job = Job.decode(payload, read_segment)
+        except PixelsGone as exc:
+            # Its caller timed out and removed them: the answer goes to nobody, and this is no fault.
+            log.debug("%s: %s", shard, exc)
+            with contextlib.suppress(WireError):
+                replies[Job.peek_id(payload)] = Reply.failure(shard, InferenceFailed(str(exc)))
+            continue
         except WireError as exc:
             log.error("%s: dropping malformed job: %s", shard, exc)
             with contextlib.suppress(WireError):

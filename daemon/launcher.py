@@ -32,6 +32,7 @@ from daemon.front_door import (
 )
 from daemon.logs import setup_logging
 from daemon.metrics import MULTIPROC_ENV
+from daemon.pixel_store import PixelStore, room_note
 from daemon.run_dir import (
     RUN_DIR_ENV,
     AlreadyRunning,
@@ -179,7 +180,14 @@ def run(config: str | None) -> int:
             record_path(settings),
             settings.model.path,
         )
+    # No process of this appliance is alive now, so no segment left in its folder has an owner.
+    cleared = PixelStore.for_settings(settings).clear()
+    if cleared:
+        log.info("inferd: removed %d pixel segment(s) a previous run left in shared memory", cleared)
     shards = discover_shards(settings)
+    note = room_note(settings, len(shards))
+    if note:
+        log.warning("inferd: %s", note)
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
     # Only daemon/notify.py may speak for the appliance: gunicorn, for one, would tell systemd READY=1 as soon

@@ -9,7 +9,7 @@ Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing
 | `inferd:queue:<shard>` | list of `wire.Job`, newest at the left | the API (`ApiQueues.submit`) | its shard, from the right | `queue.max_depth` |
 | `inferd:processing:<shard>` | list: the jobs of the batch in hand | the shard, in the step that takes them off its queue | the shard (`commit` releases them); a live shard adopts a dead one's | `batching.max_batch_size` |
 | `inferd:adopted:<shard>` | string marker | a live shard that adopted this shard's batch | this shard's next `commit` | expires after ADOPTED_MARK_TTL_S |
-| `inferd:reply:<job id>` | list holding one `wire.Reply` | the shard, or whoever drops the job | the API's BLPOP (`await_reply`) | expires after `queue.answer_ttl_s` |
+| `inferd:reply:<job id>` | list holding one `wire.Reply`, or a refusal marker | the shard, or whoever drops the job; the enqueue script marks a refused job (pipelined submit) | the API's BLPOP (`await_reply`, `submit_and_await`) | expires after `queue.answer_ttl_s` |
 | `inferd:stats:<shard>` | list of `wire.BatchRecord`, newest first | the shard, with each commit | tools/gpu_status | STATS_WINDOW records |
 | `inferd:rotation` | integer | the enqueue script | the enqueue script | - |
 | `inferd:unready` | string: why (`shutdown`, `operator`) | the drain guard on SIGTERM (with a TTL), `inferd drain` | /readyz (503 while set), tools | the guard's TTL; `inferd undrain` deletes it |
@@ -29,13 +29,17 @@ Invariants:
   shard adopted while its owner was frozen is not answered again by the owner when it wakes (the `adopted`
   marker), so each job is answered once.
 
-The API's face is `ApiQueues` (submit a job, await its reply, liveness); a shard's face is `ShardQueues`
-(claim a batch, commit its answers, requeue or adopt orphans, fail what waits, beat); `read_shards` is the one
-reader of the registry for /readyz, /metrics and the tools.
+A job's pixels are not necessarily in Redis: with `queue.pixels = "shared_memory"` the job names a file
+(`daemon.pixel_store`) and only its 76 bytes cross here.
+
+The API's face is `ApiQueues` (submit a job, await its reply, or both in one round trip; liveness); a
+shard's face is `ShardQueues` (claim a batch, commit its answers, requeue or adopt orphans, fail what waits,
+beat); `read_shards` is the one reader of the registry for /readyz, /metrics and the tools.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -127,15 +131,27 @@ NO_LIVE_SHARD = -1
 ALL_QUEUES_FULL = -2
 WOULD_MISS_DEADLINE = -3
 DRAINING = -4
-# KEYS: rotation counter, box drain mark, then (queue, heartbeat, shard drain mark) per shard.
-# ARGV: job bytes, max depth, policy, milliseconds left before the job's deadline, max batch size.
+# KEYS: rotation counter, box drain mark, the job's reply key, then (queue, heartbeat, shard drain mark) per
+# shard.
+# ARGV: job bytes, max depth, policy, milliseconds left before the job's deadline, max batch size, and the
+# seconds a refusal marker lives on the reply key (0: none).
 # Returns {chosen slot, or NO_LIVE_SHARD, ALL_QUEUES_FULL, WOULD_MISS_DEADLINE or DRAINING; expected wait in ms}.
 # A shard's expected wait is the batches ahead of the job (its own included) times the seconds per batch its
 # worker last reported in its heartbeat (`batch_s`; 0 until it has run a batch): a job that would wait past
 # its deadline goes to a shard where it would not, or is refused with the shortest wait as the retry hint.
+# A refused job gets a marker ('refused') on its reply key when asked for, so that a reply wait sent in the same
+# round trip (`ApiQueues.submit_and_await`) returns at once.
 ENQUEUE_SCRIPT = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return {-4, 0} end
-local shard_count = (#KEYS - 2) / 3
+local function refuse(code, wait)
+  local ttl = tonumber(ARGV[6])
+  if ttl > 0 then
+    redis.call('LPUSH', KEYS[3], 'refused')
+    redis.call('EXPIRE', KEYS[3], ttl)
+  end
+  return {code, wait}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return refuse(-4, 0) end
+local shard_count = (#KEYS - 3) / 3
 local max_depth = tonumber(ARGV[2])
 local policy = ARGV[3]
 local budget_ms = tonumber(ARGV[4])
@@ -144,16 +160,16 @@ local max_batch = tonumber(ARGV[5])
 -- neighbour twice.
 local live, drained = {}, 0
 for slot = 0, shard_count - 1 do
-  if redis.call('EXISTS', KEYS[4 + slot * 3]) == 1 then
-    if redis.call('EXISTS', KEYS[5 + slot * 3]) == 1 then drained = drained + 1 else live[#live + 1] = slot end
+  if redis.call('EXISTS', KEYS[5 + slot * 3]) == 1 then
+    if redis.call('EXISTS', KEYS[6 + slot * 3]) == 1 then drained = drained + 1 else live[#live + 1] = slot end
   end
 end
 if #live == 0 then
-  if drained > 0 then return {-4, 0} end
-  return {-1, 0}
+  if drained > 0 then return refuse(-4, 0) end
+  return refuse(-1, 0)
 end
 local function expected_wait_ms(slot, depth)
-  local ok, beat = pcall(cjson.decode, redis.call('GET', KEYS[4 + slot * 3]))
+  local ok, beat = pcall(cjson.decode, redis.call('GET', KEYS[5 + slot * 3]))
   local batch_s = ok and type(beat) == 'table' and tonumber(beat['batch_s']) or 0
   return math.ceil((depth + 1) / max_batch) * batch_s * 1000
 end
@@ -162,7 +178,7 @@ local best_slot, best_depth = -1, max_depth
 local soonest_wait = -1
 for offset = 0, #live - 1 do
   local slot = live[((start + offset) % #live) + 1]
-  local depth = redis.call('LLEN', KEYS[3 + slot * 3])
+  local depth = redis.call('LLEN', KEYS[4 + slot * 3])
   if depth < max_depth then
     local wait = expected_wait_ms(slot, depth)
     if soonest_wait < 0 or wait < soonest_wait then soonest_wait = wait end
@@ -173,10 +189,10 @@ for offset = 0, #live - 1 do
   end
 end
 if best_slot < 0 then
-  if soonest_wait < 0 then return {-2, 0} end
-  return {-3, math.ceil(soonest_wait)}
+  if soonest_wait < 0 then return refuse(-2, 0) end
+  return refuse(-3, math.ceil(soonest_wait))
 end
-redis.call('LPUSH', KEYS[3 + best_slot * 3], ARGV[1])
+redis.call('LPUSH', KEYS[4 + best_slot * 3], ARGV[1])
 return {best_slot, 0}
 """
 
@@ -279,6 +295,18 @@ class _Scripts:
 
 def _ttl(seconds: float) -> int:
     return max(1, int(seconds))
+
+
+def _load_enqueue_script(connection: Any) -> None:
+    connection.on_connect()
+    connection.send_command("SCRIPT", "LOAD", ENQUEUE_SCRIPT)
+    connection.read_response()
+
+
+def _unavailable(what: str, exc: redis.RedisError) -> RedisUnavailable:
+    # The client learns what to do; the cause (socket paths included) stays in the server's log.
+    log.debug("queues: %s failed: %s", what, exc)
+    return RedisUnavailable("the queue service is unavailable; retry shortly")
 
 
 def _push_replies(scripts: _Scripts, replies: Mapping[str, Reply], ttl_s: float) -> None:
@@ -429,7 +457,13 @@ class ApiQueues:
         self._max_depth = settings.max_depth
         self._policy = settings.dispatch
         self._max_batch_size = batching.max_batch_size
+        self._answer_ttl_s = settings.answer_ttl_s
         self._scripts = _Scripts(client)
+        # A pipelined EVALSHA that misses cannot load the script before the reply wait behind it blocks, so
+        # the script is loaded now and by every connection the pool opens later (after a Redis restart).
+        client.connection_pool.connection_kwargs["redis_connect_func"] = _load_enqueue_script
+        with contextlib.suppress(redis.RedisError):
+            client.script_load(ENQUEUE_SCRIPT)  # for connections opened before; Redis may not be up yet
         self._lock = threading.Lock()
         self._shards: list[str] = []
         self._shards_read_at = float("-inf")
@@ -448,27 +482,67 @@ class ApiQueues:
         """Push `job` onto one live shard's queue (by `queue.dispatch`) and return the shard, or raise the
         503 that says why not: no live shard, every queue full, or every queue too long to reach the job
         before `job.deadline`."""
-        budget_ms = max(0, int((job.deadline - time.monotonic()) * 1000))
+        shards, keys, args, budget_ms = self._enqueue_call(job, marker_ttl_s=0)
         try:
-            shards = self.registered_shards()
-            if not shards:
-                # Also what a restarted Redis looks like until the workers' next beat re-registers them.
-                raise NoLiveWorker("no worker is registered yet (the appliance is starting); retry shortly")
-            keys = [ROTATION_KEY, DRAINING_KEY]
-            for shard in shards:
-                keys += [queue_key(shard), heartbeat_key(shard), draining_key(shard)]
-            args: list[bytes | str | int] = [
-                job.encode(),
-                self._max_depth,
-                self._policy,
-                budget_ms,
-                self._max_batch_size,
-            ]
             slot, wait_ms = (int(value) for value in self._scripts.enqueue(keys=keys, args=args))
         except redis.RedisError as exc:
-            # The client learns what to do; the cause (socket paths included) stays in the server's log.
-            log.debug("queues: submit failed: %s", exc)
-            raise RedisUnavailable("the queue service is unavailable; retry shortly") from exc
+            raise _unavailable("submit", exc) from exc
+        return self._admitted(slot, wait_ms, shards, budget_ms)
+
+    def submit_and_await(self, job: Job) -> tuple[str, Reply | None]:
+        """`submit` then `await_reply` until `job.deadline`, in one round trip: the enqueue script and the
+        reply wait go out in one pipeline, and a refused job's marker ends the wait at once. A Redis that
+        fails the script itself (out of memory: the marker cannot be written either) leaves the wait to run
+        to the deadline, a 504 where `submit` answers 503 at once; the managed Redis's maxmemory holds full
+        queues twice over, so only a shared external Redis should ever get there."""
+        shards, keys, args, budget_ms = self._enqueue_call(job, marker_ttl_s=_ttl(self._answer_ttl_s))
+        pipe = self._client.pipeline(transaction=False)
+        pipe.evalsha(self._scripts.enqueue.sha, len(keys), *keys, *args)
+        pipe.blpop([reply_key(job.job_id)], timeout=max(job.deadline - time.monotonic(), 0.01))
+        try:
+            enqueued, popped = pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            raise _unavailable("submit", exc) from exc
+        if isinstance(enqueued, redis.exceptions.NoScriptError):
+            # Every new connection loads the script (`_load_enqueue_script`), so only a SCRIPT FLUSH under a
+            # live connection gets here, after a wait that ran to the deadline: load it for the next job.
+            self._client.script_load(ENQUEUE_SCRIPT)
+            log.warning("queues: Redis had lost the enqueue script; loaded it again")
+        for answer in (enqueued, popped):
+            if isinstance(answer, redis.RedisError):
+                raise _unavailable("submit", answer) from answer
+        slot, wait_ms = (int(value) for value in enqueued)
+        shard = self._admitted(slot, wait_ms, shards, budget_ms)
+        return shard, None if popped is None else Reply.decode(cast(Any, popped)[1])
+
+    def _enqueue_call(
+        self, job: Job, marker_ttl_s: int
+    ) -> tuple[list[str], list[str], list[bytes | str | int], int]:
+        """The registered shards, the enqueue script's keys and arguments for `job`, and the milliseconds
+        left before its deadline."""
+        try:
+            shards = self.registered_shards()
+        except redis.RedisError as exc:
+            raise _unavailable("submit", exc) from exc
+        if not shards:
+            # Also what a restarted Redis looks like until the workers' next beat re-registers them.
+            raise NoLiveWorker("no worker is registered yet (the appliance is starting); retry shortly")
+        budget_ms = max(0, int((job.deadline - time.monotonic()) * 1000))
+        keys: list[str] = [ROTATION_KEY, DRAINING_KEY, reply_key(job.job_id)]
+        for shard in shards:
+            keys += [queue_key(shard), heartbeat_key(shard), draining_key(shard)]
+        args: list[bytes | str | int] = [
+            job.encode(),
+            self._max_depth,
+            self._policy,
+            budget_ms,
+            self._max_batch_size,
+            marker_ttl_s,
+        ]
+        return shards, keys, args, budget_ms
+
+    def _admitted(self, slot: int, wait_ms: int, shards: list[str], budget_ms: int) -> str:
+        """The shard the enqueue script chose, or the 503 that says why it chose none."""
         if slot == NO_LIVE_SHARD:
             raise NoLiveWorker("no live worker: every shard's heartbeat is stale")
         if slot == DRAINING:

@@ -32,6 +32,7 @@ PILLOW_PIXEL_CEILING = 178_956_970
 PREPROCESSING_MODES = ("none", "efficientnet_lite", "tf", "torch", "caffe")
 RESIZE_MODES = ("crop", "stretch")
 DISPATCH_POLICIES = ("round_robin", "shortest_queue")
+PIXEL_PATHS = ("shared_memory", "redis")
 MAX_API_THREADS = 1024
 """Most threads per API process (auto or explicit): past it a process spends its CPU switching threads."""
 MAX_API_WORKERS = 64
@@ -111,6 +112,11 @@ class QueueSettings:
     dispatch: str = "round_robin"
     stuck_after_s: float = 0.0
     """A batch running longer than this marks its worker stuck (restarted, jobs adopted); 0 derives it."""
+    pixels: str = "shared_memory"
+    """Where a job's pixels travel: "shared_memory" (a file under `shared_memory_dir`, only a header through
+    Redis; a job that does not fit there goes through Redis) or "redis" (every job whole through Redis)."""
+    shared_memory_dir: Path = Path("/dev/shm")
+    """The tmpfs the appliance keeps its own folder of job pixels in (`daemon.pixel_store`)."""
 
 
 GpuSelection = tuple[int, ...] | None
@@ -468,6 +474,7 @@ def validate(s: Settings) -> None:
         s.queue.dispatch,
         f"one of {DISPATCH_POLICIES}",
     )
+    _require(s.queue.pixels in PIXEL_PATHS, "queue.pixels", s.queue.pixels, f"one of {PIXEL_PATHS}")
     _require(1 <= s.devices.cpu_workers <= 64, "devices.cpu_workers", s.devices.cpu_workers, "from 1 to 64")
     _require(
         s.devices.gpu_memory_limit_mb >= 0,

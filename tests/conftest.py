@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 import redis
 from PIL import Image
 
+from daemon.pixel_store import segment_folder
 from daemon.settings import Settings, load_settings
 from tests.tiny_model import build_tiny_model
 from tools.harness import Appliance, free_port, redis_server, write_settings
@@ -73,14 +75,20 @@ def standin_model(folder: Path, batch_ms: float, **spec: Any) -> Path:
 
 
 @pytest.fixture()
-def make_settings(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Iterator[Callable[..., Settings]]:
     """Settings for the tiny model, written to a real file and loaded the real way."""
+
+    made: list[Settings] = []
 
     def make(env: dict[str, str] | None = None, **overrides: dict[str, Any]) -> Settings:
         path = write_settings(tmp_path, tiny_sections(tiny_model, **overrides))
-        return load_settings(path, env=env or {})
+        made.append(load_settings(path, env=env or {}))
+        return made[-1]
 
-    return make
+    yield make
+    for settings in made:
+        # Each has its own throwaway run dir, so its shared-memory folder would outlive the test.
+        shutil.rmtree(segment_folder(settings), ignore_errors=True)
 
 
 @pytest.fixture()

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import redis
 
 from daemon.errors import EXIT_CONFIG, JobDropped
+from daemon.pixel_store import PixelStore
 from daemon.queues import KEY_PREFIX, ShardQueues, known_shards, processing_key, queue_key
 from daemon.settings import Settings
 from tools import drain as drain_tool
@@ -59,6 +60,9 @@ def flush(client: redis.Redis, settings: Settings, shards: list[str], dry_run: b
         else:
             queued = ShardQueues(client, shard, settings).fail_waiting(JobDropped(DROP_MESSAGE))
         results.append(ShardFlush(shard, queued, in_flight))
+    if not dry_run:
+        # The dropped jobs' segments go with their callers' 503s; what no caller will ever remove goes now.
+        PixelStore.for_settings(settings).sweep()
     return results
 
 

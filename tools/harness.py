@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from typing import Any
 import redis
 import requests
 
+from daemon.pixel_store import segment_folder
+from daemon.settings import load_settings
 from tools.proctree import ProcessId, kill_all, tree
 
 log = logging.getLogger(__name__)
@@ -264,6 +267,15 @@ class Appliance:
     def redis(self) -> redis.Redis:
         return redis.Redis(unix_socket_path=str(self.run_dir / "redis.sock"))
 
+    def segment_folder(self) -> Path:
+        """Where the appliance keeps job pixels in shared memory (`daemon.pixel_store`)."""
+        return segment_folder(load_settings(self.config, env=self.env))
+
+    def pixel_segments(self) -> list[str]:
+        """The job pixel segments the appliance holds in shared memory now."""
+        folder = self.segment_folder()
+        return sorted(os.listdir(folder)) if folder.is_dir() else []
+
     def launch(self) -> Appliance:
         """Start without waiting for readiness (for a test that expects it never to become ready)."""
         self.service.start()
@@ -348,6 +360,8 @@ class Appliance:
         first, so nothing of this appliance outlives the call either way.
         """
         returncode = self.service.stop(timeout_s)
+        # Its run dir is a throwaway one: no later start on it would clear what a killed process left.
+        shutil.rmtree(self.segment_folder(), ignore_errors=True)
         if self.service.killed:
             raise AssertionError(f"appliance did not stop within {timeout_s}s (killed):\n{self.output()}")
         if self.service.leftovers:

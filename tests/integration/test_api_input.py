@@ -8,6 +8,7 @@ still be classified.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from urllib3 import encode_multipart_formdata
 from daemon.api import create_app
 from daemon.gpu_worker import IDLE_BLOCK_S, Worker
 from daemon.model import Classifier
+from daemon.pixel_store import segment_folder
 from daemon.queues import ShardQueues
 from daemon.settings import Settings, load_settings
 from daemon.shard import cpu_shards
@@ -68,6 +70,7 @@ def served(
     worker.request_stop()
     thread.join(timeout=IDLE_BLOCK_S + 5.0)
     client.close()
+    shutil.rmtree(segment_folder(settings), ignore_errors=True)  # its run dir was a throwaway one
     assert not thread.is_alive(), "the worker thread did not stop within its idle wait"
 
 

@@ -142,6 +142,9 @@ def test_a_job_that_would_wait_past_its_deadline_is_refused_with_the_wait_as_ret
     with pytest.raises(Overloaded, match=r"about 1\.5s of work") as refused:
         dispatcher.submit(a_job(deadline_in_s=1.0))
     assert refused.value.status == 503 and refused.value.retry_after_s == pytest.approx(1.5)
+    assert "than the 1.0s left before this request's deadline" in refused.value.message
+    with pytest.raises(Overloaded, match=r"about 1\.5s of work, more than the 1\.0s left"):
+        dispatcher.submit_and_await(a_job(deadline_in_s=1.0))  # the one-trip path says the same
     assert redis_client.llen(queue_key("gpu0")) == 8  # refused, not queued
     assert dispatcher.submit(a_job(deadline_in_s=2.0)) == "gpu0"  # with time enough it is taken
 

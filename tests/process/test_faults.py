@@ -23,6 +23,7 @@ import requests
 
 from daemon.front_door import instance_workers
 from daemon.queues import processing_key, queue_key
+from daemon.wire import JOB_HEADER, JOB_VERSION_SEGMENT
 from tests.conftest import standin_model
 from tools.harness import Appliance, wait_until
 from tools.loadgen import LoadResult, LoadRun, RequestRecord, Upload
@@ -143,6 +144,15 @@ def wait_all_held_with_a_batch_claimed(
     wait_until(f"{count} jobs in Redis with a batch of {victim} in the model", all_held, 60, appliance.output)
 
 
+def segments_named(payloads: list[bytes]) -> list[str]:
+    """The shared-memory segments these jobs name (a job carrying its pixels names none)."""
+    return [
+        bytes(payload[JOB_HEADER.size :]).decode()
+        for payload in payloads
+        if JOB_HEADER.unpack_from(payload)[1] == JOB_VERSION_SEGMENT
+    ]
+
+
 def reply_keys_left(appliance: Appliance, shards: list[str]) -> list[bytes]:
     """Reply keys nobody took, once no job is left anywhere (so no answer can still be on its way)."""
     client = appliance.redis()
@@ -225,6 +235,7 @@ def test_a_lone_worker_killed_mid_batch_requeues_its_claims_on_restart_and_answe
     run = burst(appliance, photo_png)
     wait_all_held_with_a_batch_claimed(appliance, ["cpu0"], "cpu0")
     claimed, queued = held(appliance.redis(), "cpu0")
+    in_the_model = segments_named(appliance.redis().lrange(processing_key("cpu0"), 0, -1))
     os.kill(victim, signal.SIGKILL)
     appliance.wait_restarted("worker:worker-0", victim)
     result = run.wait(120)
@@ -232,6 +243,10 @@ def test_a_lone_worker_killed_mid_batch_requeues_its_claims_on_restart_and_answe
     print(f"[sigkill lone worker] at the kill: {claimed} job(s) in the model, {queued} queued")
     assert claimed >= 1
     assert [r.status for r in result.records] == [200] * BURST, result.records
+    # The claimed jobs carried only their segments' names, and ran again from them after the kill; their
+    # owners removed the segments once answered.
+    assert len(in_the_model) == claimed
+    assert appliance.pixel_segments() == []
     # The path taken: with no live shard to hand them to, the restarted worker put the claims back itself.
     log = appliance.output()
     assert f"cpu0: requeued {claimed} job(s) claimed by a previous run" in log

@@ -90,6 +90,11 @@ def test_config_file_choice_cli_then_env_then_default():
         ({"api": {"client_timeout_s": 0}}, {}, "api.client_timeout_s = 0.0 is not allowed: 0.5 to 3600"),
         ({"queue": {"heartbeat_ttl_s": 0.5}}, {}, "queue.heartbeat_ttl_s = 0.5 is not allowed"),
         (
+            {"queue": {"pixels": "shm"}},
+            {},
+            "queue.pixels = 'shm' is not allowed: one of ('shared_memory', 'redis')",
+        ),
+        (
             {},
             {"INFERD_REDIS_MANAGED": "perhaps"},
             "redis.managed = 'perhaps' is not allowed: expected true or false",
