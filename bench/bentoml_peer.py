@@ -20,28 +20,12 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from bench.peers import WORKER_PIDS_ENV
+from bench.peers import WORKER_PIDS_ENV, pin_threads
 from daemon.imaging import decode_image
 from daemon.settings import Settings, load_settings
-from daemon.shard import cpu_threads_per_worker, use_backend
 
 TOP = 5
 """Predictions per answer: inferd's `api.default_top`."""
-
-
-def pin_threads(workers: int, settings: Settings) -> None:
-    """inferd's rule for CPU shards: the cores shared evenly between the workers, before Keras loads."""
-    threads = str(cpu_threads_per_worker(workers))
-    os.environ.update(
-        {
-            "CUDA_VISIBLE_DEVICES": "",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "OMP_NUM_THREADS": threads,
-            "TF_NUM_INTRAOP_THREADS": threads,
-            "TF_NUM_INTEROP_THREADS": "1",
-        }
-    )
-    use_backend(settings.model.backend)
 
 
 def build_service(settings: Settings, workers: int) -> Any:

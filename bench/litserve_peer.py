@@ -23,10 +23,9 @@ import numpy.typing as npt
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from bench.peers import WORKER_PIDS_ENV
+from bench.peers import WORKER_PIDS_ENV, pin_threads
 from daemon.imaging import decode_image
 from daemon.settings import Settings, load_settings
-from daemon.shard import cpu_threads_per_worker, use_backend
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +83,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = load_settings()
     workers = int(os.environ.get(WORKERS_ENV) or os.cpu_count() or 1)
-    # The rule inferd's CPU shards follow: the cores shared evenly between the workers, set before Keras
-    # loads (the spawned workers inherit it).
-    threads = str(cpu_threads_per_worker(workers))
-    os.environ.update(
-        {
-            "CUDA_VISIBLE_DEVICES": "",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "OMP_NUM_THREADS": threads,
-            "TF_NUM_INTRAOP_THREADS": threads,
-            "TF_NUM_INTEROP_THREADS": "1",
-        }
-    )
-    use_backend(settings.model.backend)
+    pin_threads(workers, settings)  # before Keras loads: the spawned workers inherit it
     log.info(
         "litserve peer: %d inference workers, max batch %d, batch timeout %g ms, on port %d",
         workers,

@@ -30,6 +30,8 @@ import requests
 
 from bench import loadgen
 from bench.procs import cpu_seconds, state
+from daemon.settings import Settings
+from daemon.shard import cpu_threads_per_worker, use_backend
 from tools.harness import PYTHON, Service, free_port, wait_until
 from tools.proctree import tree
 
@@ -268,3 +270,18 @@ def measure_peers(contenders: list[Contender], photo: Path, plan: PeersPlan) -> 
             {role: round(ms, 2) for role, ms in point.cpu_ms_per_request.items()},
         )
     return kept
+
+
+def pin_threads(workers: int, settings: Settings) -> None:
+    """For a peer's model workers, inferd's rule for CPU shards: the cores shared evenly between the workers, before Keras loads."""
+    threads = str(cpu_threads_per_worker(workers))
+    os.environ.update(
+        {
+            "CUDA_VISIBLE_DEVICES": "",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "OMP_NUM_THREADS": threads,
+            "TF_NUM_INTRAOP_THREADS": threads,
+            "TF_NUM_INTEROP_THREADS": "1",
+        }
+    )
+    use_backend(settings.model.backend)
