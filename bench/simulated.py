@@ -30,7 +30,8 @@ import redis
 from daemon.errors import Unavailable
 from daemon.gpu_worker import Worker
 from daemon.logs import setup_logging
-from daemon.queues import ApiQueues, ShardQueues, heartbeat_key
+from daemon.queues import ApiQueues, ShardQueues
+from daemon.redis_keys import heartbeat_key
 from daemon.settings import Settings, load_settings
 from daemon.shard import Shard
 from daemon.wire import Job, new_job_id

@@ -34,8 +34,9 @@ from daemon.logs import setup_logging
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.openapi import OpenApiResource
 from daemon.pixel_store import PixelStore
-from daemon.queues import ApiQueues, DrainState
+from daemon.queues import ApiQueues
 from daemon.redis_conn import connect
+from daemon.registry import DrainState
 from daemon.request_body import check_declared_size
 from daemon.settings import Settings, load_settings
 from daemon.status_page import add_status_page_routes, is_public, prefers_html, status_page

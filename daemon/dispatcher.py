@@ -3,7 +3,7 @@
 It is the one collaborator of the API's /predict (tests give the resource a fake instead). The choice of
 shard is global and atomic: one Lua call shared by every API process picks the next live shard in a
 round-robin (or the shortest queue, `queue.dispatch = "shortest_queue"`, for GPUs of unequal speed), checks
-its queue limit and pushes the job (`daemon.queues.ENQUEUE_SCRIPT`). A shard whose worker has no fresh
+its queue limit and pushes the job (`daemon.queue_scripts.ENQUEUE_SCRIPT`). A shard whose worker has no fresh
 heartbeat gets nothing; a full queue is a 503 at once, never a wait.
 
 With pixels in shared memory (`daemon.pixel_store`), the dispatcher owns each job's segment: it writes it
@@ -21,7 +21,8 @@ from typing import Protocol
 
 from daemon.errors import DeadlineExceeded
 from daemon.pixel_store import PixelStore
-from daemon.queues import ApiQueues, DrainState
+from daemon.queues import ApiQueues
+from daemon.registry import DrainState
 from daemon.wire import Job, Reply
 
 

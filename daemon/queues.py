@@ -1,40 +1,9 @@
-"""The Redis protocol between the API and the shards: every key, every script, and one face for each side.
-
-Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing else.
-
-| key | type | written by | read by | bounded by |
-| --- | --- | --- | --- | --- |
-| `inferd:shards` | hash: shard id -> `wire.ShardInfo` | each worker, on every beat, or once as "failed" when it refuses to start | API, tools | a field per shard |
-| `inferd:heartbeat:<shard>` | string: `wire.Heartbeat` | the worker, every `queue.heartbeat_interval_s` | enqueue script (liveness, and `batch_s` for the wait estimate), /readyz, tools | expires after `queue.heartbeat_ttl_s` |
-| `inferd:queue:<shard>` | list of `wire.Job`, newest at the left | the API (`ApiQueues.submit`) | its shard, from the right | `queue.max_depth` |
-| `inferd:processing:<shard>` | list: the jobs of the batch in hand | the shard, in the step that takes them off its queue | the shard (`commit` releases them); a live shard adopts a dead one's | `batching.max_batch_size` |
-| `inferd:adopted:<shard>` | string marker | a live shard that adopted this shard's batch | this shard's next `commit` | expires after ADOPTED_MARK_TTL_S |
-| `inferd:reply:<job id>` | list holding one `wire.Reply`, or a refusal marker | the shard, or whoever drops the job; the enqueue script marks a refused job (pipelined submit) | the API's BLPOP (`await_reply`, `submit_and_await`) | expires after `queue.answer_ttl_s` |
-| `inferd:stats:<shard>` | list of `wire.BatchRecord`, newest first | the shard, with each commit | tools/gpu_status | STATS_WINDOW records |
-| `inferd:rotation` | integer | the enqueue script | the enqueue script | - |
-| `inferd:unready` | string: why (`shutdown`, `operator`) | the drain guard on SIGTERM (with a TTL), `inferd drain` | /readyz (503 while set), tools | the guard's TTL; `inferd undrain` deletes it |
-| `inferd:draining` | string: why | `inferd drain`, `flush_queues --drain` | enqueue script (admits nothing), /readyz | `inferd undrain` deletes it |
-| `inferd:draining:<shard>` | string: why | `inferd drain --shard`, `flush_queues --drain --shard` | enqueue script (skips the shard), /readyz | `inferd undrain` deletes it |
-| `inferd:swap:<shard>` | string: `wire.ModelChoice` | `inferd reload` | the shard, between batches | the shard deletes it when it answers; the tool when it gives up |
-| `inferd:swap-done:<shard>` | list holding one `wire.SwapResult` | the shard | `inferd reload`'s BLPOP | expires after SWAP_RESULT_TTL_S |
-
-Invariants:
-- A job is in one place at a time: a queue, a processing list, or answered. Every move between lists is one
-  Redis command or one script, so a worker killed at any instant loses nothing.
-- Only the enqueue script pushes onto a queue, and it checks liveness, the drain marks, the depth limit and
-  the expected wait against the job's deadline in the same atomic step, so a queue never passes
-  `queue.max_depth` however many API threads race, nothing is admitted to a drained shard once its mark is
-  set (what is already queued still runs), and a job that could not be reached in time is refused instead.
-- A shard pushes its batch's answers and releases the claims in one script: all or none. A batch that a live
-  shard adopted while its owner was frozen is not answered again by the owner when it wakes (the `adopted`
-  marker), so each job is answered once.
-
-A job's pixels are not necessarily in Redis: with `queue.pixels = "shared_memory"` the job names a file
-(`daemon.pixel_store`) and only its 76 bytes cross here.
+"""The two faces of the Redis protocol between the API and the shards, and `inferd reload`'s.
 
 The API's face is `ApiQueues` (submit a job, await its reply, or both in one round trip; liveness); a
 shard's face is `ShardQueues` (claim a batch, commit its answers, requeue or adopt orphans, fail what waits,
-beat); `read_shards` is the one reader of the registry for /readyz, /metrics and the tools.
+beat); `request_swap` and `await_swap` are `inferd reload`'s. The keys they touch and the invariants they
+keep are in `daemon.redis_keys`; the scripts that make each move atomic in `daemon.queue_scripts`.
 """
 
 from __future__ import annotations
@@ -44,12 +13,39 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
 from daemon.errors import Draining, InferdError, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
+from daemon.queue_scripts import (
+    ALL_QUEUES_FULL,
+    BATCH_ADOPTED,
+    DRAINING,
+    ENQUEUE_SCRIPT,
+    NO_LIVE_SHARD,
+    WOULD_MISS_DEADLINE,
+    Scripts,
+    load_enqueue_script,
+)
+from daemon.redis_keys import (
+    ADOPTED_MARK_TTL_S,
+    DRAINING_KEY,
+    ROTATION_KEY,
+    SHARDS_KEY,
+    STATS_WINDOW,
+    SWAP_RESULT_TTL_S,
+    adopted_key,
+    draining_key,
+    heartbeat_key,
+    processing_key,
+    queue_key,
+    reply_key,
+    stats_key,
+    swap_done_key,
+    swap_key,
+)
+from daemon.registry import DrainState, parse_or_none, read_drain_state, read_shards, registered_shard_ids
 from daemon.settings import BatchingSettings, QueueSettings, Settings
 from daemon.wire import (
     FAILED,
@@ -62,245 +58,20 @@ from daemon.wire import (
     ShardInfo,
     SwapResult,
     WireError,
-    as_text,
 )
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "inferd:"
-SHARDS_KEY = f"{KEY_PREFIX}shards"
-ROTATION_KEY = f"{KEY_PREFIX}rotation"
-UNREADY_KEY = f"{KEY_PREFIX}unready"
-DRAINING_KEY = f"{KEY_PREFIX}draining"
-STATS_WINDOW = 120
-"""Batch records kept per shard for tools/gpu_status's rates."""
-ADOPTED_MARK_TTL_S = 3600
-"""How long an adoption marker waits for its frozen owner to wake; past it any caller has long gone."""
-RATE_WINDOW_S = 60.0
-"""Images/s and mean batch size are computed over this much recent history (tools/gpu_status, the notifier)."""
 SHARD_LIST_TTL_S = 1.0
 """How long an API process trusts its copy of the registered shard list before reading it again."""
 GATHER_MIN_SLICE_S = 0.001
 """Shortest pause between looks for more jobs while a batch fills: about three looks per window."""
-SWAP_RESULT_TTL_S = 600
-"""How long a shard's answer to a swap request waits for `inferd reload` to read it."""
 SWAP_WAIT_SLICE_S = 1.0
 """Longest single blocking wait of `inferd reload` for a shard's answer."""
 
 
-def queue_key(shard: str) -> str:
-    return f"{KEY_PREFIX}queue:{shard}"
-
-
-def processing_key(shard: str) -> str:
-    return f"{KEY_PREFIX}processing:{shard}"
-
-
-def adopted_key(shard: str) -> str:
-    return f"{KEY_PREFIX}adopted:{shard}"
-
-
-def heartbeat_key(shard: str) -> str:
-    return f"{KEY_PREFIX}heartbeat:{shard}"
-
-
-def stats_key(shard: str) -> str:
-    return f"{KEY_PREFIX}stats:{shard}"
-
-
-def reply_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}reply:{job_id}"
-
-
-def draining_key(shard: str) -> str:
-    return f"{DRAINING_KEY}:{shard}"
-
-
-def swap_key(shard: str) -> str:
-    return f"{KEY_PREFIX}swap:{shard}"
-
-
-def swap_done_key(shard: str) -> str:
-    return f"{KEY_PREFIX}swap-done:{shard}"
-
-
-# -- scripts ------------------------------------------------------------------------------------------------
-# Nothing a script moves is ever evaluated; each returns counts or the jobs it took.
-
-NO_LIVE_SHARD = -1
-ALL_QUEUES_FULL = -2
-WOULD_MISS_DEADLINE = -3
-DRAINING = -4
-# KEYS: rotation counter, box drain mark, the job's reply key, then (queue, heartbeat, shard drain mark) per
-# shard.
-# ARGV: job bytes, max depth, policy, milliseconds left before the job's deadline, max batch size, and the
-# seconds a refusal marker lives on the reply key (0: none).
-# Returns {chosen slot, or NO_LIVE_SHARD, ALL_QUEUES_FULL, WOULD_MISS_DEADLINE or DRAINING; expected wait in ms}.
-# A shard's expected wait is the batches ahead of the job (its own included) times the seconds per batch its
-# worker last reported in its heartbeat (`batch_s`; 0 until it has run a batch): a job that would wait past
-# its deadline goes to a shard where it would not, or is refused with the shortest wait as the retry hint.
-# A refused job gets a marker ('refused') on its reply key when asked for, so that a reply wait sent in the same
-# round trip (`ApiQueues.submit_and_await`) returns at once.
-ENQUEUE_SCRIPT = """
-local function refuse(code, wait)
-  local ttl = tonumber(ARGV[6])
-  if ttl > 0 then
-    redis.call('LPUSH', KEYS[3], 'refused')
-    redis.call('EXPIRE', KEYS[3], ttl)
-  end
-  return {code, wait}
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then return refuse(-4, 0) end
-local shard_count = (#KEYS - 3) / 3
-local max_depth = tonumber(ARGV[2])
-local policy = ARGV[3]
-local budget_ms = tonumber(ARGV[4])
-local max_batch = tonumber(ARGV[5])
--- Rotate over live, admitting shards only, so a dead or drained shard's turn is not handed to its
--- neighbour twice.
-local live, drained = {}, 0
-for slot = 0, shard_count - 1 do
-  if redis.call('EXISTS', KEYS[5 + slot * 3]) == 1 then
-    if redis.call('EXISTS', KEYS[6 + slot * 3]) == 1 then drained = drained + 1 else live[#live + 1] = slot end
-  end
-end
-if #live == 0 then
-  if drained > 0 then return refuse(-4, 0) end
-  return refuse(-1, 0)
-end
-local function expected_wait_ms(slot, depth)
-  local ok, beat = pcall(cjson.decode, redis.call('GET', KEYS[5 + slot * 3]))
-  local batch_s = ok and type(beat) == 'table' and tonumber(beat['batch_s']) or 0
-  return math.ceil((depth + 1) / max_batch) * batch_s * 1000
-end
-local start = redis.call('INCR', KEYS[1])
-local best_slot, best_depth = -1, max_depth
-local soonest_wait = -1
-for offset = 0, #live - 1 do
-  local slot = live[((start + offset) % #live) + 1]
-  local depth = redis.call('LLEN', KEYS[4 + slot * 3])
-  if depth < max_depth then
-    local wait = expected_wait_ms(slot, depth)
-    if soonest_wait < 0 or wait < soonest_wait then soonest_wait = wait end
-    if depth < best_depth and wait <= budget_ms then
-      best_slot, best_depth = slot, depth
-      if policy == 'round_robin' then break end
-    end
-  end
-end
-if best_slot < 0 then
-  if soonest_wait < 0 then return refuse(-2, 0) end
-  return refuse(-3, math.ceil(soonest_wait))
-end
-redis.call('LPUSH', KEYS[4 + best_slot * 3], ARGV[1])
-return {best_slot, 0}
-"""
-
-# KEYS: queue, processing. ARGV: how many. Claims up to that many jobs that are already waiting, in one trip.
-CLAIM_WAITING_SCRIPT = """
-local claimed = {}
-for _ = 1, tonumber(ARGV[1]) do
-  local job = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not job then break end
-  claimed[#claimed + 1] = job
-end
-return claimed
-"""
-
-# KEYS: processing, queue, adopted marker. A restarted worker puts its predecessor's claims back at the end
-# it pops from, so they run first, and forgets any adoption mark meant for the predecessor.
-REQUEUE_SCRIPT = """
-redis.call('DEL', KEYS[3])
-local moved = 0
-while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do moved = moved + 1 end
-return moved
-"""
-
-# KEYS: dead queue, dead processing, live queue, dead shard's adopted marker. ARGV: marker ttl.
-# Moves the dead shard's queue, then its claims, to the end the live worker pops from: the claims (oldest)
-# run first, then the queue in its order, then the live shard's own jobs. Marks the adoption of claims so
-# that a frozen owner which wakes does not answer them a second time.
-ADOPT_SCRIPT = """
-local moved = 0
-while redis.call('LMOVE', KEYS[1], KEYS[3], 'LEFT', 'RIGHT') do moved = moved + 1 end
-local claims = 0
-while redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT') do claims = claims + 1 end
-if claims > 0 then redis.call('SET', KEYS[4], '1', 'EX', tonumber(ARGV[1])) end
-return moved + claims
-"""
-
-BATCH_ADOPTED = -1
-# KEYS: processing, stats, adopted marker, queue, then one reply key per answer.
-# ARGV: answer ttl, batch record ('' for none), stats window, then one encoded reply per reply key.
-# Pushes every answer, records the batch and releases the claims, atomically. If a live shard adopted this
-# batch meanwhile, it answers nothing (the adopter does) and puts back what was claimed since the adoption.
-COMMIT_SCRIPT = """
-if redis.call('DEL', KEYS[3]) == 1 then
-  while redis.call('LMOVE', KEYS[1], KEYS[4], 'LEFT', 'RIGHT') do end
-  return -1
-end
-for i = 5, #KEYS do
-  redis.call('LPUSH', KEYS[i], ARGV[i - 1])
-  redis.call('EXPIRE', KEYS[i], ARGV[1])
-end
-if ARGV[2] ~= '' then
-  redis.call('LPUSH', KEYS[2], ARGV[2])
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
-end
-redis.call('DEL', KEYS[1])
-return #KEYS - 4
-"""
-
-# KEYS: queue. Takes every waiting job off a queue in one atomic step.
-TAKE_ALL_SCRIPT = """
-local jobs = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return jobs
-"""
-
-# KEYS: one reply key per answer. ARGV: answer ttl, then one encoded reply per key.
-PUSH_REPLIES_SCRIPT = """
-for i = 1, #KEYS do
-  redis.call('LPUSH', KEYS[i], ARGV[i + 1])
-  redis.call('EXPIRE', KEYS[i], ARGV[1])
-end
-return #KEYS
-"""
-
-
-# KEYS: swap request, swap answer list. ARGV: the request as the shard read it, the answer, answer ttl.
-# Answers only a request that still stands: one the tool withdrew (it stopped waiting) is not taken up.
-ANSWER_SWAP_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
-
-
-class _Scripts:
-    """Every script registered once per client (redis-py then runs them by SHA, loading on a miss)."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.enqueue = client.register_script(ENQUEUE_SCRIPT)
-        self.claim_waiting = client.register_script(CLAIM_WAITING_SCRIPT)
-        self.requeue = client.register_script(REQUEUE_SCRIPT)
-        self.adopt = client.register_script(ADOPT_SCRIPT)
-        self.commit = client.register_script(COMMIT_SCRIPT)
-        self.take_all = client.register_script(TAKE_ALL_SCRIPT)
-        self.push_replies = client.register_script(PUSH_REPLIES_SCRIPT)
-        self.answer_swap = client.register_script(ANSWER_SWAP_SCRIPT)
-
-
 def _ttl(seconds: float) -> int:
     return max(1, int(seconds))
-
-
-def _load_enqueue_script(connection: Any) -> None:
-    connection.on_connect()
-    connection.send_command("SCRIPT", "LOAD", ENQUEUE_SCRIPT)
-    connection.read_response()
 
 
 def _unavailable(what: str, exc: redis.RedisError) -> RedisUnavailable:
@@ -309,143 +80,10 @@ def _unavailable(what: str, exc: redis.RedisError) -> RedisUnavailable:
     return RedisUnavailable("the queue service is unavailable; retry shortly")
 
 
-def _push_replies(scripts: _Scripts, replies: Mapping[str, Reply], ttl_s: float) -> None:
+def _push_replies(scripts: Scripts, replies: Mapping[str, Reply], ttl_s: float) -> None:
     if replies:
         args: list[str | bytes | int] = [_ttl(ttl_s), *(reply.encode() for reply in replies.values())]
         scripts.push_replies(keys=[reply_key(job_id) for job_id in replies], args=args)
-
-
-# -- the registry, read ---------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ShardState:
-    """One registered shard as Redis holds it now."""
-
-    shard: str
-    info: ShardInfo | None
-    """None when the registry entry does not parse (written by something else)."""
-    heartbeat: Heartbeat | None
-    """None when the heartbeat expired: the shard gets no jobs and its work may be adopted."""
-    heartbeat_ttl_ms: int | None
-    queue_depth: int
-    in_flight: int
-    records: tuple[BatchRecord, ...] = ()
-
-    @property
-    def live(self) -> bool:
-        return self.heartbeat is not None
-
-    @property
-    def status(self) -> str:
-        """ "live", "down" (no fresh heartbeat), or the state its worker left in the registry ("stuck")."""
-        if self.heartbeat is not None:
-            return "live"
-        if self.info is not None and self.info.state != "serving":
-            return self.info.state
-        return "down"
-
-
-@dataclass(frozen=True, slots=True)
-class DrainState:
-    """What the drain marks say: why the box is not ready or admits nothing, and which shards admit nothing."""
-
-    unready: str | None = None
-    """Set first by a drain or a shutdown: /readyz answers 503 while the box still serves."""
-    box: str | None = None
-    """Set when the box admits no new work at all."""
-    shards: frozenset[str] = frozenset()
-
-    @property
-    def any(self) -> bool:
-        return bool(self.unready or self.box or self.shards)
-
-
-def read_drain_state(client: redis.Redis, shards: list[str]) -> DrainState:
-    """The drain marks of the box and of `shards`, in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    pipe.get(UNREADY_KEY)
-    pipe.get(DRAINING_KEY)
-    for shard in shards:
-        pipe.exists(draining_key(shard))
-    unready, box, *marks = pipe.execute()
-    return DrainState(
-        unready=None if unready is None else as_text(unready),
-        box=None if box is None else as_text(box),
-        shards=frozenset(shard for shard, marked in zip(shards, marks, strict=True) if marked),
-    )
-
-
-def batch_rates(
-    records: tuple[BatchRecord, ...], now: float, window_s: float = RATE_WINDOW_S
-) -> tuple[float, float | None]:
-    """Images/s and mean batch size over the last `window_s`, from a worker's records (newest first)."""
-    recent = [batch for batch in records if batch.finished_at >= now - window_s]
-    if not recent:
-        return 0.0, None
-    mean_batch = sum(batch.size for batch in recent) / len(recent)
-    if len(records) >= STATS_WINDOW and len(recent) == len(records) and len(recent) > 1:
-        # The worker keeps only STATS_WINDOW records: when all of them are recent, older batches of the
-        # window were trimmed, so the rate is taken over the span the records cover (the oldest batch's
-        # images were done before that span began).
-        span = now - recent[-1].finished_at
-        return sum(batch.size for batch in recent[:-1]) / max(span, 1e-3), mean_batch
-    return sum(batch.size for batch in recent) / window_s, mean_batch
-
-
-def registered_shard_ids(client: redis.Redis) -> list[str]:
-    return sorted(as_text(key) for key in client.hkeys(SHARDS_KEY))
-
-
-def read_shards(client: redis.Redis, with_records: bool = False) -> list[ShardState]:
-    """Every registered shard in id order, with liveness, queue and claims (and batch records when asked),
-    read in two round trips."""
-    entries = {as_text(key): value for key, value in client.hgetall(SHARDS_KEY).items()}
-    shards = sorted(entries)
-    pipe = client.pipeline(transaction=False)
-    for shard in shards:
-        pipe.get(heartbeat_key(shard))
-        pipe.pttl(heartbeat_key(shard))
-        pipe.llen(queue_key(shard))
-        pipe.llen(processing_key(shard))
-        if with_records:
-            pipe.lrange(stats_key(shard), 0, -1)
-    answers = iter(pipe.execute())
-    states = []
-    for shard in shards:
-        beat, ttl_ms, depth, in_flight = (next(answers) for _ in range(4))
-        records = tuple(_parse_all(BatchRecord.decode, next(answers))) if with_records else ()
-        states.append(
-            ShardState(
-                shard=shard,
-                info=_parse_or_none(ShardInfo.decode, entries[shard]),
-                heartbeat=None if beat is None else _parse_or_none(Heartbeat.decode, beat) or Heartbeat(0),
-                heartbeat_ttl_ms=int(ttl_ms) if beat is not None and int(ttl_ms) >= 0 else None,
-                queue_depth=int(depth),
-                in_flight=int(in_flight),
-                records=records,
-            )
-        )
-    return states
-
-
-def known_shards(client: redis.Redis) -> list[str]:
-    """Registered shards, plus any shard that still has a queue (one no longer configured, say)."""
-    shards = set(registered_shard_ids(client))
-    prefix = queue_key("")
-    shards.update(as_text(key)[len(prefix) :] for key in client.scan_iter(match=f"{prefix}*", count=1000))
-    return sorted(shards)
-
-
-def _parse_or_none(parse: Any, payload: bytes | str) -> Any:
-    try:
-        return parse(payload)
-    except WireError as exc:
-        log.warning("queues: ignoring a malformed entry: %s", exc)
-        return None
-
-
-def _parse_all(parse: Any, payloads: list[bytes]) -> list[Any]:
-    parsed = (_parse_or_none(parse, payload) for payload in payloads)
-    return [item for item in parsed if item is not None]
 
 
 # -- the API's face -----------------------------------------------------------------------------------------
@@ -458,10 +96,10 @@ class ApiQueues:
         self._policy = settings.dispatch
         self._max_batch_size = batching.max_batch_size
         self._answer_ttl_s = settings.answer_ttl_s
-        self._scripts = _Scripts(client)
+        self._scripts = Scripts(client)
         # A pipelined EVALSHA that misses cannot load the script before the reply wait behind it blocks, so
         # the script is loaded now and by every connection the pool opens later (after a Redis restart).
-        client.connection_pool.connection_kwargs["redis_connect_func"] = _load_enqueue_script
+        client.connection_pool.connection_kwargs["redis_connect_func"] = load_enqueue_script
         with contextlib.suppress(redis.RedisError):
             client.script_load(ENQUEUE_SCRIPT)  # for connections opened before; Redis may not be up yet
         self._lock = threading.Lock()
@@ -504,7 +142,7 @@ class ApiQueues:
         except redis.RedisError as exc:
             raise _unavailable("submit", exc) from exc
         if isinstance(enqueued, redis.exceptions.NoScriptError):
-            # Every new connection loads the script (`_load_enqueue_script`), so only a SCRIPT FLUSH under a
+            # Every new connection loads the script (`load_enqueue_script`), so only a SCRIPT FLUSH under a
             # live connection gets here, after a wait that ran to the deadline: load it for the next job.
             self._client.script_load(ENQUEUE_SCRIPT)
             log.warning("queues: Redis had lost the enqueue script; loaded it again")
@@ -600,7 +238,7 @@ class ShardQueues:
     def __init__(self, client: redis.Redis, shard: str, settings: Settings) -> None:
         self.shard = shard
         self._client = client
-        self._scripts = _Scripts(client)
+        self._scripts = Scripts(client)
         self._queue, self._processing = queue_key(shard), processing_key(shard)
         self.max_batch_size = settings.batching.max_batch_size
         self.max_wait_s = settings.batching.max_wait_ms / 1000.0
@@ -703,7 +341,7 @@ class ShardQueues:
         payload = cast(bytes | None, self._client.get(swap_key(self.shard)))
         if payload is None:
             return None
-        choice = _parse_or_none(ModelChoice.decode, payload)
+        choice = parse_or_none(ModelChoice.decode, payload)
         return None if choice is None else (payload, choice)
 
     def answer_swap(self, asked: bytes | str, result: SwapResult) -> bool:

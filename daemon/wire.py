@@ -8,7 +8,7 @@ Replies, registry entries, heartbeats and batch records are small JSON objects; 
 for every class (`top_k = ALL_CLASSES`, the KServe V2 `probabilities` output) carries the float32 vector in
 base64 (4 KB for 1000 classes) instead of the ranked predictions /predict gets, whose reply is unchanged. Nothing read from Redis is
 ever unpickled or evaluated: jobs are parsed with `struct`, everything else with `json`, and a malformed
-message raises `WireError`. Where each message lives in Redis is `daemon.queues`' business.
+message raises `WireError`. Where each message lives in Redis is `daemon.redis_keys`' business.
 
 Deadlines and enqueue times are CLOCK_MONOTONIC seconds: on Linux that clock is host-wide (the API and the
 workers run on one host) and never jumps.

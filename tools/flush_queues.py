@@ -21,7 +21,9 @@ import redis
 
 from daemon.errors import EXIT_CONFIG, JobDropped
 from daemon.pixel_store import PixelStore
-from daemon.queues import KEY_PREFIX, ShardQueues, known_shards, processing_key, queue_key
+from daemon.queues import ShardQueues
+from daemon.redis_keys import KEY_PREFIX, processing_key, queue_key
+from daemon.registry import known_shards
 from daemon.settings import Settings
 from tools import drain as drain_tool
 from tools.common import (

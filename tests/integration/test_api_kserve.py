@@ -13,7 +13,7 @@ import redis
 
 from daemon.api import create_app
 from daemon.errors import ConfigError, QueueFull
-from daemon.queues import DrainState
+from daemon.registry import DrainState
 from daemon.wire import ALL_CLASSES, Job, Reply
 from tests.conftest import TINY_INPUT
 from tests.tiny_model import TINY_LABELS

@@ -9,7 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
-from daemon.queues import ShardQueues, processing_key, queue_key
+from daemon.queues import ShardQueues
+from daemon.redis_keys import processing_key, queue_key
 from daemon.settings import BatchingSettings, Settings
 
 

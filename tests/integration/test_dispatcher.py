@@ -11,8 +11,9 @@ import pytest
 from daemon import drain
 from daemon.dispatcher import Dispatcher
 from daemon.errors import DeadlineExceeded, Draining, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
-from daemon.queues import SHARDS_KEY, ApiQueues, heartbeat_key, queue_key, reply_key
+from daemon.queues import ApiQueues
 from daemon.redis_conn import connect
+from daemon.redis_keys import SHARDS_KEY, heartbeat_key, queue_key, reply_key
 from daemon.wire import Heartbeat, Job, Reply, new_job_id
 
 

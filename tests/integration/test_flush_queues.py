@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from daemon.queues import (
+from daemon.redis_keys import (
     DRAINING_KEY,
     SHARDS_KEY,
     UNREADY_KEY,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from daemon.gpu_worker import Worker
-from daemon.queues import ShardQueues, heartbeat_key, processing_key, queue_key
+from daemon.queues import ShardQueues
+from daemon.redis_keys import heartbeat_key, processing_key, queue_key
 from daemon.shard import Shard
 from daemon.wire import BatchRecord
 from tests.fake_nvml import GIB, H100, FakeNvml

@@ -19,7 +19,9 @@ from daemon.active_model import ModelRecord, choice_of, write_record
 from daemon.api import create_app
 from daemon.gpu_worker import Worker
 from daemon.model import Classifier
-from daemon.queues import DrainState, ShardQueues, await_swap, queue_key, reply_key, request_swap, swap_key
+from daemon.queues import ShardQueues, await_swap, request_swap
+from daemon.redis_keys import queue_key, reply_key, swap_key
+from daemon.registry import DrainState
 from daemon.shard import cpu_shards
 from daemon.wire import Job, ModelChoice, Prediction, Reply, new_job_id
 from tests.conftest import TINY_INPUT

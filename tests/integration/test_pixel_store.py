@@ -22,7 +22,8 @@ from daemon.gpu_worker import Worker
 from daemon.inference import run_batch
 from daemon.model import Classifier
 from daemon.pixel_store import PixelStore, room_note, segment_folder
-from daemon.queues import ApiQueues, ShardQueues, reply_key
+from daemon.queues import ApiQueues, ShardQueues
+from daemon.redis_keys import reply_key
 from daemon.shard import cpu_shards
 from daemon.wire import Job, WireError, new_job_id
 from tests.integration.test_dispatcher import register

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from daemon.errors import EXIT_DEVICE
-from daemon.queues import SHARDS_KEY
+from daemon.redis_keys import SHARDS_KEY
 from daemon.shard import SHARDS_ENV, Shard, encode_shards
 from daemon.wire import FAILED, ShardInfo
 from tests.conftest import tiny_sections

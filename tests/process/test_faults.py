@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from daemon.front_door import instance_workers
-from daemon.queues import processing_key, queue_key
+from daemon.redis_keys import processing_key, queue_key
 from daemon.wire import JOB_HEADER, JOB_VERSION_SEGMENT
 from tests.conftest import standin_model
 from tools.harness import Appliance, wait_until

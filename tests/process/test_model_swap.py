@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from daemon.active_model import ModelRecord, choice_of, write_record
-from daemon.queues import read_shards
+from daemon.registry import read_shards
 from daemon.settings import load_settings
 from daemon.wire import ModelChoice
 from tests.conftest import tiny_sections

@@ -13,7 +13,7 @@ import redis
 from daemon.api import create_app
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
 from daemon.front_door import ARRIVED_HEADER
-from daemon.queues import DrainState
+from daemon.registry import DrainState
 from daemon.settings import ApiSettings, ModelSettings, Settings
 from daemon.wire import Job, Prediction, Reply
 from tests.conftest import TINY_INPUT, encode_image

@@ -6,7 +6,7 @@ import dataclasses
 import time
 
 from daemon.nvml import GpuReading
-from daemon.queues import batch_rates
+from daemon.registry import batch_rates
 from daemon.wire import BatchRecord
 from tests.fake_nvml import GIB
 from tools.common import EXIT_OK, EXIT_SHARD_DOWN
