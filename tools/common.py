@@ -87,6 +87,17 @@ def redis_address(settings: Settings) -> str:
     return f"unix:{socket}" if socket is not None else f"{settings.redis.host}:{settings.redis.port}"
 
 
+def redis_down_message(settings: Settings, exc: BaseException) -> str:
+    """The line every tool gives when the appliance's Redis does not answer."""
+    return f"Redis at {redis_address(settings)} is unreachable: {exc}"
+
+
+def report_redis_down(prog: str, settings: Settings, exc: BaseException) -> int:
+    """Say on stderr that Redis does not answer; the exit code that means it."""
+    print(f"{prog}: {redis_down_message(settings, exc)}", file=sys.stderr)
+    return EXIT_REDIS_DOWN
+
+
 def connect_redis(settings: Settings) -> redis.Redis:
     return connect(settings, socket_timeout_s=REDIS_TIMEOUT_S)
 

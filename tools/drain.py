@@ -20,11 +20,10 @@ from daemon.settings import Settings
 from tools.common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_REDIS_DOWN,
     EXIT_USAGE,
     connect_redis,
-    redis_address,
     render_table,
+    report_redis_down,
     unknown_shards,
 )
 
@@ -87,8 +86,7 @@ def run_drain(prog: str, settings: Settings, args: argparse.Namespace) -> int:
             client, shards, grace, timeout, say=lambda line: print(f"{prog}: {line}", file=sys.stderr)
         )
     except (redis.RedisError, OSError) as exc:
-        print(f"{prog}: Redis at {redis_address(settings)} is unreachable: {exc}", file=sys.stderr)
-        return EXIT_REDIS_DOWN
+        return report_redis_down(prog, settings, exc)
     finally:
         client.close()
     if args.json:
@@ -103,8 +101,7 @@ def run_undrain(prog: str, settings: Settings, shards: list[str] | None) -> int:
     try:
         removed = drain.undrain(client, shards)
     except (redis.RedisError, OSError) as exc:
-        print(f"{prog}: Redis at {redis_address(settings)} is unreachable: {exc}", file=sys.stderr)
-        return EXIT_REDIS_DOWN
+        return report_redis_down(prog, settings, exc)
     finally:
         client.close()
     what = "the box" if shards is None else ", ".join(shards)

@@ -33,8 +33,8 @@ from tools.common import (
     EXIT_USAGE,
     ToolArgumentParser,
     connect_redis,
-    redis_address,
     render_table,
+    report_redis_down,
     settings_or_exit,
     unknown_shards,
 )
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             shards = sorted(set(args.shard))
         results = flush(client, settings, shards, args.dry_run)
     except (redis.RedisError, OSError) as exc:
-        print(f"flush_queues: Redis at {redis_address(settings)} is unreachable: {exc}", file=sys.stderr)
-        return EXIT_REDIS_DOWN
+        return report_redis_down("flush_queues", settings, exc)
     finally:
         client.close()
     if args.json:

@@ -29,6 +29,7 @@ from tools.common import (
     ToolArgumentParser,
     connect_redis,
     redis_address,
+    redis_down_message,
     render_table,
     settings_or_exit,
 )
@@ -176,7 +177,7 @@ def one_frame(client: redis.Redis, settings: Settings, reader: Nvml, as_json: bo
     try:
         statuses = collect(client, settings, reader)
     except (redis.RedisError, OSError) as exc:
-        message = f"Redis at {redis_address(settings)} is unreachable: {exc}"
+        message = redis_down_message(settings, exc)
         text = json.dumps({"time": time.time(), "redis": redis_address(settings), "error": message})
         return EXIT_REDIS_DOWN, text if as_json else f"gpu_status: {message}"
     if as_json:
