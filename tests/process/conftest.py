@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import skimage
@@ -23,6 +24,17 @@ def default_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     folder = tmp_path_factory.mktemp("default-model")
     export_default_model(folder, default_weights_path())
     return folder / MODEL_FILENAME, folder / "imagenet-labels.txt"
+
+
+def default_model_section(default_model: tuple[Path, Path]) -> dict[str, Any]:
+    """The `[model]` settings that serve the embedded default model, preprocessed as it was trained."""
+    model_path, labels_path = default_model
+    return {
+        "path": model_path,
+        "labels": labels_path,
+        "input_size": 224,
+        "preprocessing": "efficientnet_lite",
+    }
 
 
 @pytest.fixture(scope="module")

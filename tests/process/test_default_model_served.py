@@ -8,22 +8,13 @@ import requests
 from PIL import Image
 
 from tests.conftest import encode_image
-from tests.process.conftest import SKIMAGE_DATA
+from tests.process.conftest import SKIMAGE_DATA, default_model_section
 
 pytestmark = pytest.mark.slow
 
 
 def test_real_photos_get_correct_imagenet_labels(start_appliance, default_model):
-    model_path, labels_path = default_model
-    appliance = start_appliance(
-        shards=1,
-        model={
-            "path": model_path,
-            "labels": labels_path,
-            "input_size": 224,
-            "preprocessing": "efficientnet_lite",
-        },
-    )
+    appliance = start_appliance(shards=1, model=default_model_section(default_model))
     coffee = (SKIMAGE_DATA / "coffee.png").read_bytes()
     answer = requests.post(f"{appliance.url}/predict", files={"image": ("coffee.png", coffee)}, timeout=60)
     assert answer.status_code == 200, answer.text

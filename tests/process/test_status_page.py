@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.needs import need_module, need_program
-from tests.process.conftest import SKIMAGE_DATA
+from tests.process.conftest import SKIMAGE_DATA, default_model_section
 
 pytestmark = pytest.mark.slow
 
@@ -112,16 +112,7 @@ def predictions(driver: webdriver.Chrome) -> list[str]:
 def test_the_page_lists_the_live_shards_and_classifies_a_chosen_and_a_dropped_photo(
     start_appliance, default_model, page
 ):
-    model_path, labels_path = default_model
-    appliance = start_appliance(
-        shards=2,
-        model={
-            "path": model_path,
-            "labels": labels_path,
-            "input_size": 224,
-            "preprocessing": "efficientnet_lite",
-        },
-    )
+    appliance = start_appliance(shards=2, model=default_model_section(default_model))
     page.get(f"{appliance.url}/")
 
     rows = wait_for(
