@@ -66,6 +66,9 @@ while read -r program packages; do
     command -v "$program" >/dev/null && continue
     IFS='|' read -ra choices <<< "$packages"
     for package in "${choices[@]}"; do apt_install "$package" </dev/null && break; done  # apt must not eat the list
+    # A test must never be the first to find that a program is missing: stop here, naming it.
+    command -v "$program" >/dev/null \
+        || { echo "setup.sh: $program is still missing after installing ${packages//|/ or }" >&2; exit 1; }
     if [ "$program" = nginx ] && command -v systemctl >/dev/null && systemctl is-enabled nginx >/dev/null 2>&1; then
         # The package starts its own nginx with a default site on port 80 where systemd runs; the appliance
         # runs its own under supervisord, so the one we just installed is stopped and disabled.
