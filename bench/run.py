@@ -205,7 +205,7 @@ def describe_run(results: BenchResults, argv: list[str], d: Durations, plan: Pla
             f"Each shard runs daemon.gpu_worker.Worker with a model that sleeps {plan.sim_base_ms:g} ms + "
             f"{plan.sim_per_image_ms:g} ms per image per batch (batching.max_batch_size={plan.sim_batch}); "
             f"{plan.sim_clients_per_shard} closed-loop clients per shard push jobs through "
-            "daemon.queues.ApiQueues (submit, await_reply) from 2 processes (HTTP bypassed, so the "
+            "daemon.queue.faces.ApiQueues (submit, await_reply) from 2 processes (HTTP bypassed, so the "
             "load generator is not the bottleneck); efficiency = jobs/s / (n x one shard's jobs/s)."
         ),
         policies=(

@@ -3,7 +3,7 @@
 Each shard is a process running `daemon.gpu_worker.Worker` unchanged, with a stand-in predictor whose
 `predict()` sleeps `base_ms + per_image_ms * batch` (a device with a fixed cost per batch), so what limits
 throughput is the queueing and dispatch, not the CPU. The load bypasses HTTP on purpose: client threads in
-a few processes push jobs through the real `daemon.queues.ApiQueues` and BLPOP their replies, exactly
+a few processes push jobs through the real `daemon.queue.faces.ApiQueues` and BLPOP their replies, exactly
 as the API does after decoding, which keeps the load generator far cheaper than the shards it feeds.
 """
 
@@ -30,11 +30,11 @@ import redis
 from daemon.errors import Unavailable
 from daemon.gpu_worker import Worker
 from daemon.logs import setup_logging
-from daemon.queues import ApiQueues, ShardQueues
-from daemon.redis_keys import heartbeat_key
+from daemon.queue.faces import ApiQueues, ShardQueues
+from daemon.queue.keys import heartbeat_key
 from daemon.settings import Settings, load_settings
 from daemon.shard import Shard
-from daemon.wire import Job, new_job_id
+from daemon.queue.wire import Job, new_job_id
 from tools.harness import PYTHON, Service, stop_all, write_settings
 from tools.loadgen import percentile
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.settings import ModelSettings, Settings
-from daemon.wire import ModelChoice, WireError
+from daemon.queue.wire import ModelChoice, WireError
 
 log = logging.getLogger(__name__)
 

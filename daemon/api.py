@@ -33,15 +33,15 @@ from daemon.limits_metrics import LimitsCollector
 from daemon.logs import setup_logging
 from daemon.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.openapi import OpenApiResource
-from daemon.pixel_store import PixelStore
-from daemon.queues import ApiQueues
-from daemon.redis_conn import connect
-from daemon.registry import DrainState
+from daemon.queue.pixel_store import PixelStore
+from daemon.queue.faces import ApiQueues
+from daemon.queue.connection import connect
+from daemon.queue.registry import DrainState
 from daemon.request_body import check_declared_size
 from daemon.settings import Settings, load_settings
 from daemon.status_page import add_status_page_routes, is_public, prefers_html, status_page
 from daemon.triton_metrics import PendingRequestCollector, TritonMiddleware, TritonRequestMetrics
-from daemon.wire import Job, new_job_id
+from daemon.queue.wire import Job, new_job_id
 
 log = logging.getLogger(__name__)
 

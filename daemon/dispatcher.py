@@ -3,10 +3,10 @@
 It is the one collaborator of the API's /predict (tests give the resource a fake instead). The choice of
 shard is global and atomic: one Lua call shared by every API process picks the next live shard in a
 round-robin (or the shortest queue, `queue.dispatch = "shortest_queue"`, for GPUs of unequal speed), checks
-its queue limit and pushes the job (`daemon.queue_scripts.ENQUEUE_SCRIPT`). A shard whose worker has no fresh
+its queue limit and pushes the job (`daemon.queue.scripts.ENQUEUE_SCRIPT`). A shard whose worker has no fresh
 heartbeat gets nothing; a full queue is a 503 at once, never a wait.
 
-With pixels in shared memory (`daemon.pixel_store`), the dispatcher owns each job's segment: it writes it
+With pixels in shared memory (`daemon.queue.pixel_store`), the dispatcher owns each job's segment: it writes it
 before the job is queued and removes it once the answer is in, refused or timed out.
 
 A request of several images (KServe V2 infer) submits every job first and only then awaits the answers, so
@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from daemon.errors import DeadlineExceeded
-from daemon.pixel_store import PixelStore
-from daemon.queues import ApiQueues
-from daemon.registry import DrainState
-from daemon.wire import Job, Reply
+from daemon.queue.pixel_store import PixelStore
+from daemon.queue.faces import ApiQueues
+from daemon.queue.registry import DrainState
+from daemon.queue.wire import Job, Reply
 
 
 class Dispatch(Protocol):

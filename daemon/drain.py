@@ -19,7 +19,7 @@ A shard drain (`--shard`) only sets `inferd:draining:<shard>`: the enqueue scrip
 finishes its queue, and the box stays ready while another of its shards admits.
 
 `python -m daemon.drain` is that guard: a supervisord program that waits for its SIGTERM, then does step 1
-and waits the grace. Keys are described in `daemon.redis_keys`' table.
+and waits the grace. Keys are described in `daemon.queue.keys`' table.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from dataclasses import dataclass
 import redis
 
 from daemon.logs import setup_logging
-from daemon.redis_conn import connect
-from daemon.redis_keys import DRAINING_KEY, UNREADY_KEY, draining_key, processing_key, queue_key
-from daemon.registry import known_shards
+from daemon.queue.connection import connect
+from daemon.queue.keys import DRAINING_KEY, UNREADY_KEY, draining_key, processing_key, queue_key
+from daemon.queue.registry import known_shards
 from daemon.settings import load_settings
-from daemon.wire import as_text
+from daemon.queue.wire import as_text
 
 log = logging.getLogger(__name__)
 

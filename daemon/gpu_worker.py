@@ -46,14 +46,14 @@ from daemon.logs import setup_logging
 from daemon.metrics import WorkerMetrics
 from daemon.model import Classifier
 from daemon.model_swap import Loaded, Swapper
-from daemon.pixel_store import PixelStore
-from daemon.queues import ShardQueues
-from daemon.redis_conn import Backoff, connect
+from daemon.queue.pixel_store import PixelStore
+from daemon.queue.faces import ShardQueues
+from daemon.queue.connection import Backoff, connect
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
 from daemon.standin import StandinModel, is_standin
 from daemon.triton_metrics import TritonBatchMetrics
-from daemon.wire import FAILED, STUCK, BatchRecord, Heartbeat, ShardInfo, SwapResult
+from daemon.queue.wire import FAILED, STUCK, BatchRecord, Heartbeat, ShardInfo, SwapResult
 
 log = logging.getLogger(__name__)
 

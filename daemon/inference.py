@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from daemon.errors import InferenceFailed
 from daemon.model import top_k
-from daemon.wire import ALL_CLASSES, Job, PixelsGone, Reply, SegmentReader, WireError
+from daemon.queue.wire import ALL_CLASSES, Job, PixelsGone, Reply, SegmentReader, WireError
 
 log = logging.getLogger(__name__)
 

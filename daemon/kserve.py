@@ -45,7 +45,7 @@ from daemon.v2_tensors import (
     encode_infer_response,
     parse_infer_request,
 )
-from daemon.wire import ALL_CLASSES, Job, new_job_id
+from daemon.queue.wire import ALL_CLASSES, Job, new_job_id
 
 EXTENSIONS = ("binary_tensor_data", "classification")
 """Triton's protocol extensions /v2 announces, and supports."""

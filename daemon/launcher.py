@@ -32,7 +32,7 @@ from daemon.front_door import (
 )
 from daemon.logs import setup_logging
 from daemon.metrics import MULTIPROC_ENV
-from daemon.pixel_store import PixelStore, room_note
+from daemon.queue.pixel_store import PixelStore, room_note
 from daemon.run_dir import (
     RUN_DIR_ENV,
     AlreadyRunning,
@@ -51,7 +51,7 @@ from daemon.settings import (
     resolve_config_path,
 )
 from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards, use_backend
-from daemon.wire import JOB_HEADER
+from daemon.queue.wire import JOB_HEADER
 from tools import drain as drain_tool
 from tools import reload as reload_tool
 from tools.common import settings_or_exit

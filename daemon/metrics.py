@@ -22,7 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from daemon.nvml import Nvml
-from daemon.registry import read_shards
+from daemon.queue.registry import read_shards
 from daemon.triton_metrics import TritonGpuFamilies
 
 log = logging.getLogger(__name__)

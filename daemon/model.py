@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from daemon.errors import ModelLoadError
 from daemon.settings import BatchingSettings, ModelSettings
-from daemon.wire import Prediction
+from daemon.queue.wire import Prediction
 
 log = logging.getLogger(__name__)
 

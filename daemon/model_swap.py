@@ -28,10 +28,10 @@ from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_OK, ConfigError, Mo
 from daemon.inference import Predictor
 from daemon.logs import setup_logging
 from daemon.model import batch_buckets
-from daemon.queues import ShardQueues
+from daemon.queue.faces import ShardQueues
 from daemon.settings import ModelSettings, Settings, load_settings
 from daemon.shard import cpu_shards, pin_process
-from daemon.wire import ModelChoice, SwapResult
+from daemon.queue.wire import ModelChoice, SwapResult
 
 log = logging.getLogger(__name__)
 

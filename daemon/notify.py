@@ -32,8 +32,8 @@ from types import FrameType
 import redis
 
 from daemon.logs import setup_logging
-from daemon.redis_conn import connect
-from daemon.registry import batch_rates, read_drain_state, read_shards
+from daemon.queue.connection import connect
+from daemon.queue.registry import batch_rates, read_drain_state, read_shards
 from daemon.settings import Settings, load_settings, local_url
 
 log = logging.getLogger(__name__)

@@ -116,7 +116,7 @@ class QueueSettings:
     """Where a job's pixels travel: "shared_memory" (a file under `shared_memory_dir`, only a header through
     Redis; a job that does not fit there goes through Redis) or "redis" (every job whole through Redis)."""
     shared_memory_dir: Path = Path("/dev/shm")
-    """The tmpfs the appliance keeps its own folder of job pixels in (`daemon.pixel_store`)."""
+    """The tmpfs the appliance keeps its own folder of job pixels in (`daemon.queue.pixel_store`)."""
 
 
 GpuSelection = tuple[int, ...] | None

@@ -22,10 +22,10 @@ import redis
 from supervisor import childutils
 
 from daemon.logs import setup_logging
-from daemon.queues import ShardQueues
-from daemon.redis_conn import connect
-from daemon.redis_keys import heartbeat_key
-from daemon.registry import read_shards
+from daemon.queue.faces import ShardQueues
+from daemon.queue.connection import connect
+from daemon.queue.keys import heartbeat_key
+from daemon.queue.registry import read_shards
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards
 

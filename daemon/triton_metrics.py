@@ -35,7 +35,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from daemon.nvml import GpuReading
-from daemon.registry import read_shards
+from daemon.queue.registry import read_shards
 from daemon.settings import ModelSettings
 
 MODEL_LABELS = ("model", "version")

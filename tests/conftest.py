@@ -24,7 +24,7 @@ import pytest
 import redis
 from PIL import Image
 
-from daemon.pixel_store import segment_folder
+from daemon.queue.pixel_store import segment_folder
 from daemon.settings import Settings, load_settings
 from tests.tiny_model import build_tiny_model
 from tools.harness import Appliance, free_port, redis_server, write_settings

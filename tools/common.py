@@ -11,7 +11,7 @@ from typing import NoReturn
 import redis
 
 from daemon.errors import EXIT_CONFIG, ConfigError
-from daemon.redis_conn import connect
+from daemon.queue.connection import connect
 from daemon.run_dir import read_record
 from daemon.settings import Settings, load_settings
 

@@ -15,7 +15,7 @@ from dataclasses import asdict
 import redis
 
 from daemon import drain
-from daemon.registry import known_shards
+from daemon.queue.registry import known_shards
 from daemon.settings import Settings
 from tools.common import (
     EXIT_FAILED,

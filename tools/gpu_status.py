@@ -19,7 +19,7 @@ import redis
 
 from daemon.errors import EXIT_CONFIG
 from daemon.nvml import GpuReading, Nvml
-from daemon.registry import RATE_WINDOW_S, ShardState, batch_rates, read_shards
+from daemon.queue.registry import RATE_WINDOW_S, ShardState, batch_rates, read_shards
 from daemon.settings import Settings
 from tools.common import (
     EXIT_OK,

@@ -25,7 +25,7 @@ from typing import Any
 import redis
 import requests
 
-from daemon.pixel_store import segment_folder
+from daemon.queue.pixel_store import segment_folder
 from daemon.settings import load_settings
 from tools.proctree import ProcessId, kill_all, tree
 
@@ -268,7 +268,7 @@ class Appliance:
         return redis.Redis(unix_socket_path=str(self.run_dir / "redis.sock"))
 
     def segment_folder(self) -> Path:
-        """Where the appliance keeps job pixels in shared memory (`daemon.pixel_store`)."""
+        """Where the appliance keeps job pixels in shared memory (`daemon.queue.pixel_store`)."""
         return segment_folder(load_settings(self.config, env=self.env))
 
     def pixel_segments(self) -> list[str]:

@@ -23,10 +23,10 @@ from pathlib import Path
 import redis
 
 from daemon.active_model import ModelRecord, active_record, choice_of, record_path, write_record
-from daemon.queues import await_swap, request_swap
-from daemon.registry import read_shards
+from daemon.queue.faces import await_swap, request_swap
+from daemon.queue.registry import read_shards
 from daemon.settings import HOME, Settings
-from daemon.wire import ModelChoice, SwapResult
+from daemon.queue.wire import ModelChoice, SwapResult
 from tools.common import EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN, EXIT_USAGE, connect_redis
 
 DEFAULT_SHARD_TIMEOUT_S = 300.0

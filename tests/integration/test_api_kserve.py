@@ -13,8 +13,8 @@ import redis
 
 from daemon.api import create_app
 from daemon.errors import ConfigError, QueueFull
-from daemon.registry import DrainState
-from daemon.wire import ALL_CLASSES, Job, Reply
+from daemon.queue.registry import DrainState
+from daemon.queue.wire import ALL_CLASSES, Job, Reply
 from tests.conftest import TINY_INPUT
 from tests.tiny_model import TINY_LABELS
 

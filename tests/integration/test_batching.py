@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
-from daemon.queues import ShardQueues
-from daemon.redis_keys import processing_key, queue_key
+from daemon.queue.faces import ShardQueues
+from daemon.queue.keys import processing_key, queue_key
 from daemon.settings import BatchingSettings, Settings
 
 
@@ -125,7 +125,7 @@ def test_adopted_jobs_keep_their_order_and_run_before_the_live_shards_newer_ones
 
 
 def test_a_frozen_owner_that_wakes_after_adoption_answers_nothing_twice(redis_client):
-    from daemon.wire import Reply
+    from daemon.queue.wire import Reply
 
     fill(redis_client, "cpu1", 3)
     frozen = claimer(redis_client, "cpu1", max_batch_size=2)
@@ -146,7 +146,7 @@ def test_a_frozen_owner_that_wakes_after_adoption_answers_nothing_twice(redis_cl
 
 
 def test_a_restarted_worker_forgets_an_adoption_meant_for_its_predecessor(redis_client):
-    from daemon.wire import Reply
+    from daemon.queue.wire import Reply
 
     fill(redis_client, "cpu1", 1)
     claimer(redis_client, "cpu1").claim_batch(1.0)

@@ -11,10 +11,10 @@ import pytest
 from daemon import drain
 from daemon.dispatcher import Dispatcher
 from daemon.errors import DeadlineExceeded, Draining, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
-from daemon.queues import ApiQueues
-from daemon.redis_conn import connect
-from daemon.redis_keys import SHARDS_KEY, heartbeat_key, queue_key, reply_key
-from daemon.wire import Heartbeat, Job, Reply, new_job_id
+from daemon.queue.faces import ApiQueues
+from daemon.queue.connection import connect
+from daemon.queue.keys import SHARDS_KEY, heartbeat_key, queue_key, reply_key
+from daemon.queue.wire import Heartbeat, Job, Reply, new_job_id
 
 
 def register(client, *shards: str, live: bool = True, batch_s: float | None = None) -> None:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from daemon.redis_keys import (
+from daemon.queue.keys import (
     DRAINING_KEY,
     SHARDS_KEY,
     UNREADY_KEY,
@@ -19,7 +19,7 @@ from daemon.redis_keys import (
     reply_key,
     stats_key,
 )
-from daemon.wire import Job, Reply, new_job_id
+from daemon.queue.wire import Job, Reply, new_job_id
 from tools import flush_queues
 from tools.common import EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE
 

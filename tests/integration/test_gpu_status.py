@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from daemon.gpu_worker import Worker
-from daemon.queues import ShardQueues
-from daemon.redis_keys import heartbeat_key, processing_key, queue_key
+from daemon.queue.faces import ShardQueues
+from daemon.queue.keys import heartbeat_key, processing_key, queue_key
 from daemon.shard import Shard
-from daemon.wire import BatchRecord
+from daemon.queue.wire import BatchRecord
 from tests.fake_nvml import GIB, H100, FakeNvml
 from tools import gpu_status
 from tools.common import EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN

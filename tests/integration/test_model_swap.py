@@ -19,11 +19,11 @@ from daemon.active_model import ModelRecord, choice_of, write_record
 from daemon.api import create_app
 from daemon.gpu_worker import Worker
 from daemon.model import Classifier
-from daemon.queues import ShardQueues, await_swap, request_swap
-from daemon.redis_keys import queue_key, reply_key, swap_key
-from daemon.registry import DrainState
+from daemon.queue.faces import ShardQueues, await_swap, request_swap
+from daemon.queue.keys import queue_key, reply_key, swap_key
+from daemon.queue.registry import DrainState
 from daemon.shard import cpu_shards
-from daemon.wire import Job, ModelChoice, Prediction, Reply, new_job_id
+from daemon.queue.wire import Job, ModelChoice, Prediction, Reply, new_job_id
 from tests.conftest import TINY_INPUT
 from tests.tiny_model import build_tiny_model
 

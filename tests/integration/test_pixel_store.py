@@ -21,11 +21,11 @@ from daemon.errors import Draining
 from daemon.gpu_worker import Worker
 from daemon.inference import run_batch
 from daemon.model import Classifier
-from daemon.pixel_store import PixelStore, room_note, segment_folder
-from daemon.queues import ApiQueues, ShardQueues
-from daemon.redis_keys import reply_key
+from daemon.queue.pixel_store import PixelStore, room_note, segment_folder
+from daemon.queue.faces import ApiQueues, ShardQueues
+from daemon.queue.keys import reply_key
 from daemon.shard import cpu_shards
-from daemon.wire import Job, WireError, new_job_id
+from daemon.queue.wire import Job, WireError, new_job_id
 from tests.integration.test_dispatcher import register
 from tests.needs import need_program
 from tools import flush_queues
@@ -78,8 +78,8 @@ def test_a_full_tmpfs_sends_the_job_through_redis_whole_and_keeps_no_partial_seg
 import json, logging, os, time
 import numpy as np
 from pathlib import Path
-from daemon.pixel_store import PixelStore
-from daemon.wire import Job, new_job_id
+from daemon.queue.pixel_store import PixelStore
+from daemon.queue.wire import Job, new_job_id
 logging.basicConfig()
 store = PixelStore(Path({str(mount_point / "inferd")!r}))
 report = []

@@ -9,10 +9,10 @@ import pytest
 
 from daemon.gpu_worker import Worker
 from daemon.model import Classifier
-from daemon.queues import ShardQueues
-from daemon.redis_keys import processing_key, queue_key, reply_key
+from daemon.queue.faces import ShardQueues
+from daemon.queue.keys import processing_key, queue_key, reply_key
 from daemon.shard import cpu_shards
-from daemon.wire import Job, Reply, new_job_id
+from daemon.queue.wire import Job, Reply, new_job_id
 from tests.conftest import TINY_INPUT
 
 

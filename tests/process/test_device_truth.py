@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from daemon.errors import EXIT_DEVICE
-from daemon.redis_keys import SHARDS_KEY
+from daemon.queue.keys import SHARDS_KEY
 from daemon.shard import SHARDS_ENV, Shard, encode_shards
-from daemon.wire import FAILED, ShardInfo
+from daemon.queue.wire import FAILED, ShardInfo
 from tests.conftest import tiny_sections
 from tests.standin_nvml import STANDIN_GPU_NAME, write_standin_pynvml
 from tools.harness import REPO, Appliance, wait_until, write_settings

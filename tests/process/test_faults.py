@@ -22,8 +22,8 @@ import pytest
 import requests
 
 from daemon.front_door import instance_workers
-from daemon.redis_keys import processing_key, queue_key
-from daemon.wire import JOB_HEADER, JOB_VERSION_SEGMENT
+from daemon.queue.keys import processing_key, queue_key
+from daemon.queue.wire import JOB_HEADER, JOB_VERSION_SEGMENT
 from tests.conftest import standin_model
 from tools.harness import Appliance, wait_until
 from tools.loadgen import LoadResult, LoadRun, RequestRecord, Upload

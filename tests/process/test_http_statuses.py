@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from daemon.redis_keys import processing_key, queue_key
+from daemon.queue.keys import processing_key, queue_key
 from tests.conftest import TINY_INPUT, encode_image
 from tools.harness import Appliance, wait_until
 

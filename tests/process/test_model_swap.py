@@ -19,9 +19,9 @@ import pytest
 import requests
 
 from daemon.active_model import ModelRecord, choice_of, write_record
-from daemon.registry import read_shards
+from daemon.queue.registry import read_shards
 from daemon.settings import load_settings
-from daemon.wire import ModelChoice
+from daemon.queue.wire import ModelChoice
 from tests.conftest import tiny_sections
 from tests.tiny_model import build_tiny_model
 from tools.harness import PYTHON, REPO, Appliance, write_settings

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from daemon.redis_keys import processing_key, queue_key
+from daemon.queue.keys import processing_key, queue_key
 from tools.common import EXIT_OK, EXIT_SHARD_DOWN
 from tools.flush_queues import DROP_MESSAGE
 from tools.harness import REPO, wait_until

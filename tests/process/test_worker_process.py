@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.redis_keys import heartbeat_key, processing_key, queue_key, reply_key
+from daemon.queue.keys import heartbeat_key, processing_key, queue_key, reply_key
 from daemon.shard import cpu_shards, cpu_threads_per_worker, encode_shards
-from daemon.wire import Job, Reply, new_job_id
+from daemon.queue.wire import Job, Reply, new_job_id
 from tests.conftest import TINY_INPUT, standin_model
 from tools.harness import PYTHON, Service
 

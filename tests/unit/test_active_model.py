@@ -20,7 +20,7 @@ from daemon.active_model import (
 from daemon.errors import ModelLoadError
 from daemon.model_swap import check_answers
 from daemon.settings import Settings, load_settings
-from daemon.wire import ModelChoice, Reply, SwapResult
+from daemon.queue.wire import ModelChoice, Reply, SwapResult
 from tools.harness import write_settings
 
 

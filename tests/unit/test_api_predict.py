@@ -13,9 +13,9 @@ import redis
 from daemon.api import create_app
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
 from daemon.front_door import ARRIVED_HEADER
-from daemon.registry import DrainState
+from daemon.queue.registry import DrainState
 from daemon.settings import ApiSettings, ModelSettings, Settings
-from daemon.wire import Job, Prediction, Reply
+from daemon.queue.wire import Job, Prediction, Reply
 from tests.conftest import TINY_INPUT, encode_image
 
 

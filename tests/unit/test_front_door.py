@@ -18,7 +18,7 @@ from daemon.front_door import (
     render_nginx_conf,
 )
 from daemon.settings import ApiSettings, PathSettings, Settings
-from daemon.wire import Heartbeat
+from daemon.queue.wire import Heartbeat
 
 
 def test_the_deadline_counts_from_the_arrival_stamp():

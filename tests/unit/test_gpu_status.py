@@ -6,8 +6,8 @@ import dataclasses
 import time
 
 from daemon.nvml import GpuReading
-from daemon.registry import batch_rates
-from daemon.wire import BatchRecord
+from daemon.queue.registry import batch_rates
+from daemon.queue.wire import BatchRecord
 from tests.fake_nvml import GIB
 from tools.common import EXIT_OK, EXIT_SHARD_DOWN
 from tools.gpu_status import ShardStatus, exit_code, render_status_table

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from daemon.inference import run_batch
-from daemon.wire import ALL_CLASSES, Job, Reply, new_job_id
+from daemon.queue.wire import ALL_CLASSES, Job, Reply, new_job_id
 
 SHAPE = (4, 4, 3)
 NOW = 1000.0

@@ -3,7 +3,7 @@
 The API's face is `ApiQueues` (submit a job, await its reply, or both in one round trip; liveness); a
 shard's face is `ShardQueues` (claim a batch, commit its answers, requeue or adopt orphans, fail what waits,
 beat); `request_swap` and `await_swap` are `inferd reload`'s. The keys they touch and the invariants they
-keep are in `daemon.redis_keys`; the scripts that make each move atomic in `daemon.queue_scripts`.
+keep are in `daemon.queue.keys`; the scripts that make each move atomic in `daemon.queue.scripts`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, cast
 import redis
 
 from daemon.errors import Draining, InferdError, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
-from daemon.queue_scripts import (
+from daemon.queue.scripts import (
     ALL_QUEUES_FULL,
     BATCH_ADOPTED,
     DRAINING,
@@ -28,7 +28,7 @@ from daemon.queue_scripts import (
     Scripts,
     load_enqueue_script,
 )
-from daemon.redis_keys import (
+from daemon.queue.keys import (
     ADOPTED_MARK_TTL_S,
     DRAINING_KEY,
     ROTATION_KEY,
@@ -45,9 +45,9 @@ from daemon.redis_keys import (
     swap_done_key,
     swap_key,
 )
-from daemon.registry import DrainState, parse_or_none, read_drain_state, read_shards, registered_shard_ids
+from daemon.queue.registry import DrainState, parse_or_none, read_drain_state, read_shards, registered_shard_ids
 from daemon.settings import BatchingSettings, QueueSettings, Settings
-from daemon.wire import (
+from daemon.queue.wire import (
     FAILED,
     STUCK,
     BatchRecord,

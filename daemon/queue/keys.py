@@ -30,10 +30,10 @@ Invariants:
   marker), so each job is answered once.
 
 A job's pixels are not necessarily in Redis: with `queue.pixels = "shared_memory"` the job names a file
-(`daemon.pixel_store`) and only its 76 bytes cross here.
+(`daemon.queue.pixel_store`) and only its 76 bytes cross here.
 
-The scripts that move jobs between these keys are in `daemon.queue_scripts`, the faces that call them in
-`daemon.queues`, and the readers of the registry in `daemon.registry`.
+The scripts that move jobs between these keys are in `daemon.queue.scripts`, the faces that call them in
+`daemon.queue.faces`, and the readers of the registry in `daemon.queue.registry`.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.settings import Settings
-from daemon.wire import SEGMENT_NAME, Job, PixelsGone, WireError
+from daemon.queue.wire import SEGMENT_NAME, Job, PixelsGone, WireError
 
 log = logging.getLogger(__name__)
 

@@ -2,13 +2,13 @@
 
 A job is a fixed 44-byte header followed by the already resized uint8 pixels (150,528 bytes for
 224x224x3), a quarter of the float32 array the old design shipped and without base64 or JSON around it
-(version 1); or, when the pixels wait in a shared-memory segment (`daemon.pixel_store`), the header followed
+(version 1); or, when the pixels wait in a shared-memory segment (`daemon.queue.pixel_store`), the header followed
 by the segment's name, 32 hex digits (version 2): 76 bytes through Redis instead of 150,572.
 Replies, registry entries, heartbeats and batch records are small JSON objects; a reply to a job that asked
 for every class (`top_k = ALL_CLASSES`, the KServe V2 `probabilities` output) carries the float32 vector in
 base64 (4 KB for 1000 classes) instead of the ranked predictions /predict gets, whose reply is unchanged. Nothing read from Redis is
 ever unpickled or evaluated: jobs are parsed with `struct`, everything else with `json`, and a malformed
-message raises `WireError`. Where each message lives in Redis is `daemon.redis_keys`' business.
+message raises `WireError`. Where each message lives in Redis is `daemon.queue.keys`' business.
 
 Deadlines and enqueue times are CLOCK_MONOTONIC seconds: on Linux that clock is host-wide (the API and the
 workers run on one host) and never jumps.

@@ -1,6 +1,6 @@
-"""The Lua scripts behind every move of a job between Redis keys (`daemon.redis_keys`), each one atomic.
+"""The Lua scripts behind every move of a job between Redis keys (`daemon.queue.keys`), each one atomic.
 
-Nothing a script moves is ever evaluated; each returns counts or the jobs it took. `daemon.queues` calls them.
+Nothing a script moves is ever evaluated; each returns counts or the jobs it took. `daemon.queue.faces` calls them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from daemon.redis_keys import (
+from daemon.queue.keys import (
     DRAINING_KEY,
     SHARDS_KEY,
     STATS_WINDOW,
@@ -21,7 +21,7 @@ from daemon.redis_keys import (
     queue_key,
     stats_key,
 )
-from daemon.wire import BatchRecord, Heartbeat, ShardInfo, WireError, as_text
+from daemon.queue.wire import BatchRecord, Heartbeat, ShardInfo, WireError, as_text
 
 log = logging.getLogger(__name__)
 
