@@ -6,7 +6,7 @@ server and its own adaptive batcher in front of the model: requests are corked u
 long as BentoML's latency model predicts still meets `max_latency_ms` (it has no fixed wait). The upload
 arrives as a file input (`Path`: BentoML spools each upload to a temporary file, its way of taking files);
 the work after that is inferd's, as in bench/litserve_peer.py: `daemon.imaging.decode_image`,
-`daemon.model.Classifier` and `daemon.model.top_k`, under the settings inferd would read (INFERD_CONFIG plus
+`daemon.model.classifier.Classifier` and `daemon.model.classifier.top_k`, under the settings inferd would read (INFERD_CONFIG plus
 INFERD_* overrides). Run as `python -m bench.bentoml_peer`: `bentoml serve` on `api.host`:`api.port`.
 """
 
@@ -39,7 +39,7 @@ def build_service(settings: Settings, workers: int) -> Any:
     )
     class Classifier:
         def __init__(self) -> None:
-            from daemon.model import Classifier as Model
+            from daemon.model.classifier import Classifier as Model
 
             pin_threads(workers, settings)
             self.model = Model(settings.model, settings.batching.max_batch_size)
@@ -54,7 +54,7 @@ def build_service(settings: Settings, workers: int) -> Any:
             max_latency_ms=round(settings.api.request_timeout_s * 1000),
         )
         def predict(self, image: list[Path]) -> list[dict[str, Any]]:
-            from daemon.model import top_k
+            from daemon.model.classifier import top_k
 
             model = settings.model
             batch = np.stack(

@@ -1,7 +1,7 @@
 """(h) The whole front door against GPU-like shards: real HTTP, real JPEG decode, stand-in devices.
 
 A GPU computes a batch in milliseconds, so on a GPU box the API tier and Redis set the appliance's speed.
-Here `inferd run` serves a stand-in model (daemon/standin.py: the real worker loop around a device that
+Here `inferd run` serves a stand-in model (daemon/model/standin.py: the real worker loop around a device that
 sleeps `batch_ms + per_image_ms x n` per batch, fed 224x224 jobs exactly as a GPU worker is) on 1 to 8
 CPU shards, loaded by wrk through `api.port`, whatever front door answers there. Each load level is measured
 in rounds that alternate with the decode-only app (bench/decode_only.py, the API tier's ceiling on the same

@@ -4,8 +4,8 @@ LitServe as its documentation deploys a batching image classifier: its own API s
 as many as inference workers) parse the multipart upload and pass the form to the inference workers over
 a queue; each worker decodes its requests, batches them (`max_batch_size`, `batch_timeout`), predicts and
 encodes the answers. One inference worker per core. The work is inferd's, piece for piece:
-`daemon.imaging.decode_image` (decode, resize, crop), `daemon.model.Classifier` (the normalisation layers,
-the batch buckets, `predict_on_batch`) and `daemon.model.top_k`, under the settings inferd would read
+`daemon.imaging.decode_image` (decode, resize, crop), `daemon.model.classifier.Classifier` (the normalisation layers,
+the batch buckets, `predict_on_batch`) and `daemon.model.classifier.top_k`, under the settings inferd would read
 (INFERD_CONFIG plus INFERD_* overrides): the model, `api.port`, `batching.max_batch_size` and
 `batching.max_wait_ms` as LitServe's batch timeout. Run as `python -m bench.litserve_peer`.
 """
@@ -48,7 +48,7 @@ class ClassifierAPI(litserve.LitAPI):  # type: ignore[misc]
 
     def setup(self, device: str) -> None:
         # Imported here: the LitAPI is pickled into each spawned worker, and only there is Keras loaded.
-        from daemon.model import Classifier
+        from daemon.model.classifier import Classifier
 
         self.classifier = Classifier(self.settings.model, self.settings.batching.max_batch_size)
         self.classifier.warm_up()
@@ -67,7 +67,7 @@ class ClassifierAPI(litserve.LitAPI):  # type: ignore[misc]
         return np.stack(inputs)
 
     def predict(self, batch: npt.NDArray[np.uint8]) -> list[list[dict[str, Any]]]:
-        from daemon.model import top_k
+        from daemon.model.classifier import top_k
 
         ranked = top_k(self.classifier.predict(batch), self.classifier.labels, TOP)
         return [[{"label": p.label, "probability": p.probability} for p in row] for row in ranked]

@@ -51,7 +51,7 @@ def measure(
     """images/s per batch size: the best of `rounds` timed windows, the batch sizes taking turns."""
     device = pin_like_a_worker(config)
     from daemon.imaging import decode_image
-    from daemon.model import Classifier
+    from daemon.model.classifier import Classifier
 
     settings = load_settings(config)
     classifier = Classifier(settings.model, settings.batching.max_batch_size)  # as a worker has it

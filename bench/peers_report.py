@@ -21,7 +21,7 @@ def peers_section(r: BenchResults, standalone: bool) -> str:
     out += [
         f"The tiny test model built at {INPUT_SIZE}x{INPUT_SIZE}, the 451x300 JPEG, the same decode, resize, "
         "normalisation and top-5 (bench/litserve_peer.py and bench/bentoml_peer.py call daemon/imaging.py and "
-        "daemon/model.py), adaptive batching on in every system, the peers with one model worker per core. "
+        "daemon/model/classifier.py), adaptive batching on in every system, the peers with one model worker per core. "
         f"Settings: {r.meta.get('peers_setup', '-')}. "
         + " ".join(f"{name} ({version}): {layouts.get(name, '-')}." for name, version in software.items())
         + " wrk on the same cores. One system is loaded at a time: inferd idles in blocking reads, the "

@@ -222,7 +222,7 @@ def frontdoor_section(r: BenchResults, standalone: bool) -> str:
     if standalone:
         out += [own_run_note(meta), ""]
     out += [
-        f"`inferd run` with the stand-in model (daemon/standin.py: {STANDIN_BATCH_MS:g} ms per batch + "
+        f"`inferd run` with the stand-in model (daemon/model/standin.py: {STANDIN_BATCH_MS:g} ms per batch + "
         f"{STANDIN_PER_IMAGE_MS:g} ms per image, 224x224 jobs, `devices.gpus = none`, one CPU shard per "
         "stand-in device), wrk posting the 451x300 JPEG to `api.port` (whatever front door answers there). "
         "Each level alternates rounds with the decode-only app (the API tier's ceiling, same gunicorn "

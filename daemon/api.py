@@ -15,7 +15,7 @@ from typing import Any, cast
 import falcon
 import redis
 
-from daemon.active_model import ServedVersions, with_active_model
+from daemon.model.active_model import ServedVersions, with_active_model
 from daemon.capacity import api_pool_size, shard_count_from_env
 from daemon.dispatcher import Dispatch, Dispatcher
 from daemon.errors import (

@@ -27,7 +27,7 @@ from types import FrameType
 
 import redis
 
-from daemon.active_model import applied, with_active_model
+from daemon.model.active_model import applied, with_active_model
 from daemon.device import is_out_of_memory, judge_device, limit_gpu_memory, probe_runtime
 from daemon.errors import (
     EXIT_CONFIG,
@@ -44,14 +44,14 @@ from daemon.heartbeat import HeartbeatThread
 from daemon.inference import Predictor, run_batch
 from daemon.logs import setup_logging
 from daemon.metrics import WorkerMetrics
-from daemon.model import Classifier
+from daemon.model.classifier import Classifier
 from daemon.model_swap import Loaded, Swapper
 from daemon.queue.pixel_store import PixelStore
 from daemon.queue.faces import ShardQueues
 from daemon.queue.connection import Backoff, connect
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
-from daemon.standin import StandinModel, is_standin
+from daemon.model.standin import StandinModel, is_standin
 from daemon.triton_metrics import TritonBatchMetrics
 from daemon.queue.wire import FAILED, STUCK, BatchRecord, Heartbeat, ShardInfo, SwapResult
 

@@ -19,14 +19,14 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.errors import InferenceFailed
-from daemon.model import top_k
+from daemon.model.classifier import top_k
 from daemon.queue.wire import ALL_CLASSES, Job, PixelsGone, Reply, SegmentReader, WireError
 
 log = logging.getLogger(__name__)
 
 
 class Predictor(Protocol):
-    """What a batch needs of a model: `daemon.model.Classifier`, or a stand-in with a fixed cost in bench."""
+    """What a batch needs of a model: `daemon.model.classifier.Classifier`, or a stand-in with a fixed cost in bench."""
 
     labels: list[str]
 

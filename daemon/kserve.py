@@ -28,11 +28,11 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from daemon.active_model import ServedVersions
+from daemon.model.active_model import ServedVersions
 from daemon.dispatcher import Dispatch
 from daemon.errors import BadRequest, InferenceFailed, PayloadTooLarge, UnsupportedMediaType
 from daemon.imaging import decode_image
-from daemon.model import load_labels
+from daemon.model.classifier import load_labels
 from daemon.request_body import check_declared_size
 from daemon.settings import Settings
 from daemon.v2_tensors import (
@@ -63,7 +63,7 @@ def is_v2_path(path: str) -> bool:
 
 class ServedModel:
     """What V2 metadata says about the one model: its version and labels follow `inferd reload`
-    (daemon.active_model); each labels file is read once, on first use."""
+    (daemon.model.active_model); each labels file is read once, on first use."""
 
     def __init__(self, settings: Settings) -> None:
         self.name = settings.model.served_name

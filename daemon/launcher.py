@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.active_model import forget_stale_record, record_path
+from daemon.model.active_model import forget_stale_record, record_path
 from daemon.capacity import SHARD_COUNT_ENV, api_threads, redis_maxclients
 from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
 from daemon.front_door import (
@@ -252,8 +252,7 @@ def check_devices(settings: Settings, shards: list[Shard]) -> int:
 def build_default_model(out: str | None) -> int:
     settings = load_settings()
     use_backend(settings.model.backend)  # before Keras loads: it reads KERAS_BACKEND once, on import
-    from daemon import default_model
-
+    from daemon.model.classifier import default_model
     target = Path(out) if out else DEFAULT_MODEL_DIR
     return default_model.main(["--out", str(target)])
 

@@ -4,7 +4,7 @@ The worker keeps serving with its model while a thread loads the new one, warms 
 its answers on sample inputs (`load_checked`). Only then, between two batches, does the worker take it up
 (`Worker.take_up`), so the batch in hand finishes on the old model and no claimed job is lost or answered
 twice; a model that fails any check is refused and the old one serves on. A worker killed at any point of
-this restarts on the model the run dir's record names (daemon.active_model), its claims requeued as ever.
+this restarts on the model the run dir's record names (daemon.model.active_model), its claims requeued as ever.
 
 `python -m daemon.model_swap --model M --labels L` runs the same checks in a process of its own on the CPU:
 `inferd reload` does so before it touches any shard.
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.active_model import applied
+from daemon.model.active_model import applied
 from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_OK, ConfigError, ModelLoadError
 from daemon.inference import Predictor
 from daemon.logs import setup_logging
-from daemon.model import batch_buckets
+from daemon.model.classifier import batch_buckets
 from daemon.queue.faces import ShardQueues
 from daemon.settings import ModelSettings, Settings, load_settings
 from daemon.shard import cpu_shards, pin_process
@@ -62,8 +62,8 @@ def check_answers(predictor: Predictor, input_size: int, sizes: tuple[int, ...])
 def load_checked(model: ModelSettings, max_batch_size: int) -> Predictor:
     """Load `model`, warm and check every batch size; raises ModelLoadError saying what is wrong."""
     # Imported here: a stand-in or a Keras model, and Keras must load after the process is pinned.
-    from daemon.model import Classifier
-    from daemon.standin import StandinModel, is_standin
+    from daemon.model.classifier import Classifier
+    from daemon.model.standin import StandinModel, is_standin
 
     predictor: Predictor = (
         StandinModel(model) if is_standin(model.path) else Classifier(model, max_batch_size)

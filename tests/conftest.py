@@ -67,7 +67,7 @@ def tiny_sections(tiny_model: tuple[Path, Path], **overrides: dict[str, Any]) ->
 
 
 def standin_model(folder: Path, batch_ms: float, **spec: Any) -> Path:
-    """A stand-in model file (daemon/standin.py) that sleeps `batch_ms` per batch: it starts in about a second
+    """A stand-in model file (daemon/model/standin.py) that sleeps `batch_ms` per batch: it starts in about a second
     and makes "the worker is inside a batch" last as long as a test needs."""
     path = folder / f"standin-{batch_ms:g}ms.json"
     path.write_text(json.dumps({"inferd_standin": 1, "batch_ms": batch_ms, "per_image_ms": 0, **spec}))

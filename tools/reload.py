@@ -3,7 +3,7 @@
 1. Check the new model in a process of its own (`python -m daemon.model_swap`): it loads, its label count is
    its output width, it takes the configured input size, every batch size runs and gives finite
    probabilities. A model that fails is refused in one line; no shard is touched.
-2. Record the choice in the run dir (daemon.active_model), so a worker restarted from now on loads it.
+2. Record the choice in the run dir (daemon.model.active_model), so a worker restarted from now on loads it.
 3. Ask each live shard in turn to swap (daemon.model_swap: load beside the old model, check, switch between
    two batches) and wait for its answer before the next. While one shard loads, the others serve.
 4. If a shard refuses or does not answer in time, put the shards already swapped back on the old model,
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from daemon.active_model import ModelRecord, active_record, choice_of, record_path, write_record
+from daemon.model.active_model import ModelRecord, active_record, choice_of, record_path, write_record
 from daemon.queue.faces import await_swap, request_swap
 from daemon.queue.registry import read_shards
 from daemon.settings import HOME, Settings

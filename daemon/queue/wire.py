@@ -324,7 +324,7 @@ class BatchRecord:
 class ModelChoice:
     """A model the appliance may serve: its file, its labels and the version answers carry.
 
-    What `inferd reload` asks a shard to swap to, and what `<run_dir>/model.json` records (daemon.active_model).
+    What `inferd reload` asks a shard to swap to, and what `<run_dir>/model.json` records (daemon.model.active_model).
     """
 
     path: Path

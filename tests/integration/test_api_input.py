@@ -23,7 +23,7 @@ from urllib3 import encode_multipart_formdata
 
 from daemon.api import create_app
 from daemon.gpu_worker import IDLE_BLOCK_S, Worker
-from daemon.model import Classifier
+from daemon.model.classifier import Classifier
 from daemon.queue.pixel_store import segment_folder
 from daemon.queue.faces import ShardQueues
 from daemon.settings import Settings, load_settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.model import Classifier
+from daemon.model.classifier import Classifier
 
 
 def test_padded_batches_answer_as_if_each_image_ran_alone(make_settings):

@@ -15,10 +15,10 @@ import pytest
 import redis
 from PIL import Image
 
-from daemon.active_model import ModelRecord, choice_of, write_record
+from daemon.model.active_model import ModelRecord, choice_of, write_record
 from daemon.api import create_app
 from daemon.gpu_worker import Worker
-from daemon.model import Classifier
+from daemon.model.classifier import Classifier
 from daemon.queue.faces import ShardQueues, await_swap, request_swap
 from daemon.queue.keys import queue_key, reply_key, swap_key
 from daemon.queue.registry import DrainState

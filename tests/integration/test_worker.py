@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from daemon.gpu_worker import Worker
-from daemon.model import Classifier
+from daemon.model.classifier import Classifier
 from daemon.queue.faces import ShardQueues
 from daemon.queue.keys import processing_key, queue_key, reply_key
 from daemon.shard import cpu_shards

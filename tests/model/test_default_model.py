@@ -13,7 +13,7 @@ import pytest
 import skimage
 from PIL import Image
 
-from daemon.default_model import (
+from daemon.model.default_model import (
     LABELS_FILENAME,
     MODEL_FILENAME,
     build_default_model,
@@ -93,7 +93,7 @@ def test_cli_leaves_fresh_files_alone(exported: Path) -> None:
 
     # A real `python -m` run, so the module's entry point is exercised as an operator would use it.
     result = subprocess.run(
-        [sys.executable, "-m", "daemon.default_model", "--out", str(exported)],
+        [sys.executable, "-m", "daemon.model.default_model", "--out", str(exported)],
         cwd=REPO,
         capture_output=True,
         text=True,

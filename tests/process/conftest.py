@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import skimage
 
-from daemon.default_model import MODEL_FILENAME, default_weights_path, export_default_model
+from daemon.model.default_model import MODEL_FILENAME, default_weights_path, export_default_model
 from tests.conftest import tiny_sections
 from tools.harness import Appliance, write_settings
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from daemon.imaging import decode_image
-from daemon.model import Classifier
+from daemon.model.classifier import Classifier
 from tests.needs import need_module
 
 pytestmark = pytest.mark.slow

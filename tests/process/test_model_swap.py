@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from daemon.active_model import ModelRecord, choice_of, write_record
+from daemon.model.active_model import ModelRecord, choice_of, write_record
 from daemon.queue.registry import read_shards
 from daemon.settings import load_settings
 from daemon.queue.wire import ModelChoice

@@ -1,6 +1,6 @@
 """Liveness means progress: a worker whose model call hangs is found, restarted, and its callers answered.
 
-The model is the stand-in (daemon/standin.py) told to block forever on a given batch, with the GIL released,
+The model is the stand-in (daemon/model/standin.py) told to block forever on a given batch, with the GIL released,
 as a wedged device call does: the worker's heartbeat thread keeps running, which is exactly the case where a
 heartbeat alone would keep the shard "live" forever.
 """

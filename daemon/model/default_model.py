@@ -19,7 +19,7 @@ import numpy as np
 from keras import layers
 
 from daemon.errors import ModelLoadError
-from daemon.torch_checkpoint import read_state_dict
+from daemon.model.torch_checkpoint import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def export_default_model(out: Path, weights: Path) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: python -m daemon.default_model --out DIR."""
+    """CLI: python -m daemon.model.default_model --out DIR."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="folder for the .keras model and labels")
     args = parser.parse_args(argv)

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.errors import ModelLoadError
-from daemon.model import load_labels
+from daemon.model.classifier import load_labels
 from daemon.settings import ModelSettings
 
 log = logging.getLogger(__name__)
