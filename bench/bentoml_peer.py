@@ -5,7 +5,7 @@ image classifier.
 server and its own adaptive batcher in front of the model: requests are corked up to `max_batch_size`, for as
 long as BentoML's latency model predicts still meets `max_latency_ms` (it has no fixed wait). The upload
 arrives as a file input (`Path`: BentoML spools each upload to a temporary file, its way of taking files);
-the work after that is inferd's, as in bench/litserve_peer.py: `daemon.imaging.decode_image`,
+the work after that is inferd's, as in bench/litserve_peer.py: `daemon.images.decode.decode_image`,
 `daemon.model.classifier.Classifier` and `daemon.model.classifier.top_k`, under the settings inferd would read (INFERD_CONFIG plus
 INFERD_* overrides). Run as `python -m bench.bentoml_peer`: `bentoml serve` on `api.host`:`api.port`.
 """
@@ -21,7 +21,7 @@ import bentoml
 import numpy as np
 
 from bench.peers import WORKER_PIDS_ENV, pin_threads
-from daemon.imaging import decode_image
+from daemon.images.decode import decode_image
 from daemon.settings import Settings, load_settings
 
 TOP = 5

@@ -1,7 +1,7 @@
 """The API tier's ceiling: a bare Falcon app that parses the upload, decodes and resizes it, and answers.
 
 No queue, no Redis, no model: whatever `/predict` does beyond this is what the appliance adds. It decodes
-with the same `daemon.imaging.decode_image` and runs under the same gunicorn settings (workers, threads,
+with the same `daemon.images.decode.decode_image` and runs under the same gunicorn settings (workers, threads,
 worker class) as inferd's API, so the two differ only in what happens after the pixels are ready.
 """
 
@@ -14,7 +14,7 @@ from typing import cast
 
 import falcon
 
-from daemon.imaging import decode_image
+from daemon.images.decode import decode_image
 from daemon.settings import Settings, load_settings
 from tools.harness import PYTHON, Service
 

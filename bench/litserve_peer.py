@@ -4,7 +4,7 @@ LitServe as its documentation deploys a batching image classifier: its own API s
 as many as inference workers) parse the multipart upload and pass the form to the inference workers over
 a queue; each worker decodes its requests, batches them (`max_batch_size`, `batch_timeout`), predicts and
 encodes the answers. One inference worker per core. The work is inferd's, piece for piece:
-`daemon.imaging.decode_image` (decode, resize, crop), `daemon.model.classifier.Classifier` (the normalisation layers,
+`daemon.images.decode.decode_image` (decode, resize, crop), `daemon.model.classifier.Classifier` (the normalisation layers,
 the batch buckets, `predict_on_batch`) and `daemon.model.classifier.top_k`, under the settings inferd would read
 (INFERD_CONFIG plus INFERD_* overrides): the model, `api.port`, `batching.max_batch_size` and
 `batching.max_wait_ms` as LitServe's batch timeout. Run as `python -m bench.litserve_peer`.
@@ -24,7 +24,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from bench.peers import WORKER_PIDS_ENV, pin_threads
-from daemon.imaging import decode_image
+from daemon.images.decode import decode_image
 from daemon.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)

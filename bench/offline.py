@@ -50,7 +50,7 @@ def measure(
 ) -> tuple[str, list[OfflinePoint]]:
     """images/s per batch size: the best of `rounds` timed windows, the batch sizes taking turns."""
     device = pin_like_a_worker(config)
-    from daemon.imaging import decode_image
+    from daemon.images.decode import decode_image
     from daemon.model.classifier import Classifier
 
     settings = load_settings(config)

@@ -1,7 +1,7 @@
 """(i) inferd beside the servers users could pick instead (LitServe, BentoML), on the same work, one at a time.
 
 Every system serves the tiny test model built at 224x224 with inferd's own decode, resize, normalisation and
-top-5 (bench/litserve_peer.py and bench/bentoml_peer.py reuse daemon/imaging.py and daemon/model/classifier.py),
+top-5 (bench/litserve_peer.py and bench/bentoml_peer.py reuse daemon/images/decode.py and daemon/model/classifier.py),
 adaptive batching on (max batch 32), the peers with one model worker per core; wrk posts the same JPEG to
 each. Each client count is measured in rounds that alternate between the systems, and each keeps its best
 round. Only the system being measured runs: the peers' idle processes poll (LitServe's take a fifth of a core

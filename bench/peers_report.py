@@ -20,7 +20,7 @@ def peers_section(r: BenchResults, standalone: bool) -> str:
     software = r.meta.get("peers_software", {})
     out += [
         f"The tiny test model built at {INPUT_SIZE}x{INPUT_SIZE}, the 451x300 JPEG, the same decode, resize, "
-        "normalisation and top-5 (bench/litserve_peer.py and bench/bentoml_peer.py call daemon/imaging.py and "
+        "normalisation and top-5 (bench/litserve_peer.py and bench/bentoml_peer.py call daemon/images/decode.py and "
         "daemon/model/classifier.py), adaptive batching on in every system, the peers with one model worker per core. "
         f"Settings: {r.meta.get('peers_setup', '-')}. "
         + " ".join(f"{name} ({version}): {layouts.get(name, '-')}." for name, version in software.items())

@@ -39,7 +39,7 @@ from bench.procs import machine_busy_s, own_cpu_s
 from bench.run import machine_description
 from daemon.dispatcher import Dispatcher
 from daemon.gpu_worker import Worker
-from daemon.imaging import decode_image
+from daemon.images.decode import decode_image
 from daemon.queue.pixel_store import PixelStore
 from daemon.queue.faces import ApiQueues, ShardQueues
 from daemon.settings import Settings, load_settings

@@ -27,7 +27,7 @@ from daemon.errors import (
     UnsupportedMediaType,
 )
 from daemon.front_door import ARRIVED_HEADER, deadline_from_arrival
-from daemon.imaging import decode_image
+from daemon.images.decode import decode_image
 from daemon.kserve import add_v2_routes, is_v2_path
 from daemon.limits_metrics import LimitsCollector
 from daemon.logs import setup_logging

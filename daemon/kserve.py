@@ -31,7 +31,7 @@ import redis
 from daemon.model.active_model import ServedVersions
 from daemon.dispatcher import Dispatch
 from daemon.errors import BadRequest, InferenceFailed, PayloadTooLarge, UnsupportedMediaType
-from daemon.imaging import decode_image
+from daemon.images.decode import decode_image
 from daemon.model.classifier import load_labels
 from daemon.request_body import check_declared_size
 from daemon.settings import Settings

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from daemon.imaging import decode_image
+from daemon.images.decode import decode_image
 from daemon.model.classifier import Classifier
 from tests.needs import need_module
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from daemon.errors import InferdError
-from daemon.imaging import TIFF_SIGNATURES, decode_image
+from daemon.images.decode import TIFF_SIGNATURES, decode_image
 from daemon.settings import ModelSettings
 from tests.corpus.make_corpus import CASES
 

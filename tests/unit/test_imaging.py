@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from daemon.errors import InferdError
-from daemon.imaging import REDUCING_GAP, RESAMPLE, centre_crop_box, decode_image, resize_short_side
+from daemon.images.decode import REDUCING_GAP, RESAMPLE, centre_crop_box, decode_image, resize_short_side
 from daemon.settings import ApiSettings, ModelSettings
 from tests.corpus.make_corpus import CASES, FILES, Case
 

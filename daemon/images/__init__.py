@@ -1,0 +1,1 @@
+"""Images in: an upload checked and decoded into the model's uint8 input."""
