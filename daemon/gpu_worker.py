@@ -7,7 +7,7 @@ batch in hand and exits 0; a second one leaves at once (claimed jobs stay in the
 next worker to start puts them back on the queue).
 
 Before any of that, `start_serving` makes sure the shard computes where it should: once pinned and with its
-runtime loaded, the worker asks the runtime what it sees (`daemon.device`). A worker that cannot serve (its
+runtime loaded, the worker asks the runtime what it sees (`daemon.worker.device`). A worker that cannot serve (its
 runtime sees no GPU, its model does not load, warm-up runs out of device memory) says why in one log line,
 leaves a "failed" registry entry with that reason for /readyz, /metrics and gpu_status, and exits with a code
 supervisord does not retry.
@@ -28,7 +28,7 @@ from types import FrameType
 import redis
 
 from daemon.model.active_model import applied, with_active_model
-from daemon.device import is_out_of_memory, judge_device, limit_gpu_memory, probe_runtime
+from daemon.worker.device import is_out_of_memory, judge_device, limit_gpu_memory, probe_runtime
 from daemon.errors import (
     EXIT_CONFIG,
     EXIT_DEVICE,
@@ -40,12 +40,12 @@ from daemon.errors import (
     JobDropped,
     ModelLoadError,
 )
-from daemon.heartbeat import HeartbeatThread
-from daemon.inference import Predictor, run_batch
+from daemon.worker.heartbeat import HeartbeatThread
+from daemon.worker.inference import Predictor, run_batch
 from daemon.logs import setup_logging
 from daemon.metrics import WorkerMetrics
 from daemon.model.classifier import Classifier
-from daemon.model_swap import Loaded, Swapper
+from daemon.worker.model_swap import Loaded, Swapper
 from daemon.queue.pixel_store import PixelStore
 from daemon.queue.faces import ShardQueues
 from daemon.queue.connection import Backoff, connect

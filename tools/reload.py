@@ -1,10 +1,10 @@
 """`inferd reload`: change the model without downtime, one shard at a time, all or nothing.
 
-1. Check the new model in a process of its own (`python -m daemon.model_swap`): it loads, its label count is
+1. Check the new model in a process of its own (`python -m daemon.worker.model_swap`): it loads, its label count is
    its output width, it takes the configured input size, every batch size runs and gives finite
    probabilities. A model that fails is refused in one line; no shard is touched.
 2. Record the choice in the run dir (daemon.model.active_model), so a worker restarted from now on loads it.
-3. Ask each live shard in turn to swap (daemon.model_swap: load beside the old model, check, switch between
+3. Ask each live shard in turn to swap (daemon.worker.model_swap: load beside the old model, check, switch between
    two batches) and wait for its answer before the next. While one shard loads, the others serve.
 4. If a shard refuses or does not answer in time, put the shards already swapped back on the old model,
    restore the record, and say so: the appliance serves the old model everywhere, as before the command.
@@ -55,7 +55,7 @@ def check_model(prog: str, settings: Settings, choice: ModelChoice) -> bool:
     argv = [
         sys.executable,
         "-m",
-        "daemon.model_swap",
+        "daemon.worker.model_swap",
         "--model",
         str(choice.path),
         "--labels",

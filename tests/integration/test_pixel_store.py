@@ -19,7 +19,7 @@ import pytest
 from daemon.dispatcher import Dispatcher
 from daemon.errors import Draining
 from daemon.gpu_worker import Worker
-from daemon.inference import run_batch
+from daemon.worker.inference import run_batch
 from daemon.model.classifier import Classifier
 from daemon.queue.pixel_store import PixelStore, room_note, segment_folder
 from daemon.queue.faces import ApiQueues, ShardQueues

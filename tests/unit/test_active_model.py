@@ -18,7 +18,7 @@ from daemon.model.active_model import (
     write_record,
 )
 from daemon.errors import ModelLoadError
-from daemon.model_swap import check_answers
+from daemon.worker.model_swap import check_answers
 from daemon.settings import Settings, load_settings
 from daemon.queue.wire import ModelChoice, Reply, SwapResult
 from tools.harness import write_settings

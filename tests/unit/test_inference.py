@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.inference import run_batch
+from daemon.worker.inference import run_batch
 from daemon.queue.wire import ALL_CLASSES, Job, Reply, new_job_id
 
 SHAPE = (4, 4, 3)

@@ -6,7 +6,7 @@ its answers on sample inputs (`load_checked`). Only then, between two batches, d
 twice; a model that fails any check is refused and the old one serves on. A worker killed at any point of
 this restarts on the model the run dir's record names (daemon.model.active_model), its claims requeued as ever.
 
-`python -m daemon.model_swap --model M --labels L` runs the same checks in a process of its own on the CPU:
+`python -m daemon.worker.model_swap --model M --labels L` runs the same checks in a process of its own on the CPU:
 `inferd reload` does so before it touches any shard.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from daemon.model.active_model import applied
 from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_OK, ConfigError, ModelLoadError
-from daemon.inference import Predictor
+from daemon.worker.inference import Predictor
 from daemon.logs import setup_logging
 from daemon.model.classifier import batch_buckets
 from daemon.queue.faces import ShardQueues

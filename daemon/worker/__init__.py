@@ -1,0 +1,1 @@
+"""A shard's worker parts: one batch's inference, the model swap, device truth, the heartbeat."""
