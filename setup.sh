@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 # fails when a test or the benchmark starts a program that `test` does not install.
 programs_for() {
     echo "redis-server redis-server"     # the appliance's own Redis
-    echo "setpriv util-linux"            # programs die with a killed supervisord (daemon/run_dir.py)
+    echo "setpriv util-linux"            # programs die with a killed supervisord (daemon/ops/run_dir.py)
     echo "nginx nginx-light|nginx"       # the front door (nginx-light is gone from newer releases)
     case "$1" in
         test) echo "wrk wrk"                          # the benchmark's load (tests/process/test_bench_smoke.py)

@@ -29,7 +29,7 @@ from bench import loadgen
 from bench.decode_only import decode_only_service
 from bench.procs import cpu_seconds
 from bench.soak import appliance_processes
-from daemon.capacity import SHARD_COUNT_ENV, api_threads
+from daemon.ops.capacity import SHARD_COUNT_ENV, api_threads
 from daemon.settings import load_settings
 from tools.harness import Appliance, free_port
 

@@ -16,7 +16,7 @@ import falcon
 import redis
 
 from daemon.model.active_model import ServedVersions, with_active_model
-from daemon.capacity import api_pool_size, shard_count_from_env
+from daemon.ops.capacity import api_pool_size, shard_count_from_env
 from daemon.dispatcher import Dispatch, Dispatcher
 from daemon.errors import (
     BadRequest,
@@ -26,7 +26,7 @@ from daemon.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from daemon.front_door import ARRIVED_HEADER, deadline_from_arrival
+from daemon.ops.front_door import ARRIVED_HEADER, deadline_from_arrival
 from daemon.images.decode import decode_image
 from daemon.kserve import add_v2_routes, is_v2_path
 from daemon.limits_metrics import LimitsCollector

@@ -1,7 +1,7 @@
 """gunicorn settings derived from inferd's settings (`gunicorn --config python:daemon.gunicorn_conf`).
 
 Each of the API's instances (supervisord programs `api` and `api2`, told apart by INFERD_API_INSTANCE)
-listens on its own unix socket in the run dir, behind the front door (daemon/front_door.py).
+listens on its own unix socket in the run dir, behind the front door (daemon/ops/front_door.py).
 """
 
 import os
@@ -9,8 +9,8 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-from daemon.capacity import api_threads, shard_count_from_env
-from daemon.front_door import API_INSTANCE_ENV, api_socket, instance_workers
+from daemon.ops.capacity import api_threads, shard_count_from_env
+from daemon.ops.front_door import API_INSTANCE_ENV, api_socket, instance_workers
 from daemon.metrics import multiprocess_mode
 from daemon.settings import load_settings
 from daemon.whole_response import install as send_head_with_first_chunk

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 from daemon.model.active_model import forget_stale_record, record_path
-from daemon.capacity import SHARD_COUNT_ENV, api_threads, redis_maxclients
+from daemon.ops.capacity import SHARD_COUNT_ENV, api_threads, redis_maxclients
 from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
-from daemon.front_door import (
+from daemon.ops.front_door import (
     NGINX_DIR,
     check_nginx_conf,
     check_tls_files,
@@ -33,7 +33,7 @@ from daemon.front_door import (
 from daemon.logs import setup_logging
 from daemon.metrics import MULTIPROC_ENV
 from daemon.queue.pixel_store import PixelStore, room_note
-from daemon.run_dir import (
+from daemon.ops.run_dir import (
     RUN_DIR_ENV,
     AlreadyRunning,
     ApplianceRecord,
@@ -190,7 +190,7 @@ def run(config: str | None) -> int:
         log.warning("inferd: %s", note)
     env = prepare_environment(settings, shards, config_path)
     os.environ.update(env)
-    # Only daemon/notify.py may speak for the appliance: gunicorn, for one, would tell systemd READY=1 as soon
+    # Only daemon/ops/notify.py may speak for the appliance: gunicorn, for one, would tell systemd READY=1 as soon
     # as it listens (and STOPPING=1 when supervisord restarts it) if it found NOTIFY_SOCKET.
     for name in SYSTEMD_NOTIFY_ENV:
         if name in os.environ:

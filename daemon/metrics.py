@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from daemon.nvml import Nvml
+from daemon.ops.nvml import Nvml
 from daemon.queue.registry import read_shards
 from daemon.triton_metrics import TritonGpuFamilies
 

@@ -53,7 +53,7 @@ class ApiSettings:
     port: int = 8000
     workers: int = 2
     threads: int = 0
-    """Per API process; 0 derives it from the shard count (daemon/capacity.py)."""
+    """Per API process; 0 derives it from the shard count (daemon/ops/capacity.py)."""
     request_timeout_s: float = 10.0
     max_body_bytes: int = 20_000_000
     max_image_pixels: int = 50_000_000

@@ -13,7 +13,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from daemon.nvml import GpuInfo, Nvml
+from daemon.ops.nvml import GpuInfo, Nvml
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)

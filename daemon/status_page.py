@@ -17,7 +17,7 @@ import falcon
 import redis
 
 from daemon.errors import RedisUnavailable
-from daemon.nvml import Nvml
+from daemon.ops.nvml import Nvml
 from daemon.settings import Settings
 from tools.gpu_status import collect, shards_json
 

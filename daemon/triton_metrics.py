@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from daemon.nvml import GpuReading
+from daemon.ops.nvml import GpuReading
 from daemon.queue.registry import read_shards
 from daemon.settings import ModelSettings
 

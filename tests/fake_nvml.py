@@ -1,4 +1,4 @@
-"""A stand-in for the pynvml module: the calls daemon.nvml makes, answered from a list of fake boards."""
+"""A stand-in for the pynvml module: the calls daemon.ops.nvml makes, answered from a list of fake boards."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import redis
 
 from daemon.errors import EXIT_CONFIG, ConfigError
 from daemon.queue.connection import connect
-from daemon.run_dir import read_record
+from daemon.ops.run_dir import read_record
 from daemon.settings import Settings, load_settings
 
 EXIT_OK = 0

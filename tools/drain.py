@@ -1,7 +1,7 @@
 """`inferd drain` / `inferd undrain` (and `flush_queues --drain`): take the box or some shards out of service
 for maintenance without failing a request, then report what was finished.
 
-The order is `daemon.drain`'s: for the box, /readyz answers 503 first and admission stops only after
+The order is `daemon.ops.drain`'s: for the box, /readyz answers 503 first and admission stops only after
 `api.drain_grace_s`, so a load balancer has moved away before anything is refused.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 import redis
 
-from daemon import drain
+from daemon.ops import drain
 from daemon.queue.registry import known_shards
 from daemon.settings import Settings
 from tools.common import (

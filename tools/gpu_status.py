@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from daemon.errors import EXIT_CONFIG
-from daemon.nvml import GpuReading, Nvml
+from daemon.ops.nvml import GpuReading, Nvml
 from daemon.queue.registry import RATE_WINDOW_S, ShardState, batch_rates, read_shards
 from daemon.settings import Settings
 from tools.common import (

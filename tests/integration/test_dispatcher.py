@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from daemon import drain
+from daemon.ops import drain
 from daemon.dispatcher import Dispatcher
 from daemon.errors import DeadlineExceeded, Draining, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
 from daemon.queue.faces import ApiQueues

@@ -21,7 +21,7 @@ from collections import Counter
 import pytest
 import requests
 
-from daemon.front_door import instance_workers
+from daemon.ops.front_door import instance_workers
 from daemon.queue.keys import processing_key, queue_key
 from daemon.queue.wire import JOB_HEADER, JOB_VERSION_SEGMENT
 from tests.conftest import standin_model

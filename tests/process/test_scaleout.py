@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import requests
 
-from daemon.run_dir import leftover_processes
+from daemon.ops.run_dir import leftover_processes
 from tests.needs import need_program
 from tools.haproxy_config import Box, Checks, render
 from tools.harness import REPO, Appliance, free_port, wait_until

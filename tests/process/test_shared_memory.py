@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from daemon.front_door import API_INSTANCES
+from daemon.ops.front_door import API_INSTANCES
 from tests.conftest import standin_model
 from tools.harness import wait_until
 from tools.loadgen import LoadRun, Upload

@@ -12,7 +12,7 @@ import redis
 
 from daemon.api import create_app
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
-from daemon.front_door import ARRIVED_HEADER
+from daemon.ops.front_door import ARRIVED_HEADER
 from daemon.queue.registry import DrainState
 from daemon.settings import ApiSettings, ModelSettings, Settings
 from daemon.queue.wire import Job, Prediction, Reply

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.capacity import (
+from daemon.ops.capacity import (
     MAX_AUTO_THREADS,
     REDIS_DEFAULT_MAXCLIENTS,
     api_pool_size,

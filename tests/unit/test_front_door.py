@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import ConfigError
-from daemon.front_door import (
+from daemon.ops.front_door import (
     ARRIVED_HEADER,
     api_socket,
     check_tls_files,

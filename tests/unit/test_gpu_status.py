@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from daemon.nvml import GpuReading
+from daemon.ops.nvml import GpuReading
 from daemon.queue.registry import batch_rates
 from daemon.queue.wire import BatchRecord
 from tests.fake_nvml import GIB

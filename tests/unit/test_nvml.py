@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.metrics import GpuCollector
-from daemon.nvml import GpuInfo, GpuReading, Nvml
+from daemon.ops.nvml import GpuInfo, GpuReading, Nvml
 from tests.fake_nvml import GIB, H100, FakeGpu, FakeNvml
 
 NO_POWER = FakeGpu(name="NVIDIA A10", uuid="GPU-a10", utilization=3, used=GIB, total=24 * GIB, temperature=40)

@@ -39,7 +39,7 @@ OPAQUE = {
     ("tests/process/test_tools.py", "tool"): "tools/<name>, this repository's own wrappers",
     ("bench/profile.py", "start_recording"): 'py-spy, found by py_spy() (shutil.which("py-spy") is scanned)',
     (
-        "daemon/front_door.py",
+        "daemon/ops/front_door.py",
         "check_nginx_conf",
     ): 'nginx, found by nginx_binary() (shutil.which("nginx"), scanned)',
     ("tools/runtime_choice.py", "_run"): (

@@ -18,7 +18,7 @@ to supervisord):
 A shard drain (`--shard`) only sets `inferd:draining:<shard>`: the enqueue script skips the shard, which
 finishes its queue, and the box stays ready while another of its shards admits.
 
-`python -m daemon.drain` is that guard: a supervisord program that waits for its SIGTERM, then does step 1
+`python -m daemon.ops.drain` is that guard: a supervisord program that waits for its SIGTERM, then does step 1
 and waits the grace. Keys are described in `daemon.queue.keys`' table.
 """
 

@@ -31,7 +31,7 @@ import subprocess
 from pathlib import Path
 
 from daemon.errors import ConfigError
-from daemon.run_dir import RUN_DIR_ENV
+from daemon.ops.run_dir import RUN_DIR_ENV
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
     tls = api.tls_cert_file is not None and api.tls_key_file is not None
     user = _nginx_user()
     lines = [
-        "# Rendered by `inferd run` from the settings (daemon/front_door.py) at each start: edit the settings.",
+        "# Rendered by `inferd run` from the settings (daemon/ops/front_door.py) at each start: edit the settings.",
         "daemon off;",
         *([f"user {user};"] if user else []),
         f"worker_processes {NGINX_WORKER_PROCESSES};",

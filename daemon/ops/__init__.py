@@ -1,0 +1,1 @@
+"""Running the appliance: the run dir, the front door's config, capacity, systemd notify, the shard watch, draining, NVML."""
