@@ -43,7 +43,7 @@ from daemon.errors import (
 from daemon.worker.heartbeat import HeartbeatThread
 from daemon.worker.inference import Predictor, run_batch
 from daemon.logs import setup_logging
-from daemon.metrics import WorkerMetrics
+from daemon.metrics.inferd import WorkerMetrics
 from daemon.model.classifier import Classifier
 from daemon.worker.model_swap import Loaded, Swapper
 from daemon.queue.pixel_store import PixelStore
@@ -52,7 +52,7 @@ from daemon.queue.connection import Backoff, connect
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
 from daemon.model.standin import StandinModel, is_standin
-from daemon.triton_metrics import TritonBatchMetrics
+from daemon.metrics.triton import TritonBatchMetrics
 from daemon.queue.wire import FAILED, STUCK, BatchRecord, Heartbeat, ShardInfo, SwapResult
 
 log = logging.getLogger(__name__)

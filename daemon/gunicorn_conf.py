@@ -11,7 +11,7 @@ from prometheus_client import multiprocess
 
 from daemon.ops.capacity import api_threads, shard_count_from_env
 from daemon.ops.front_door import API_INSTANCE_ENV, api_socket, instance_workers
-from daemon.metrics import multiprocess_mode
+from daemon.metrics.inferd import multiprocess_mode
 from daemon.settings import load_settings
 from daemon.whole_response import install as send_head_with_first_chunk
 

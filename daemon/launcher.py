@@ -31,7 +31,7 @@ from daemon.ops.front_door import (
     write_nginx_conf,
 )
 from daemon.logs import setup_logging
-from daemon.metrics import MULTIPROC_ENV
+from daemon.metrics.inferd import MULTIPROC_ENV
 from daemon.queue.pixel_store import PixelStore, room_note
 from daemon.ops.run_dir import (
     RUN_DIR_ENV,

@@ -13,8 +13,8 @@ import pytest
 import requests
 import yaml
 
-from daemon.metrics import GpuCollector
-from daemon.triton_metrics import GPU_METRIC_NAMES
+from daemon.metrics.inferd import GpuCollector
+from daemon.metrics.triton import GPU_METRIC_NAMES
 from tests.fake_nvml import FakeGpu, FakeNvml
 from tools.harness import REPO
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.metrics import GpuCollector
+from daemon.metrics.inferd import GpuCollector
 from daemon.ops.nvml import GpuInfo, GpuReading, Nvml
 from tests.fake_nvml import GIB, H100, FakeGpu, FakeNvml
 

@@ -152,7 +152,7 @@ class PendingRequestCollector(Collector):
 
 
 class TritonGpuFamilies:
-    """Triton's per-GPU gauges, filled from one NVML reading (daemon.metrics.GpuCollector's)."""
+    """Triton's per-GPU gauges, filled from one NVML reading (daemon.metrics.inferd.GpuCollector's)."""
 
     def __init__(self) -> None:
         self.utilization = GaugeMetricFamily(

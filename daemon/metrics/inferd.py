@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from daemon.ops.nvml import Nvml
 from daemon.queue.registry import read_shards
-from daemon.triton_metrics import TritonGpuFamilies
+from daemon.metrics.triton import TritonGpuFamilies
 
 log = logging.getLogger(__name__)
 
