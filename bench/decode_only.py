@@ -63,7 +63,7 @@ def decode_only_service(config: Path, env: dict[str, str], folder: Path) -> Serv
         "-m",
         "gunicorn",
         "--config",
-        "python:daemon.gunicorn_conf",
+        "python:daemon.http.gunicorn_conf",
         # Command-line options win over the config module's.
         "--bind",
         f"{settings.api.host}:{settings.api.port}",

@@ -28,18 +28,18 @@ from daemon.errors import (
 )
 from daemon.ops.front_door import ARRIVED_HEADER, deadline_from_arrival
 from daemon.images.decode import decode_image
-from daemon.kserve import add_v2_routes, is_v2_path
+from daemon.http.kserve import add_v2_routes, is_v2_path
 from daemon.metrics.limits import LimitsCollector
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import ApiMetrics, MetricsMiddleware, MetricsResource
-from daemon.openapi import OpenApiResource
+from daemon.http.openapi import OpenApiResource
 from daemon.queue.pixel_store import PixelStore
 from daemon.queue.faces import ApiQueues
 from daemon.queue.connection import connect
 from daemon.queue.registry import DrainState
-from daemon.request_body import check_declared_size
+from daemon.http.request_body import check_declared_size
 from daemon.settings import Settings, load_settings
-from daemon.status_page import add_status_page_routes, is_public, prefers_html, status_page
+from daemon.http.status_page import add_status_page_routes, is_public, prefers_html, status_page
 from daemon.metrics.triton import PendingRequestCollector, TritonMiddleware, TritonRequestMetrics
 from daemon.queue.wire import Job, new_job_id
 

@@ -69,7 +69,7 @@ def test_every_route_but_the_probes_and_the_page_files_refuses_a_bad_authorizati
     secured, headers
 ):
     from daemon.api import UNAUTHENTICATED_PATHS
-    from daemon.status_page import ASSETS
+    from daemon.http.status_page import ASSETS
 
     open_paths = UNAUTHENTICATED_PATHS | set(ASSETS)
     guarded = [(method, path) for method, path in routes(secured) if path not in open_paths]
@@ -123,7 +123,7 @@ def test_probes_stay_open_and_the_right_token_passes(secured):
 
 
 def test_the_status_page_loads_without_a_token_but_its_data_do_not(secured):
-    from daemon.status_page import ASSETS
+    from daemon.http.status_page import ASSETS
 
     browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
     page = secured.simulate_get("/", headers=browser)

@@ -131,7 +131,7 @@ def test_watch_redraws_a_frame_per_refresh(two_gpu_shards, capsys):
 def test_the_api_serves_the_shards_as_gpu_status_shows_them(two_gpu_shards, redis_client, capsys):
     import falcon.testing
 
-    from daemon.status_page import ShardsResource
+    from daemon.http.status_page import ShardsResource
 
     app = falcon.App()
     app.add_route("/shards", ShardsResource(two_gpu_shards, redis_client, nvml=FakeNvml([H100, H100])))

@@ -17,7 +17,7 @@ from schemathesis.checks import (
 )
 from schemathesis.core.result import Ok
 
-from daemon.status_page import ASSETS
+from daemon.http.status_page import ASSETS
 
 pytestmark = pytest.mark.slow
 

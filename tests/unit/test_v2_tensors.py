@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from daemon.errors import BadRequest
-from daemon.v2_tensors import (
+from daemon.http.v2_tensors import (
     OutputTensor,
     classification_strings,
     encode_infer_response,

@@ -1,4 +1,4 @@
-"""daemon.whole_response: gunicorn's real Response sends the head and the first chunk in one call."""
+"""daemon.http.whole_response: gunicorn's real Response sends the head and the first chunk in one call."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from gunicorn.config import Config
 from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 
-from daemon import whole_response
-
-
+from daemon.http import whole_response
 class RecordingSocket:
     """A real socket whose sendall calls are counted: one call is what a kill cannot split."""
 
@@ -80,7 +78,7 @@ def test_later_chunks_and_chunked_framing_are_gunicorns(gunicorn_write):
 def test_gunicorn_conf_installs_it(gunicorn_write, monkeypatch, tmp_path):
     import importlib
 
-    import daemon.gunicorn_conf as conf
+    import daemon.http.gunicorn_conf as conf
 
     monkeypatch.setenv("INFERD_RUN_DIR", str(tmp_path))
     importlib.reload(conf)

@@ -1,4 +1,4 @@
-"""gunicorn settings derived from inferd's settings (`gunicorn --config python:daemon.gunicorn_conf`).
+"""gunicorn settings derived from inferd's settings (`gunicorn --config python:daemon.http.gunicorn_conf`).
 
 Each of the API's instances (supervisord programs `api` and `api2`, told apart by INFERD_API_INSTANCE)
 listens on its own unix socket in the run dir, behind the front door (daemon/ops/front_door.py).
@@ -13,7 +13,7 @@ from daemon.ops.capacity import api_threads, shard_count_from_env
 from daemon.ops.front_door import API_INSTANCE_ENV, api_socket, instance_workers
 from daemon.metrics.inferd import multiprocess_mode
 from daemon.settings import load_settings
-from daemon.whole_response import install as send_head_with_first_chunk
+from daemon.http.whole_response import install as send_head_with_first_chunk
 
 _settings = load_settings()
 send_head_with_first_chunk()  # in the master, before the fork: every worker inherits it

@@ -12,7 +12,7 @@ from typing import Any
 import falcon
 
 from daemon.settings import Settings
-from daemon.status_page import ASSETS
+from daemon.http.status_page import ASSETS
 
 JSON = "application/json"
 

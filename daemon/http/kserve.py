@@ -33,9 +33,9 @@ from daemon.dispatcher import Dispatch
 from daemon.errors import BadRequest, InferenceFailed, PayloadTooLarge, UnsupportedMediaType
 from daemon.images.decode import decode_image
 from daemon.model.classifier import load_labels
-from daemon.request_body import check_declared_size
+from daemon.http.request_body import check_declared_size
 from daemon.settings import Settings
-from daemon.v2_tensors import (
+from daemon.http.v2_tensors import (
     HEADER_LENGTH,
     InferRequest,
     InputTensor,

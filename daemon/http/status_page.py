@@ -1,6 +1,6 @@
 """The browser status page: `GET /` for a client that prefers HTML, its script and style, and `GET /shards`.
 
-The page is three static files shipped in the package (daemon/static/): no build step and no outside URL,
+The page is three static files shipped in the package (daemon/http/static/): no build step and no outside URL,
 since the appliance is offline. Its data come from the JSON endpoints (`/shards`, `/predict`, `/`), which
 keep their bearer token; the page and its two files carry no data, so they are served without one, and the
 page asks for the token when an endpoint answers 401. Every file is sent with a Content-Security-Policy
