@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import default_model, launcher
+from daemon import launcher
+from daemon.model import default_model
 from daemon.ops.run_dir import ApplianceRecord, read_record, write_record
 from daemon.settings import HOME, load_settings
 from tools.common import settings_or_exit
