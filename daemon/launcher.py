@@ -252,7 +252,7 @@ def check_devices(settings: Settings, shards: list[Shard]) -> int:
 def build_default_model(out: str | None) -> int:
     settings = load_settings()
     use_backend(settings.model.backend)  # before Keras loads: it reads KERAS_BACKEND once, on import
-    from daemon.model.classifier import default_model
+    from daemon.model import default_model
     target = Path(out) if out else DEFAULT_MODEL_DIR
     return default_model.main(["--out", str(target)])
 
