@@ -40,11 +40,11 @@ from bench.run import machine_description
 from daemon.dispatcher import Dispatcher
 from daemon.gpu_worker import Worker
 from daemon.images.decode import decode_image
-from daemon.queue.pixel_store import PixelStore
 from daemon.queue.faces import ApiQueues, ShardQueues
+from daemon.queue.pixel_store import PixelStore
+from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
 from daemon.shard import cpu_shards
-from daemon.queue.wire import Job, new_job_id
 from tools.harness import redis_server
 
 CLASSES = 1000

@@ -126,7 +126,9 @@ def ensure_default_model(folder: Path) -> tuple[Path, Path]:
     model, labels = folder / MODEL_FILE, folder / LABELS_FILE
     if not (model.is_file() and labels.is_file()):
         log.info("bench: building the default model into %s", folder)
-        subprocess.run([PYTHON, "-m", "daemon.model.default_model", "--out", str(folder)], cwd=REPO, check=True)
+        subprocess.run(
+            [PYTHON, "-m", "daemon.model.default_model", "--out", str(folder)], cwd=REPO, check=True
+        )
     return model, labels
 
 

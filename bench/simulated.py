@@ -32,9 +32,9 @@ from daemon.gpu_worker import Worker
 from daemon.logs import setup_logging
 from daemon.queue.faces import ApiQueues, ShardQueues
 from daemon.queue.keys import heartbeat_key
+from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
 from daemon.shard import Shard
-from daemon.queue.wire import Job, new_job_id
 from tools.harness import PYTHON, Service, stop_all, write_settings
 from tools.loadgen import percentile
 

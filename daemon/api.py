@@ -15,8 +15,6 @@ from typing import Any, cast
 import falcon
 import redis
 
-from daemon.model.active_model import ServedVersions, with_active_model
-from daemon.ops.capacity import api_pool_size, shard_count_from_env
 from daemon.dispatcher import Dispatch, Dispatcher
 from daemon.errors import (
     BadRequest,
@@ -26,22 +24,24 @@ from daemon.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from daemon.ops.front_door import ARRIVED_HEADER, deadline_from_arrival
-from daemon.images.decode import decode_image
 from daemon.http.kserve import add_v2_routes, is_v2_path
-from daemon.metrics.limits import LimitsCollector
+from daemon.http.openapi import OpenApiResource
+from daemon.http.request_body import check_declared_size
+from daemon.http.status_page import add_status_page_routes, is_public, prefers_html, status_page
+from daemon.images.decode import decode_image
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import ApiMetrics, MetricsMiddleware, MetricsResource
-from daemon.http.openapi import OpenApiResource
-from daemon.queue.pixel_store import PixelStore
-from daemon.queue.faces import ApiQueues
-from daemon.queue.connection import connect
-from daemon.queue.registry import DrainState
-from daemon.http.request_body import check_declared_size
-from daemon.settings import Settings, load_settings
-from daemon.http.status_page import add_status_page_routes, is_public, prefers_html, status_page
+from daemon.metrics.limits import LimitsCollector
 from daemon.metrics.triton import PendingRequestCollector, TritonMiddleware, TritonRequestMetrics
+from daemon.model.active_model import ServedVersions, with_active_model
+from daemon.ops.capacity import api_pool_size, shard_count_from_env
+from daemon.ops.front_door import ARRIVED_HEADER, deadline_from_arrival
+from daemon.queue.connection import connect
+from daemon.queue.faces import ApiQueues
+from daemon.queue.pixel_store import PixelStore
+from daemon.queue.registry import DrainState
 from daemon.queue.wire import Job, new_job_id
+from daemon.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 

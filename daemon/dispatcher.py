@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from daemon.errors import DeadlineExceeded
-from daemon.queue.pixel_store import PixelStore
 from daemon.queue.faces import ApiQueues
+from daemon.queue.pixel_store import PixelStore
 from daemon.queue.registry import DrainState
 from daemon.queue.wire import Job, Reply
 

@@ -27,8 +27,6 @@ from types import FrameType
 
 import redis
 
-from daemon.model.active_model import applied, with_active_model
-from daemon.worker.device import is_out_of_memory, judge_device, limit_gpu_memory, probe_runtime
 from daemon.errors import (
     EXIT_CONFIG,
     EXIT_DEVICE,
@@ -40,20 +38,22 @@ from daemon.errors import (
     JobDropped,
     ModelLoadError,
 )
-from daemon.worker.heartbeat import HeartbeatThread
-from daemon.worker.inference import Predictor, run_batch
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import WorkerMetrics
+from daemon.metrics.triton import TritonBatchMetrics
+from daemon.model.active_model import applied, with_active_model
 from daemon.model.classifier import Classifier
-from daemon.worker.model_swap import Loaded, Swapper
-from daemon.queue.pixel_store import PixelStore
-from daemon.queue.faces import ShardQueues
+from daemon.model.standin import StandinModel, is_standin
 from daemon.queue.connection import Backoff, connect
+from daemon.queue.faces import ShardQueues
+from daemon.queue.pixel_store import PixelStore
+from daemon.queue.wire import FAILED, STUCK, BatchRecord, Heartbeat, ShardInfo, SwapResult
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
-from daemon.model.standin import StandinModel, is_standin
-from daemon.metrics.triton import TritonBatchMetrics
-from daemon.queue.wire import FAILED, STUCK, BatchRecord, Heartbeat, ShardInfo, SwapResult
+from daemon.worker.device import is_out_of_memory, judge_device, limit_gpu_memory, probe_runtime
+from daemon.worker.heartbeat import HeartbeatThread
+from daemon.worker.inference import Predictor, run_batch
+from daemon.worker.model_swap import Loaded, Swapper
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
+from daemon.logs import setup_logging
+from daemon.metrics.inferd import MULTIPROC_ENV
 from daemon.model.active_model import forget_stale_record, record_path
 from daemon.ops.capacity import SHARD_COUNT_ENV, api_threads, redis_maxclients
-from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
 from daemon.ops.front_door import (
     NGINX_DIR,
     check_nginx_conf,
@@ -30,9 +32,6 @@ from daemon.ops.front_door import (
     raise_open_files_limit,
     write_nginx_conf,
 )
-from daemon.logs import setup_logging
-from daemon.metrics.inferd import MULTIPROC_ENV
-from daemon.queue.pixel_store import PixelStore, room_note
 from daemon.ops.run_dir import (
     RUN_DIR_ENV,
     AlreadyRunning,
@@ -42,6 +41,8 @@ from daemon.ops.run_dir import (
     take_lock,
     write_record,
 )
+from daemon.queue.pixel_store import PixelStore, room_note
+from daemon.queue.wire import JOB_HEADER
 from daemon.settings import (
     HOME,
     ModelSettings,
@@ -51,7 +52,6 @@ from daemon.settings import (
     resolve_config_path,
 )
 from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards, use_backend
-from daemon.queue.wire import JOB_HEADER
 from tools import drain as drain_tool
 from tools import reload as reload_tool
 from tools.common import settings_or_exit
@@ -253,6 +253,7 @@ def build_default_model(out: str | None) -> int:
     settings = load_settings()
     use_backend(settings.model.backend)  # before Keras loads: it reads KERAS_BACKEND once, on import
     from daemon.model import default_model
+
     target = Path(out) if out else DEFAULT_MODEL_DIR
     return default_model.main(["--out", str(target)])
 

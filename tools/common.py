@@ -11,8 +11,8 @@ from typing import NoReturn
 import redis
 
 from daemon.errors import EXIT_CONFIG, ConfigError
-from daemon.queue.connection import connect
 from daemon.ops.run_dir import read_record
+from daemon.queue.connection import connect
 from daemon.settings import Settings, load_settings
 
 EXIT_OK = 0

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 import redis
 
 from daemon.errors import EXIT_CONFIG, JobDropped
-from daemon.queue.pixel_store import PixelStore
 from daemon.queue.faces import ShardQueues
 from daemon.queue.keys import KEY_PREFIX, processing_key, queue_key
+from daemon.queue.pixel_store import PixelStore
 from daemon.queue.registry import known_shards
 from daemon.settings import Settings
 from tools import drain as drain_tool

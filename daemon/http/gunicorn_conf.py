@@ -9,11 +9,11 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
+from daemon.http.whole_response import install as send_head_with_first_chunk
+from daemon.metrics.inferd import multiprocess_mode
 from daemon.ops.capacity import api_threads, shard_count_from_env
 from daemon.ops.front_door import API_INSTANCE_ENV, api_socket, instance_workers
-from daemon.metrics.inferd import multiprocess_mode
 from daemon.settings import load_settings
-from daemon.http.whole_response import install as send_head_with_first_chunk
 
 _settings = load_settings()
 send_head_with_first_chunk()  # in the master, before the fork: every worker inherits it

@@ -28,13 +28,9 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from daemon.model.active_model import ServedVersions
 from daemon.dispatcher import Dispatch
 from daemon.errors import BadRequest, InferenceFailed, PayloadTooLarge, UnsupportedMediaType
-from daemon.images.decode import decode_image
-from daemon.model.classifier import load_labels
 from daemon.http.request_body import check_declared_size
-from daemon.settings import Settings
 from daemon.http.v2_tensors import (
     HEADER_LENGTH,
     InferRequest,
@@ -45,7 +41,11 @@ from daemon.http.v2_tensors import (
     encode_infer_response,
     parse_infer_request,
 )
+from daemon.images.decode import decode_image
+from daemon.model.active_model import ServedVersions
+from daemon.model.classifier import load_labels
 from daemon.queue.wire import ALL_CLASSES, Job, new_job_id
+from daemon.settings import Settings
 
 EXTENSIONS = ("binary_tensor_data", "classification")
 """Triton's protocol extensions /v2 announces, and supports."""

@@ -11,8 +11,8 @@ from typing import Any
 
 import falcon
 
-from daemon.settings import Settings
 from daemon.http.status_page import ASSETS
+from daemon.settings import Settings
 
 JSON = "application/json"
 

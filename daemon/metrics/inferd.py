@@ -21,9 +21,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from daemon.metrics.triton import TritonGpuFamilies
 from daemon.ops.nvml import Nvml
 from daemon.queue.registry import read_shards
-from daemon.metrics.triton import TritonGpuFamilies
 
 log = logging.getLogger(__name__)
 

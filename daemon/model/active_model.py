@@ -20,8 +20,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.settings import ModelSettings, Settings
 from daemon.queue.wire import ModelChoice, WireError
+from daemon.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 

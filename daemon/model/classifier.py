@@ -23,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.errors import ModelLoadError
-from daemon.settings import BatchingSettings, ModelSettings
 from daemon.queue.wire import Prediction
+from daemon.settings import BatchingSettings, ModelSettings
 
 log = logging.getLogger(__name__)
 

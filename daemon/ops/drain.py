@@ -38,8 +38,8 @@ from daemon.logs import setup_logging
 from daemon.queue.connection import connect
 from daemon.queue.keys import DRAINING_KEY, UNREADY_KEY, draining_key, processing_key, queue_key
 from daemon.queue.registry import known_shards
-from daemon.settings import load_settings
 from daemon.queue.wire import as_text
+from daemon.settings import load_settings
 
 log = logging.getLogger(__name__)
 

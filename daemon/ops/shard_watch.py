@@ -22,8 +22,8 @@ import redis
 from supervisor import childutils
 
 from daemon.logs import setup_logging
-from daemon.queue.faces import ShardQueues
 from daemon.queue.connection import connect
+from daemon.queue.faces import ShardQueues
 from daemon.queue.keys import heartbeat_key
 from daemon.queue.registry import read_shards
 from daemon.settings import Settings, load_settings

@@ -18,16 +18,6 @@ from typing import Any, cast
 import redis
 
 from daemon.errors import Draining, InferdError, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
-from daemon.queue.scripts import (
-    ALL_QUEUES_FULL,
-    BATCH_ADOPTED,
-    DRAINING,
-    ENQUEUE_SCRIPT,
-    NO_LIVE_SHARD,
-    WOULD_MISS_DEADLINE,
-    Scripts,
-    load_enqueue_script,
-)
 from daemon.queue.keys import (
     ADOPTED_MARK_TTL_S,
     DRAINING_KEY,
@@ -45,8 +35,23 @@ from daemon.queue.keys import (
     swap_done_key,
     swap_key,
 )
-from daemon.queue.registry import DrainState, parse_or_none, read_drain_state, read_shards, registered_shard_ids
-from daemon.settings import BatchingSettings, QueueSettings, Settings
+from daemon.queue.registry import (
+    DrainState,
+    parse_or_none,
+    read_drain_state,
+    read_shards,
+    registered_shard_ids,
+)
+from daemon.queue.scripts import (
+    ALL_QUEUES_FULL,
+    BATCH_ADOPTED,
+    DRAINING,
+    ENQUEUE_SCRIPT,
+    NO_LIVE_SHARD,
+    WOULD_MISS_DEADLINE,
+    Scripts,
+    load_enqueue_script,
+)
 from daemon.queue.wire import (
     FAILED,
     STUCK,
@@ -59,6 +64,7 @@ from daemon.queue.wire import (
     SwapResult,
     WireError,
 )
+from daemon.settings import BatchingSettings, QueueSettings, Settings
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from daemon.settings import Settings
 from daemon.queue.wire import SEGMENT_NAME, Job, PixelsGone, WireError
+from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.model.active_model import applied
 from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_OK, ConfigError, ModelLoadError
-from daemon.worker.inference import Predictor
 from daemon.logs import setup_logging
+from daemon.model.active_model import applied
 from daemon.model.classifier import batch_buckets
 from daemon.queue.faces import ShardQueues
+from daemon.queue.wire import ModelChoice, SwapResult
 from daemon.settings import ModelSettings, Settings, load_settings
 from daemon.shard import cpu_shards, pin_process
-from daemon.queue.wire import ModelChoice, SwapResult
+from daemon.worker.inference import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from urllib3 import encode_multipart_formdata
 from daemon.api import create_app
 from daemon.gpu_worker import IDLE_BLOCK_S, Worker
 from daemon.model.classifier import Classifier
-from daemon.queue.pixel_store import segment_folder
 from daemon.queue.faces import ShardQueues
+from daemon.queue.pixel_store import segment_folder
 from daemon.settings import Settings, load_settings
 from daemon.shard import cpu_shards
 from tests.conftest import encode_image, tiny_sections

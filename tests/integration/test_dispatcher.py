@@ -8,11 +8,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from daemon.ops import drain
 from daemon.dispatcher import Dispatcher
 from daemon.errors import DeadlineExceeded, Draining, NoLiveWorker, Overloaded, QueueFull, RedisUnavailable
-from daemon.queue.faces import ApiQueues
+from daemon.ops import drain
 from daemon.queue.connection import connect
+from daemon.queue.faces import ApiQueues
 from daemon.queue.keys import SHARDS_KEY, heartbeat_key, queue_key, reply_key
 from daemon.queue.wire import Heartbeat, Job, Reply, new_job_id
 

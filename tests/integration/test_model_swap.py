@@ -15,15 +15,15 @@ import pytest
 import redis
 from PIL import Image
 
-from daemon.model.active_model import ModelRecord, choice_of, write_record
 from daemon.api import create_app
 from daemon.gpu_worker import Worker
+from daemon.model.active_model import ModelRecord, choice_of, write_record
 from daemon.model.classifier import Classifier
 from daemon.queue.faces import ShardQueues, await_swap, request_swap
 from daemon.queue.keys import queue_key, reply_key, swap_key
 from daemon.queue.registry import DrainState
-from daemon.shard import cpu_shards
 from daemon.queue.wire import Job, ModelChoice, Prediction, Reply, new_job_id
+from daemon.shard import cpu_shards
 from tests.conftest import TINY_INPUT
 from tests.tiny_model import build_tiny_model
 

@@ -19,13 +19,13 @@ import pytest
 from daemon.dispatcher import Dispatcher
 from daemon.errors import Draining
 from daemon.gpu_worker import Worker
-from daemon.worker.inference import run_batch
 from daemon.model.classifier import Classifier
-from daemon.queue.pixel_store import PixelStore, room_note, segment_folder
 from daemon.queue.faces import ApiQueues, ShardQueues
 from daemon.queue.keys import reply_key
-from daemon.shard import cpu_shards
+from daemon.queue.pixel_store import PixelStore, room_note, segment_folder
 from daemon.queue.wire import Job, WireError, new_job_id
+from daemon.shard import cpu_shards
+from daemon.worker.inference import run_batch
 from tests.integration.test_dispatcher import register
 from tests.needs import need_program
 from tools import flush_queues

@@ -11,8 +11,8 @@ from daemon.gpu_worker import Worker
 from daemon.model.classifier import Classifier
 from daemon.queue.faces import ShardQueues
 from daemon.queue.keys import processing_key, queue_key, reply_key
-from daemon.shard import cpu_shards
 from daemon.queue.wire import Job, Reply, new_job_id
+from daemon.shard import cpu_shards
 from tests.conftest import TINY_INPUT
 
 

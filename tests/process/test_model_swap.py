@@ -20,8 +20,8 @@ import requests
 
 from daemon.model.active_model import ModelRecord, choice_of, write_record
 from daemon.queue.registry import read_shards
-from daemon.settings import load_settings
 from daemon.queue.wire import ModelChoice
+from daemon.settings import load_settings
 from tests.conftest import tiny_sections
 from tests.tiny_model import build_tiny_model
 from tools.harness import PYTHON, REPO, Appliance, write_settings

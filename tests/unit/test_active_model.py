@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from daemon.errors import ModelLoadError
 from daemon.model.active_model import (
     ModelRecord,
     ServedVersions,
@@ -17,10 +18,9 @@ from daemon.model.active_model import (
     with_active_model,
     write_record,
 )
-from daemon.errors import ModelLoadError
-from daemon.worker.model_swap import check_answers
-from daemon.settings import Settings, load_settings
 from daemon.queue.wire import ModelChoice, Reply, SwapResult
+from daemon.settings import Settings, load_settings
+from daemon.worker.model_swap import check_answers
 from tools.harness import write_settings
 
 

@@ -14,8 +14,8 @@ from daemon.api import create_app
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
 from daemon.ops.front_door import ARRIVED_HEADER
 from daemon.queue.registry import DrainState
-from daemon.settings import ApiSettings, ModelSettings, Settings
 from daemon.queue.wire import Job, Prediction, Reply
+from daemon.settings import ApiSettings, ModelSettings, Settings
 from tests.conftest import TINY_INPUT, encode_image
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.errors import ConfigError
+from daemon.launcher import render_redis_conf
 from daemon.ops.capacity import (
     MAX_AUTO_THREADS,
     REDIS_DEFAULT_MAXCLIENTS,
@@ -15,8 +17,6 @@ from daemon.ops.capacity import (
     redis_maxclients,
     shard_count_from_env,
 )
-from daemon.errors import ConfigError
-from daemon.launcher import render_redis_conf
 from daemon.settings import DEFAULT_CONFIG, MAX_API_THREADS, load_settings
 from tools.harness import write_settings
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.worker.device import RuntimeReport, is_out_of_memory, judge_device
 from daemon.shard import Shard, cpu_shards, cpu_threads_per_worker, use_backend
+from daemon.worker.device import RuntimeReport, is_out_of_memory, judge_device
 
 GPU = Shard("gpu1", "gpu", 1, "NVIDIA H100 80GB HBM3", uuid="GPU-1abc", memory_total_bytes=80 * 2**30)
 

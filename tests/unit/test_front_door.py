@@ -17,8 +17,8 @@ from daemon.ops.front_door import (
     instance_workers,
     render_nginx_conf,
 )
-from daemon.settings import ApiSettings, PathSettings, Settings
 from daemon.queue.wire import Heartbeat
+from daemon.settings import ApiSettings, PathSettings, Settings
 
 
 def test_the_deadline_counts_from_the_arrival_stamp():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.worker.inference import run_batch
 from daemon.queue.wire import ALL_CLASSES, Job, Reply, new_job_id
+from daemon.worker.inference import run_batch
 
 SHAPE = (4, 4, 3)
 NOW = 1000.0

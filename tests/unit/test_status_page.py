@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from daemon.api import create_app
-from daemon.settings import Settings
 from daemon.http.status_page import ASSETS, CONTENT_SECURITY_POLICY, STATIC_DIR
+from daemon.settings import Settings
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 """What Chromium sends when it navigates to a page."""

@@ -12,6 +12,8 @@ from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 
 from daemon.http import whole_response
+
+
 class RecordingSocket:
     """A real socket whose sendall calls are counted: one call is what a kill cannot split."""
 
