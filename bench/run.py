@@ -31,6 +31,7 @@ from bench.phases import Durations, Plan
 from bench.procs import machine_busy_s, own_cpu_s
 from bench.report import summary, write_frontdoor_section, write_peers_section, write_report
 from bench.results import BenchResults
+from daemon.errors import UsageArgumentParser
 from daemon.settings import gpu_selection_text
 from tools.harness import PYTHON, REPO
 
@@ -73,7 +74,7 @@ QUICK_PLAN = Plan(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = Durations()
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser = UsageArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and the tiny model: a smoke test")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"subset of {','.join(PHASES)}")
     parser.add_argument(

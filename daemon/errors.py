@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+from typing import NoReturn
+
 EXIT_OK = 0
+EXIT_USAGE = 64
+"""Bad command line (sysexits EX_USAGE); argparse's own 2 would collide with the tools' "a shard is down"."""
 EXIT_CONFIG = 78
 """Exit code for "the configuration is wrong" (sysexits EX_CONFIG): supervisord must not retry."""
 EXIT_ALREADY_RUNNING = 75
@@ -14,6 +20,14 @@ EXIT_MODEL_LOAD = 79
 EXIT_DEVICE = 80
 """Exit code for "the ML runtime does not see this shard's GPU": a wrong install or driver, not a hiccup,
 so supervisord must not retry."""
+
+
+class UsageArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors exit EX_USAGE, its subcommands' included, instead of argparse's 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 class InferdError(Exception):

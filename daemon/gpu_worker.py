@@ -15,7 +15,6 @@ supervisord does not retry.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from daemon.errors import (
     DeviceUnavailable,
     JobDropped,
     ModelLoadError,
+    UsageArgumentParser,
 )
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import WorkerMetrics
@@ -367,7 +367,7 @@ def refuse(shard: Shard, queues: ShardQueues, reason: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="inferd worker: batch-classifies one shard's queue")
+    parser = UsageArgumentParser(description="inferd worker: batch-classifies one shard's queue")
     parser.add_argument("--config", help="settings file (default: INFERD_CONFIG or conf/settings.toml)")
     parser.add_argument(
         "--shard-index", type=int, default=0, help="which discovered shard this worker serves"

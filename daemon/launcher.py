@@ -18,10 +18,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
+from daemon.errors import (
+    EXIT_ALREADY_RUNNING,
+    EXIT_CONFIG,
+    EXIT_DEVICE,
+    EXIT_MODEL_LOAD,
+    ConfigError,
+    UsageArgumentParser,
+)
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import MULTIPROC_ENV
-from daemon.model.active_model import forget_stale_record, record_path
+from daemon.model.active_model import active_record, choice_of, forget_stale_record, record_path
 from daemon.ops.capacity import SHARD_COUNT_ENV, api_threads, redis_maxclients
 from daemon.ops.front_door import (
     NGINX_DIR,
@@ -249,38 +256,71 @@ def check_devices(settings: Settings, shards: list[Shard]) -> int:
     return code
 
 
-def build_default_model(out: str | None) -> int:
+def build_default_model(out: str | None, force: bool) -> int:
     settings = load_settings()
     use_backend(settings.model.backend)  # before Keras loads: it reads KERAS_BACKEND once, on import
     from daemon.model import default_model
 
     target = Path(out) if out else DEFAULT_MODEL_DIR
-    return default_model.main(["--out", str(target)])
+    return default_model.main(["--out", str(target), *(["--force"] if force else [])])
+
+
+def check(config: str | None) -> int:
+    """`inferd check`: the settings, the model the appliance would serve (loaded and checked as a shard
+    would), and what each shard would compute on; the first failure's exit code."""
+    settings = load_settings(config)
+    check_model_files(settings)
+    check_tls_files(settings)
+    shards = discover_shards(settings)
+    print(f"settings OK: {settings.source}")
+    record = active_record(settings)
+    served = record.active if record is not None else choice_of(settings.model)
+    # The model in a process of its own, as `inferd reload` checks one: a label count that is not the model's
+    # output width shows here rather than as every worker's exit 79 at run time.
+    if not reload_tool.check_model("inferd check", settings, served):
+        return EXIT_MODEL_LOAD
+    return check_devices(settings, shards)
+
+
+CONFIG_HELP = "settings file (default: INFERD_CONFIG, else conf/settings.toml)"
+
+
+def build_parser() -> UsageArgumentParser:
+    parser = UsageArgumentParser(prog="inferd", description="On-prem image-classification appliance")
+    parser.add_argument("--config", help=CONFIG_HELP)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        # Also after the command (`inferd run --config X`); SUPPRESS keeps one given before it.
+        sub.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        return sub
+
+    command("run", "run the appliance in the foreground under supervisord")
+    command(
+        "check",
+        "validate settings, load and check the model, and list the shards that would run and the device each "
+        "would use",
+    )
+    build = command("build-default-model", "build the embedded EfficientNet-Lite0 model")
+    build.add_argument("--out", help=f"folder for the .keras file and labels (default: {DEFAULT_MODEL_DIR})")
+    build.add_argument("--force", action="store_true", help="rebuild even when the files are up to date")
+    drain = command(
+        "drain", "maintenance: /readyz answers 503 first, then admit nothing and finish what is queued"
+    )
+    drain_tool.add_drain_arguments(drain)
+    undrain = command("undrain", "admit work again after `inferd drain`")
+    undrain.add_argument("--shard", action="append", metavar="ID", help="only this shard; default: all marks")
+    reload = command(
+        "reload",
+        "change the model without downtime: check it, then swap it in one shard at a time (all or nothing)",
+    )
+    reload_tool.add_reload_arguments(reload)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="inferd", description="On-prem image-classification appliance")
-    parser.add_argument("--config", help="settings file (default: INFERD_CONFIG, else conf/settings.toml)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the appliance in the foreground under supervisord")
-    commands.add_parser(
-        "check", help="validate settings, and list the shards that would run and the device each would use"
-    )
-    build = commands.add_parser("build-default-model", help="build the embedded EfficientNet-Lite0 model")
-    build.add_argument("--out", help=f"folder for the .keras file and labels (default: {DEFAULT_MODEL_DIR})")
-    drain = commands.add_parser(
-        "drain",
-        help="maintenance: /readyz answers 503 first, then admit nothing and finish what is queued",
-    )
-    drain_tool.add_drain_arguments(drain)
-    undrain = commands.add_parser("undrain", help="admit work again after `inferd drain`")
-    undrain.add_argument("--shard", action="append", metavar="ID", help="only this shard; default: all marks")
-    reload = commands.add_parser(
-        "reload",
-        help="change the model without downtime: check it, then swap it in one shard at a time (all or nothing)",
-    )
-    reload_tool.add_reload_arguments(reload)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_logging()
     if args.config:
         os.environ["INFERD_CONFIG"] = str(Path(args.config).resolve())
@@ -288,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return run(args.config)
         if args.command == "build-default-model":
-            return build_default_model(args.out)
+            return build_default_model(args.out, args.force)
         if args.command == "reload":
             settings = settings_or_exit("inferd reload", args.config)
             return reload_tool.run_reload("inferd reload", settings, args)
@@ -297,12 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "drain":
                 return drain_tool.run_drain("inferd drain", settings, args)
             return drain_tool.run_undrain("inferd undrain", settings, args.shard)
-        settings = load_settings(args.config)
-        check_model_files(settings)
-        check_tls_files(settings)
-        shards = discover_shards(settings)
-        print(f"settings OK: {settings.source}")
-        return check_devices(settings, shards)
+        return check(args.config)
     except ConfigError as exc:
         print(f"inferd: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG

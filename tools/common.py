@@ -6,11 +6,10 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import NoReturn
 
 import redis
 
-from daemon.errors import EXIT_CONFIG, ConfigError
+from daemon.errors import EXIT_CONFIG, EXIT_USAGE, ConfigError, UsageArgumentParser
 from daemon.ops.run_dir import read_record
 from daemon.queue.connection import connect
 from daemon.settings import Settings, load_settings
@@ -22,8 +21,6 @@ EXIT_SHARD_DOWN = 2
 """A registered shard has no live worker (or no shard is registered at all)."""
 EXIT_REDIS_DOWN = 3
 """The appliance's Redis could not be reached, so nothing could be checked."""
-EXIT_USAGE = 64
-"""Bad command line (sysexits EX_USAGE); argparse's own 2 would collide with EXIT_SHARD_DOWN."""
 
 REDIS_TIMEOUT_S = 2.0
 """Tools fail fast rather than hang when Redis is wedged."""
@@ -39,8 +36,8 @@ EXIT_MEANINGS = {
 """What each exit code means, for the --help of the tools that use it."""
 
 
-class ToolArgumentParser(argparse.ArgumentParser):
-    """argparse with EX_USAGE for usage errors and the exit codes listed under --help."""
+class ToolArgumentParser(UsageArgumentParser):
+    """An operator tool's parser: EX_USAGE for usage errors, --config, and the exit codes listed under --help."""
 
     def __init__(self, prog: str, description: str, exit_codes: Sequence[int]) -> None:
         listed = [f"  {code:<3} {EXIT_MEANINGS[code]}" for code in exit_codes]
@@ -53,10 +50,6 @@ class ToolArgumentParser(argparse.ArgumentParser):
         self.add_argument(
             "--config", help="the appliance's settings file (default: INFERD_CONFIG, else conf/settings.toml)"
         )
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def settings_or_exit(prog: str, config: str | None) -> Settings:

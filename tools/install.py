@@ -31,8 +31,8 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
+from daemon.errors import EXIT_USAGE, UsageArgumentParser
 from tools.runtime_choice import choose_runtime, configured_backend, read_gpus
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,6 @@ DEFAULT_EXTRAS = "default-model"
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 64
-"""Bad command line (sysexits EX_USAGE), as for the other operator tools."""
 EXIT_NOT_ROOT = 77
 """A real install needs root (sysexits EX_NOPERM)."""
 
@@ -314,20 +312,14 @@ def uninstall(target: Target, purge: bool) -> None:
         system_command(target, ["userdel", SERVICE_USER])
 
 
-class InstallArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = InstallArgumentParser(
+    parser = UsageArgumentParser(
         prog="python3 -m tools.install",
         description="Install inferd as a systemd service (/opt/inferd, /etc/inferd, user inferd), or remove it.",
         epilog=f"exit codes: {EXIT_OK} done, {EXIT_FAILED} a step failed, {EXIT_USAGE} bad command line, "
         f"{EXIT_NOT_ROOT} not root (use sudo, or --root DIR)",
     )
-    staging = InstallArgumentParser(add_help=False)
+    staging = UsageArgumentParser(add_help=False)
     staging.add_argument(
         "--root", type=Path, metavar="DIR", help="stage into DIR instead of / (no useradd, no systemctl)"
     )
