@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import redis
 
-from daemon.errors import EXIT_CONFIG, EXIT_USAGE, ConfigError, UsageArgumentParser
+from daemon.errors import EXIT_CONFIG, ConfigError, UsageArgumentParser
+from daemon.errors import EXIT_USAGE as EXIT_USAGE  # re-exported: the tools' exit codes are all here
 from daemon.ops.run_dir import read_record
 from daemon.queue.connection import connect
 from daemon.settings import Settings, load_settings
