@@ -9,6 +9,7 @@ appear on a command line, nginx's config, and the open-files limit nginx needs f
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -71,6 +72,7 @@ REDIS_OVERHEAD_MB = 64
 DEFAULT_MODEL_DIR = (HOME / ModelSettings().path).parent
 """Where `build-default-model` writes without --out: the default model's own folder (var/models), never the
 folder of a model the settings point at, which holds the user's files."""
+OVERCOMMIT_SETTING = Path("/proc/sys/vm/overcommit_memory")
 DRAIN_STOP_SLACK_S = 10
 """supervisord's wait for the drain guard, beyond its grace, before it kills it."""
 SYSTEMD_NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -115,6 +117,26 @@ def child_output() -> dict[str, str]:
     return {"INFERD_CHILD_LOGFILE": "/dev/stdout", "INFERD_CHILD_SYSLOG": "false"}
 
 
+def append_to_redirected_output() -> None:
+    """Make a stdout or stderr redirected to a file (`inferd run > run.log`) append, for every writer.
+
+    supervisord opens /dev/stdout anew for its programs' output, which for a regular file means its own file
+    description: with O_APPEND, at the end. supervisord's own lines (and ours) go through the description the
+    shell opened with `>`, whose offset only its own writes move: each would overwrite the programs' lines
+    written since. O_APPEND on that shared description (fcntl may set it) puts every write at the end."""
+    for fd in (sys.stdout.fileno(), sys.stderr.fileno()):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+
+
+def overcommit_off() -> bool:
+    """Whether the kernel's memory overcommit is not `always` (1), which Redis warns about at every start."""
+    try:
+        return OVERCOMMIT_SETTING.read_text().strip() != "1"
+    except OSError:
+        return False
+
+
 def make_run_dir(settings: Settings) -> Path:
     run_dir = settings.paths.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,10 +175,10 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
         "INFERD_NGINX_CONF": str(nginx_conf),
         "INFERD_NGINX_PREFIX": str(run_dir / NGINX_DIR),
         "INFERD_MINFDS": str(open_files),
+        # supervisord's `user`: this very user, so it drops nothing, and says nothing of running as root.
+        "INFERD_UID": str(os.getuid()),
         SHARD_COUNT_ENV: str(len(shards)),
         "INFERD_DRAIN_STOPWAIT_S": str(int(settings.api.drain_grace_s) + DRAIN_STOP_SLACK_S),
-        # Only systemd (Type=notify) gives a notify socket; on a terminal the notifier has no one to tell.
-        "INFERD_NOTIFY_AUTOSTART": "true" if os.environ.get("NOTIFY_SOCKET") else "false",
         SHARDS_ENV: encode_shards(shards),
         "PYTHONUNBUFFERED": "1",
         **child_output(),
@@ -165,6 +187,7 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
 
 
 def run(config: str | None) -> int:
+    append_to_redirected_output()
     config_path = resolve_config_path(config, os.environ).resolve()
     settings = load_settings(config_path)  # also reads the secret files: unreadable or empty ones stop here
     check_model_files(settings)
@@ -214,7 +237,12 @@ def run(config: str | None) -> int:
         api_threads(settings, len(shards)),
         settings.redis_socket or f"{settings.redis.host}:{settings.redis.port}",
     )
-    supervisord = [sys.executable, "-m", "supervisor.supervisord", "--nodaemon", "-c", str(SUPERVISORD_CONF)]
+    if settings.redis.managed and overcommit_off():
+        log.info(
+            "inferd: Redis will warn that memory overcommit is off; that matters for its background saves to "
+            "disk, which this Redis never makes (no persistence)"
+        )
+    supervisord = [sys.executable, "-m", "daemon.ops.supervise", "--nodaemon", "-c", str(SUPERVISORD_CONF)]
     sys.stdout.flush()
     os.execv(sys.executable, supervisord)
     return 0  # not reached

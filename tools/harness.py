@@ -103,6 +103,8 @@ class Service:
         self.log_path = log_path
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_mode = "ab"
+        """How the log is opened: appended to, or "wb" as a shell's `>` opens it (no O_APPEND)."""
         self.killed = False
         """Whether the last `stop` had to SIGKILL the process because SIGTERM did not end it in time."""
         self.leftovers: list[int] = []
@@ -112,7 +114,7 @@ class Service:
 
     def start(self) -> Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as out:
+        with self.log_path.open(self.log_mode) as out:
             self.proc = subprocess.Popen(
                 self.argv,
                 cwd=REPO,

@@ -1,9 +1,12 @@
-"""systemd's readiness and watchdog protocol (`Type=notify`), spoken for the whole appliance.
+"""Readiness, said for the whole appliance: one line in the log, and systemd's protocol (`Type=notify`).
 
-supervisord is the unit's main process (the launcher execs it) and knows nothing of systemd, so this small
-supervisord program speaks for it; the unit says `NotifyAccess=all` because the sender is not the main pid.
-The launcher starts it only when systemd gave a NOTIFY_SOCKET, and hands the socket to it alone (as
-INFERD_NOTIFY_SOCKET): gunicorn would otherwise say READY=1 as soon as it listens.
+When /readyz first answers 200 this program logs one line of our own: where clients connect, which shards
+are live, which model serves. On a terminal that is all it does, then it waits to be stopped.
+
+Under systemd, supervisord is the unit's main process (the launcher execs it) and knows nothing of systemd,
+so this small supervisord program speaks for it; the unit says `NotifyAccess=all` because the sender is not
+the main pid. The launcher hands systemd's socket to it alone (as INFERD_NOTIFY_SOCKET): gunicorn would
+otherwise say READY=1 as soon as it listens.
 
 - `READY=1` once, when /readyz first answers 200 over HTTP (Redis up, a worker live, the API accepting),
   not when supervisord has merely started its programs: `systemctl start` returns when the box can serve.
@@ -32,6 +35,7 @@ from types import FrameType
 import redis
 
 from daemon.logs import setup_logging
+from daemon.model.active_model import with_active_model
 from daemon.queue.connection import connect
 from daemon.queue.registry import batch_rates, read_drain_state, read_shards
 from daemon.settings import Settings, load_settings, local_url
@@ -44,6 +48,8 @@ WATCHDOG_USEC_ENV = "INFERD_WATCHDOG_USEC"
 STATUS_INTERVAL_S = 2.0
 """How often the status line is refreshed, and readiness looked at, when no watchdog asks for more."""
 MIN_INTERVAL_S = 0.1
+READY_POLL_S = 0.5
+"""How often /readyz is asked while the appliance starts, for the ready line."""
 PROBE_TIMEOUT_S = 2.0
 
 
@@ -107,6 +113,29 @@ def api_ready(settings: Settings) -> bool:
         return False  # refused while starting, or a 503 (urllib raises HTTPError, an OSError)
 
 
+def ready_line(settings: Settings, client: redis.Redis) -> str:
+    """The line that says the appliance serves: where clients connect, its live shards, its model."""
+    try:
+        live = [state.shard for state in read_shards(client) if state.live]
+    except redis.RedisError:
+        live = []
+    scheme = "https" if settings.api.tls_cert_file else "http"
+    model = settings.model
+    return (
+        f"inferd: ready at {scheme}://{settings.api.host}:{settings.api.port}: {len(live)} shard(s) live "
+        f"[{', '.join(live)}], model {model.served_name} version {model.version} ({model.path}); Ctrl-C stops it"
+    )
+
+
+def wait_until_ready(settings: Settings, period_s: float, stop: threading.Event) -> bool:
+    """Poll /readyz until it answers 200 (True) or a stop is asked for (False)."""
+    while not stop.is_set():
+        if api_ready(settings):
+            return True
+        stop.wait(period_s)
+    return False
+
+
 def interval_s(watchdog_usec: str | None) -> float:
     """Half the watchdog's period (as sd_watchdog_enabled's callers are told to ping), at most the status
     refresh interval."""
@@ -123,7 +152,7 @@ def notify_loop(settings: Settings, address: str, period_s: float, stop: threadi
         if not ready and api_ready(settings):
             ready = True
             send(address, "READY=1\nSTATUS=" + health.status(ready))
-            log.info("notify: /readyz answered 200; told systemd READY=1")
+            log.info("%s; told systemd READY=1", ready_line(settings, client))
         lines = [f"STATUS={health.status(ready)}"]
         if health.watchdog_ok:
             lines.append("WATCHDOG=1")
@@ -137,11 +166,7 @@ def notify_loop(settings: Settings, address: str, period_s: float, stop: threadi
 
 def main() -> int:
     setup_logging()
-    address = os.environ.get(NOTIFY_SOCKET_ENV)
-    if not address:
-        log.info("notify: no notify socket (not started by systemd with Type=notify); nothing to do")
-        return 0
-    settings = load_settings()
+    settings = with_active_model(load_settings())
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -149,7 +174,15 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    notify_loop(settings, address, interval_s(os.environ.get(WATCHDOG_USEC_ENV)), stop)
+    address = os.environ.get(NOTIFY_SOCKET_ENV)
+    if address:
+        notify_loop(settings, address, interval_s(os.environ.get(WATCHDOG_USEC_ENV)), stop)
+        return 0
+    # Not under systemd: say once that it serves, then stay (a program that exits would show as EXITED in
+    # `supervisorctl status`, and make it exit 3).
+    if wait_until_ready(settings, READY_POLL_S, stop):
+        log.info("%s", ready_line(settings, connect(settings, socket_timeout_s=PROBE_TIMEOUT_S)))
+    stop.wait()
     return 0
 
 
