@@ -39,7 +39,7 @@ from daemon.ops.front_door import ARRIVED_HEADER, deadline_from_arrival
 from daemon.queue.connection import connect
 from daemon.queue.faces import ApiQueues
 from daemon.queue.pixel_store import PixelStore
-from daemon.queue.registry import DrainState
+from daemon.queue.registry import DrainState, no_worker_reason
 from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
 
@@ -130,11 +130,7 @@ def not_ready_reason(live: list[str], drain: DrainState, failed: dict[str, str] 
     if drain.box is not None:
         return f"drained ({drain.box}): admits no new work until `inferd undrain`"
     if not live:
-        if failed:
-            return "no worker is serving: " + "; ".join(
-                f"{shard}: {reason}" for shard, reason in failed.items()
-            )
-        return "no worker has a fresh heartbeat"
+        return no_worker_reason(failed or {})
     if all(shard in drain.shards for shard in live):
         return "every live shard is drained"
     return None

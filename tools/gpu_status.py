@@ -19,7 +19,7 @@ import redis
 
 from daemon.errors import EXIT_CONFIG
 from daemon.ops.nvml import GpuReading, Nvml
-from daemon.queue.registry import RATE_WINDOW_S, ShardState, batch_rates, read_shards
+from daemon.queue.registry import RATE_WINDOW_S, ShardState, batch_rates, read_drain_state, read_shards
 from daemon.settings import Settings
 from tools.common import (
     EXIT_OK,
@@ -40,6 +40,7 @@ DEFAULT_WATCH_S = 2.0
 """Refresh interval of `--watch` given without a value (as `watch` does)."""
 HOME_CURSOR, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 GIB = 2**30
+DRAINED = "drained"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,8 @@ class ShardStatus:
     mean_batch_size: float | None
     gpu: GpuReading | None
     status: str = "live"
-    """live, down (no fresh heartbeat), failed (its worker refused to start) or stuck (its model call hung)."""
+    """live, drained (live, but an operator's or a shutdown's drain mark sends it no new work), down (no
+    fresh heartbeat), failed (its worker refused to start) or stuck (its model call hung)."""
     failed: bool = False
     """The worker refused to start (`reason` says why); such a shard is also not live."""
     reason: str | None = None
@@ -69,13 +71,19 @@ class ShardStatus:
 def collect(
     client: redis.Redis, settings: Settings, reader: Nvml, now: float | None = None
 ) -> list[ShardStatus]:
-    """The status of every registered shard, read in two Redis round trips."""
+    """The status of every registered shard, read in three Redis round trips."""
     states = read_shards(client, with_records=True)
+    drain = read_drain_state(client, [state.shard for state in states])
     now = time.time() if now is None else now
-    return [_shard_status(state, settings, reader, now) for state in states]
+    return [
+        _shard_status(state, settings, reader, now, drain.box is not None or state.shard in drain.shards)
+        for state in states
+    ]
 
 
-def _shard_status(state: ShardState, settings: Settings, reader: Nvml, now: float) -> ShardStatus:
+def _shard_status(
+    state: ShardState, settings: Settings, reader: Nvml, now: float, drained: bool
+) -> ShardStatus:
     kind = state.info.kind if state.info else "?"
     index = state.info.index if state.info and kind == "gpu" else None
     images_per_s, mean_batch = batch_rates(state.records, now)
@@ -91,7 +99,7 @@ def _shard_status(state: ShardState, settings: Settings, reader: Nvml, now: floa
         # What the runtime computes on where the worker said (a CPU fallback shows as such), else NVML's name.
         device_name=(info.device or info.name) if info else "?",
         live=state.live,
-        status=state.status,
+        status=DRAINED if drained and state.status == "live" else state.status,
         failed=bool(info and info.failed and not state.live),
         reason=info.reason if info else None,
         fallback=bool(info and info.fallback),
@@ -148,6 +156,12 @@ def render_status_table(statuses: list[ShardStatus]) -> str:
     failed = [s.shard for s in statuses if s.failed]
     summary = f"{len(statuses)} shard(s): {len(statuses) - len(down)} live, {len(down)} down"
     summary += f" ({', '.join(down)})" if down else ""
+    drained = [s.shard for s in statuses if s.status == DRAINED]
+    summary += (
+        f", {len(drained)} drained ({', '.join(drained)}): no new work until `inferd undrain`"
+        if drained
+        else ""
+    )
     summary += f", {len(failed)} failed to start" if failed else ""
     # The reason goes under the table, whole: it names the cause and the fix, too long for a column.
     notes = [f"{s.shard} {s.status.upper()}: {s.reason}" for s in statuses if s.status in ("failed", "stuck")]

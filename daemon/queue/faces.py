@@ -37,6 +37,7 @@ from daemon.queue.keys import (
 )
 from daemon.queue.registry import (
     DrainState,
+    no_worker_reason,
     parse_or_none,
     read_drain_state,
     read_shards,
@@ -188,7 +189,12 @@ class ApiQueues:
     def _admitted(self, slot: int, wait_ms: int, shards: list[str], budget_ms: int) -> str:
         """The shard the enqueue script chose, or the 503 that says why it chose none."""
         if slot == NO_LIVE_SHARD:
-            raise NoLiveWorker("no live worker: every shard's heartbeat is stale")
+            # Rare and already a failure: one more read tells the caller what /readyz tells an operator.
+            try:
+                failed = self.failures()
+            except redis.RedisError:
+                failed = {}
+            raise NoLiveWorker(no_worker_reason(failed))
         if slot == DRAINING:
             raise Draining(
                 "the appliance is draining for maintenance and admits no new work; retry elsewhere"
