@@ -248,12 +248,11 @@ def run(config: str | None) -> int:
     return 0  # not reached
 
 
-def check_devices(settings: Settings, shards: list[Shard]) -> int:
-    """Load `model.backend`'s runtime pinned as each shard's worker would be, and print what it would compute
-    on; EXIT_DEVICE when a shard's worker would refuse to start."""
-    # One process per shard, all at once: pinning only takes before the runtime loads, once per process.
+def start_device_probes(shards: list[Shard]) -> list[subprocess.Popen[str]]:
+    """Load `model.backend`'s runtime pinned as each shard's worker would be, one process per shard."""
+    # All at once: pinning only takes before the runtime loads, once per process.
     env = {**os.environ, SHARDS_ENV: encode_shards(shards), "INFERD_LOG_LEVEL": "ERROR"}
-    probes = [
+    return [
         subprocess.Popen(
             [sys.executable, "-m", "daemon.gpu_worker", "--check-device", "--shard-index", str(index)],
             cwd=HOME,
@@ -264,6 +263,10 @@ def check_devices(settings: Settings, shards: list[Shard]) -> int:
         )
         for index in range(len(shards))
     ]
+
+
+def report_devices(shards: list[Shard], probes: list[subprocess.Popen[str]]) -> int:
+    """Print what each shard would compute on; EXIT_DEVICE when a shard's worker would refuse to start."""
     code = 0
     for shard, probe in zip(shards, probes, strict=True):
         out, err = probe.communicate()
@@ -301,13 +304,14 @@ def check(config: str | None) -> int:
     check_tls_files(settings)
     shards = discover_shards(settings)
     print(f"settings OK: {settings.source}")
+    probes = start_device_probes(shards)  # they load the runtime while the model is checked
     record = active_record(settings)
     served = record.active if record is not None else choice_of(settings.model)
     # The model in a process of its own, as `inferd reload` checks one: a label count that is not the model's
     # output width shows here rather than as every worker's exit 79 at run time.
-    if not reload_tool.check_model("inferd check", settings, served):
-        return EXIT_MODEL_LOAD
-    return check_devices(settings, shards)
+    model_ok = reload_tool.check_model("inferd check", settings, served)
+    devices = report_devices(shards, probes)
+    return devices if model_ok else EXIT_MODEL_LOAD
 
 
 CONFIG_HELP = "settings file (default: INFERD_CONFIG, else conf/settings.toml)"
