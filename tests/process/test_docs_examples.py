@@ -193,7 +193,8 @@ def test_every_console_example_of_the_docs_still_holds(start_appliance, default_
 def test_the_haproxy_example_is_what_the_tool_prints():
     text = (REPO / "docs" / "scale-out.md").read_text()
     shown = text.split("```haproxy\n", 1)[1].split("```", 1)[0]
-    argv = ["tools/haproxy_config", "gpu-a.lan:8000", "gpu-b.lan:8000", "--weights", "8,2"]
-    assert f"$ {' '.join(argv)} > /etc/haproxy/haproxy.cfg" in text
+    args = ["gpu-a.lan:8000", "gpu-b.lan:8000", "--weights", "8,2"]
+    assert f"$ tools/haproxy_config {' '.join(args)} > /etc/haproxy/haproxy.cfg" in text
+    argv = [sys.executable, "-m", "tools.haproxy_config", *args]  # what the tools/haproxy_config wrapper runs
     printed = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
     assert printed == shown
