@@ -73,6 +73,7 @@ DEFAULT_MODEL_DIR = (HOME / ModelSettings().path).parent
 """Where `build-default-model` writes without --out: the default model's own folder (var/models), never the
 folder of a model the settings point at, which holds the user's files."""
 OVERCOMMIT_SETTING = Path("/proc/sys/vm/overcommit_memory")
+"""The kernel setting Redis checks at start: anything but 1 makes it log a WARNING we explain."""
 DRAIN_STOP_SLACK_S = 10
 """supervisord's wait for the drain guard, beyond its grace, before it kills it."""
 SYSTEMD_NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -242,6 +243,7 @@ def run(config: str | None) -> int:
             "inferd: Redis will warn that memory overcommit is off; that matters for its background saves to "
             "disk, which this Redis never makes (no persistence)"
         )
+    # supervisord itself, run by daemon/ops/supervise.py so that the last line at a stop is ours.
     supervisord = [sys.executable, "-m", "daemon.ops.supervise", "--nodaemon", "-c", str(SUPERVISORD_CONF)]
     sys.stdout.flush()
     os.execv(sys.executable, supervisord)
@@ -353,7 +355,9 @@ def build_parser() -> UsageArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
+    # `inferd run`'s lines go where supervisord's and its programs' go (stdout), so `inferd run > run.log`
+    # holds them all; the other commands log to stderr, beside their errors.
+    setup_logging(stream=sys.stdout if args.command == "run" else None)
     if args.config:
         os.environ["INFERD_CONFIG"] = str(Path(args.config).resolve())
     try:

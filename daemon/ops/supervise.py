@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> int:
-    setup_logging()
+    setup_logging(stream=sys.stdout)  # where supervisord's own lines go: the log a redirect captures
     started = time.monotonic()
     supervisord.main(argv)
     log.info("inferd: stopped after %.0fs; every program has exited", time.monotonic() - started)

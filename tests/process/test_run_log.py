@@ -1,4 +1,5 @@
-"""`inferd run > run.log`: the log a redirected foreground appliance leaves is whole, ordered and calm.
+"""`inferd run > run.log`: the log a redirected foreground appliance leaves is whole, ordered and calm, and
+holds every line (the launcher's and ours log to stdout, where supervisord and its programs write).
 
 The shell's `>` opens the file without O_APPEND. supervisord opens /dev/stdout anew (appending) for its
 programs' output, while its own lines go through the shell's file description, whose offset only they move:
@@ -27,7 +28,8 @@ def test_a_log_redirected_with_a_plain_redirect_is_whole_ordered_and_calm(tmp_pa
     sections = tiny_sections(tiny_model, devices={"cpu_workers": 1})
     config = write_settings(tmp_path, sections)
     appliance = Appliance(tmp_path, config, sections["api"]["port"], Path(sections["paths"]["run_dir"]), 1)
-    appliance.service.log_mode = "wb"  # as `inferd run > run.log` opens it
+    appliance.service.log_mode = "wb"  # as `inferd run > run.log` opens it ...
+    appliance.service.stderr_path = tmp_path / "terminal.txt"  # ... leaving stderr on the terminal
     try:
         appliance.start()
         # Early /readyz polls happened during start (the readiness wait); one more request now.
@@ -36,6 +38,8 @@ def test_a_log_redirected_with_a_plain_redirect_is_whole_ordered_and_calm(tmp_pa
     finally:
         code = appliance.stop()
     assert code == 0, appliance.output()
+    # Everything went into the log, ours included: nothing was left on the terminal.
+    assert (tmp_path / "terminal.txt").read_text() == ""
     raw = appliance.log_path.read_bytes()
     assert b"\0" not in raw, "a writer left a hole in the log: it wrote at an offset behind the end"
     lines = raw.decode().splitlines()
