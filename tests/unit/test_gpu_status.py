@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from daemon.cli.common import EXIT_OK, EXIT_SHARD_DOWN
 from daemon.ops.nvml import GpuReading
+from daemon.ops.shard_status import ShardStatus
 from daemon.queue.registry import batch_rates
 from daemon.queue.wire import BatchRecord
 from tests.fake_nvml import GIB
-from tools.common import EXIT_OK, EXIT_SHARD_DOWN
-from tools.gpu_status import ShardStatus, exit_code, render_status_table
+from tools.gpu_status import exit_code, render_status_table
 
 
 def records(*batches: tuple[float, int]) -> tuple[BatchRecord, ...]:

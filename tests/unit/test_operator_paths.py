@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from daemon import launcher
+from daemon.cli.common import settings_or_exit
 from daemon.model import default_model
 from daemon.ops.run_dir import ApplianceRecord, read_record, write_record
 from daemon.settings import HOME, load_settings
-from tools.common import settings_or_exit
 
 
 def test_the_default_model_is_built_in_its_own_folder_never_beside_the_users_model(monkeypatch, tmp_path):

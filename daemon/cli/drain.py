@@ -14,10 +14,7 @@ from dataclasses import asdict
 
 import redis
 
-from daemon.ops import drain
-from daemon.queue.registry import known_shards
-from daemon.settings import Settings
-from tools.common import (
+from daemon.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -26,6 +23,9 @@ from tools.common import (
     report_redis_down,
     unknown_shards,
 )
+from daemon.ops import drain
+from daemon.queue.registry import known_shards
+from daemon.settings import Settings
 
 TIMEOUT_MARGIN_S = 5.0
 """Added to api.request_timeout_s for the default wait: by then every admitted request has its answer."""

@@ -1,4 +1,5 @@
-"""What the operator tools share: exit codes, settings and Redis from --config, and plain-text tables."""
+"""What the operator commands share (`inferd drain|undrain|reload` and tools/): exit codes, settings and Redis
+from --config, and plain-text tables."""
 
 from __future__ import annotations
 
