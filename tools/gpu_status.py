@@ -32,6 +32,7 @@ from daemon.errors import EXIT_CONFIG
 from daemon.ops.nvml import GpuReading, Nvml
 from daemon.ops.shard_status import ShardStatus, collect, shards_json
 from daemon.queue.registry import RATE_WINDOW_S
+from daemon.queue.wire import FAILED, STUCK
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def render_status_table(statuses: list[ShardStatus]) -> str:
     summary += f" ({', '.join(down)})" if down else ""
     summary += f", {len(failed)} failed to start" if failed else ""
     # The reason goes under the table, whole: it names the cause and the fix, too long for a column.
-    notes = [f"{s.shard} {s.status.upper()}: {s.reason}" for s in statuses if s.status in ("failed", "stuck")]
+    notes = [f"{s.shard} {s.status.upper()}: {s.reason}" for s in statuses if s.status in (FAILED, STUCK)]
     notes += [f"{s.shard} CPU FALLBACK: {s.reason}" for s in statuses if s.fallback and s.live]
     return "\n".join([table, summary, *notes])
 

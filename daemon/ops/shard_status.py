@@ -13,6 +13,7 @@ import redis
 
 from daemon.ops.nvml import GpuReading, Nvml
 from daemon.queue.registry import ShardState, batch_rates, read_shards
+from daemon.queue.wire import LIVE
 from daemon.settings import Settings
 
 
@@ -30,8 +31,8 @@ class ShardStatus:
     images_per_s: float
     mean_batch_size: float | None
     gpu: GpuReading | None
-    status: str = "live"
-    """live, down (no fresh heartbeat), failed (its worker refused to start) or stuck (its model call hung)."""
+    status: str = LIVE
+    """LIVE, DOWN (no fresh heartbeat), FAILED (its worker refused to start) or STUCK (its model call hung)."""
     failed: bool = False
     """The worker refused to start (`reason` says why); such a shard is also not live."""
     reason: str | None = None
