@@ -21,10 +21,6 @@ import redis
 
 from daemon.cli import drain as drain_tool
 from daemon.cli.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_REDIS_DOWN,
-    EXIT_USAGE,
     ToolArgumentParser,
     connect_redis,
     render_table,
@@ -32,7 +28,7 @@ from daemon.cli.common import (
     settings_or_exit,
     unknown_shards,
 )
-from daemon.errors import EXIT_CONFIG, JobDropped
+from daemon.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE, JobDropped
 from daemon.queue.faces import ShardQueues
 from daemon.queue.keys import KEY_PREFIX, processing_key, queue_key
 from daemon.queue.pixel_store import PixelStore

@@ -17,10 +17,6 @@ from typing import Any
 import redis
 
 from daemon.cli.common import (
-    EXIT_OK,
-    EXIT_REDIS_DOWN,
-    EXIT_SHARD_DOWN,
-    EXIT_USAGE,
     ToolArgumentParser,
     connect_redis,
     redis_address,
@@ -28,7 +24,7 @@ from daemon.cli.common import (
     render_table,
     settings_or_exit,
 )
-from daemon.errors import EXIT_CONFIG
+from daemon.errors import EXIT_CONFIG, EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN, EXIT_USAGE
 from daemon.ops.nvml import GpuReading, Nvml
 from daemon.ops.shard_status import ShardStatus, collect, shards_json
 from daemon.queue.registry import RATE_WINDOW_S

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from daemon.cli.common import EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE
+from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE
 from daemon.queue.keys import (
     DRAINING_KEY,
     SHARDS_KEY,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from daemon.cli.common import EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN
+from daemon.errors import EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN
 from daemon.gpu_worker import Worker
 from daemon.queue.faces import ShardQueues
 from daemon.queue.keys import heartbeat_key, processing_key, queue_key

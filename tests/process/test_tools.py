@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from daemon.cli.common import EXIT_OK, EXIT_SHARD_DOWN
+from daemon.errors import EXIT_OK, EXIT_SHARD_DOWN
 from daemon.queue.keys import processing_key, queue_key
 from testkit.harness import REPO, wait_until
 from tools.flush_queues import DROP_MESSAGE

@@ -7,7 +7,7 @@ import time
 
 import jsonschema
 
-from daemon.cli.common import EXIT_OK, EXIT_SHARD_DOWN
+from daemon.errors import EXIT_OK, EXIT_SHARD_DOWN
 from daemon.http.openapi import openapi_document
 from daemon.ops.nvml import GpuReading
 from daemon.ops.shard_status import ShardStatus, shards_json
