@@ -21,10 +21,10 @@ Layers run one way. A module may import its own package and what its row names; 
     | --------------------------- | ------------------------------------------------------- |
     | settings, errors, logs      | each other only                                         |
     | queue/, images/             | base                                                    |
-    | model/                      | base, queue                                             |
     | ops/nvml.py                 | base                                                    |
     | shard.py                    | base, ops/nvml.py                                       |
     | ops/                        | base, queue, shard                                      |
+    | model/                      | base, queue, ops                                        |
     | metrics/                    | base, queue, ops                                        |
     | worker/                     | base, queue, model, shard                               |
     | dispatcher.py               | base, queue                                             |

@@ -19,7 +19,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     **{module: BASE for module in BASE},
     "daemon.queue": BASE,
     "daemon.images": BASE,
-    "daemon.model": (*BASE, "daemon.queue"),
+    "daemon.model": (*BASE, "daemon.queue", "daemon.ops"),
     "daemon.ops.nvml": BASE,
     "daemon.shard": (*BASE, "daemon.ops.nvml"),
     "daemon.ops": (*BASE, "daemon.queue", "daemon.shard"),
