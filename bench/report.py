@@ -7,11 +7,11 @@ from pathlib import Path
 
 from bench import sections
 from bench.frontdoor import STANDIN_BATCH_MS, STANDIN_PER_IMAGE_MS, TARGET_JOBS_PER_S
-from bench.loadgen import WrkResult
 from bench.markdown import fmt, load_cell, own_run_note, table
 from bench.peers_report import SECTION as PEERS_SECTION
 from bench.peers_report import peers_section, summary_lines
 from bench.results import BenchResults, Target, targets
+from bench.wrk import WrkResult
 
 FRONTDOOR_SECTION = "frontdoor"
 CPU_GROUPS = ("api", "redis", "workers", "front door", "other")

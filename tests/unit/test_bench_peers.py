@@ -11,11 +11,11 @@ import sys
 import pytest
 
 from bench import peers, phases
-from bench.loadgen import WrkResult
 from bench.peers import Contender, Peer, PeerResult, alone, peer_cpu_by_role
 from bench.report import render_markdown, summary, write_peers_section
 from bench.results import BenchResults
 from bench.sections import end_marker, start_marker
+from bench.wrk import WrkResult
 from testkit.harness import Service
 from testkit.proctree import read_stat, tree
 

@@ -1,4 +1,5 @@
-"""HTTP load: wrk with bench/multipart.lua posting one real photo, and the test photos themselves.
+"""HTTP load from wrk, the benchmark's C client (bench/multipart.lua posting one real photo), and the test
+photos themselves. tools/loadgen.py is the one load engine of the tools and tests; wrk drives `make bench`.
 
 wrk is C and event-driven, so on two cores it stays far cheaper than the servers it loads; each run is
 preceded by a warm-up run whose figures are thrown away (connections, caches, JIT traces).
