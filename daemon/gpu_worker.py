@@ -93,7 +93,7 @@ class Worker:
         """False when the loop runs in a thread (tests): only the main thread may install handlers."""
         self.prefix = f"{shard.shard_id}:"
         self.input_shape = (settings.model.input_size, settings.model.input_size, 3)
-        info = info or ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, device=shard.name)
+        info = info or replace(shard_info(shard), device=shard.name)
         self.info = replace(info, model_version=settings.model.version)
         """What the registry shows of this shard: the device as its runtime reported it (`start_serving`),
         and the version of the model it computes with."""
@@ -284,6 +284,11 @@ def own_shards(settings: Settings) -> list[Shard]:
     return decode_shards(encoded) if encoded else discover_shards(settings)
 
 
+def shard_info(shard: Shard) -> ShardInfo:
+    """The registry entry of `shard` as discovery named it; each use adds what it found (device, state)."""
+    return ShardInfo(kind=shard.kind, index=shard.index, name=shard.name)
+
+
 def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predictor]:
     """Load the runtime, check it sees this shard's device, load and warm the model; raises what stops us."""
     if is_standin(settings.model.path):
@@ -291,7 +296,7 @@ def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predicto
         standin = StandinModel(settings.model)
         standin.warm_up(settings.batching.max_batch_size)
         device = f"stand-in ({settings.model.path.name})"
-        return ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, device=device), standin
+        return replace(shard_info(shard), device=device), standin
     report = probe_runtime(settings.model.backend)
     verdict = judge_device(shard, report, settings.devices.cpu_fallback)
     if not verdict.serve:
@@ -302,10 +307,8 @@ def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predicto
     memory = (report.memory_total_bytes or shard.memory_total_bytes) if on_gpu else None
     if on_gpu:
         limit_gpu_memory(report.backend, settings.devices.gpu_memory_limit_mb, memory)
-    info = ShardInfo(
-        kind=shard.kind,
-        index=shard.index,
-        name=shard.name,
+    info = replace(
+        shard_info(shard),
         reason=verdict.reason,
         device=verdict.device,
         fallback=verdict.fallback,
@@ -352,7 +355,7 @@ def check_device(shard: Shard, settings: Settings) -> int:
 def refuse(shard: Shard, queues: ShardQueues, reason: str, code: int) -> int:
     """Say in one line why this shard cannot serve, leave that in the registry for every surface, exit."""
     log.error("%s: cannot serve (exit %d): %s", shard.shard_id, code, reason)
-    info = ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, state=FAILED, reason=reason)
+    info = replace(shard_info(shard), state=FAILED, reason=reason)
     backoff = Backoff()
     for _ in range(REFUSAL_REPORT_TRIES):
         try:
