@@ -50,6 +50,7 @@ from daemon.queue.pixel_store import PixelStore
 from daemon.queue.wire import FAILED, STUCK, BatchRecord, Heartbeat, ShardInfo, SwapResult
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
+from daemon.worker.batching import Batcher
 from daemon.worker.device import is_out_of_memory, judge_device, limit_gpu_memory, probe_runtime
 from daemon.worker.heartbeat import HeartbeatThread
 from daemon.worker.inference import Predictor, run_batch
@@ -88,6 +89,8 @@ class Worker:
         """Where jobs' shared-memory pixels are read from, and orphaned ones swept."""
         self.shard = shard
         self.queues = queues
+        self.batcher = Batcher(queues, settings.batching)
+        """How this shard's batches are formed (daemon.worker.batching)."""
         self.predictor = predictor
         self.handle_signals = handle_signals
         """False when the loop runs in a thread (tests): only the main thread may install handlers."""
@@ -136,7 +139,7 @@ class Worker:
         try:
             while not self.stop_signals:
                 try:
-                    payloads = self.queues.claim_batch(IDLE_BLOCK_S)
+                    payloads = self.batcher.claim_batch(IDLE_BLOCK_S)
                     if payloads:
                         self.execute_batch(payloads)
                     loaded = self.swapper.poll(self.settings.model.version)

@@ -1,1 +1,1 @@
-"""A shard's worker parts: one batch's inference, the model swap, device truth, the heartbeat."""
+"""A shard's worker parts: how a batch is formed, one batch's inference, the model swap, device truth, the heartbeat."""
