@@ -8,7 +8,7 @@ uses. The packages, each named after what it owns:
     queue/    the Redis protocol between API and shards: keys, Lua scripts, wire format, the two faces
     model/    the classifier, the active model, the embedded default, the checkpoint reader, the stand-in
     images/   an upload checked and decoded into the model's input
-    worker/   a shard worker's parts: batching, one batch's inference, the model swap, device truth, heartbeat
+    worker/   a shard worker's parts: start, batching, one batch's inference, model swap, device truth, heartbeat
     ops/      running the appliance: run dir, front door, capacity, notify, shard watch, drain, NVML, shard status
     metrics/  Prometheus metrics
     http/     the HTTP surface: readiness, deadline, KServe V2, OpenAPI, status page, body checks, gunicorn
