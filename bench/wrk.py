@@ -49,6 +49,10 @@ class WrkResult:
     mean_ms: float
 
 
+NO_RESULT = WrkResult("", "", 0, 0.0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
+"""Stands in for a phase's missing point (a bar drawn at zero, a figure shown as 0)."""
+
+
 def write_photos(folder: Path) -> dict[str, Path]:
     """scikit-image's astronaut at 451x300 as JPEG and PNG: a natural photo, not a synthetic pattern."""
     from skimage import data
