@@ -3,6 +3,10 @@
 Built from the settings, so the limits and the model's name, input size and version it states are the
 running appliance's. The suite validates it (openapi-spec-validator) and fuzzes a real appliance from it
 (schemathesis): every status an endpoint can answer is listed here, and a status that is not is a defect.
+
+Why past 400 lines: most of it is the document itself, written as data in the order a reader of the spec
+meets it; the schemas its paths share are defined once here, so cutting it by route would scatter them.
+Schemas of documents a dataclass produces are derived from it (`dataclass_schema`), not written again.
 """
 
 from __future__ import annotations
