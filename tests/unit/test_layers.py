@@ -130,3 +130,17 @@ def test_the_check_names_file_and_line_of_an_upward_import(tmp_path: Path):
         "daemon/queue/faces.py:3: daemon.queue.faces imports daemon.http; daemon.queue may import "
         "daemon.settings, daemon.errors, daemon.logs (daemon/__init__.py)"
     ]
+
+
+def test_the_readmes_how_it_works_shows_the_tree_ls_daemon_shows():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## How it works", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```\ndaemon/\n", 1)[1].split("```", 1)[0]
+    shown = {line.split()[0] for line in block.splitlines() if line.startswith("  ") and line.split()}
+    shown = {name for name in shown if name.endswith((".py", "/"))}
+    daemon_dir = REPO / "daemon"
+    listed = {p.name for p in daemon_dir.glob("*.py") if p.name != "__init__.py"}
+    listed |= {f"{p.name}/" for p in daemon_dir.iterdir() if (p / "__init__.py").is_file()}
+    assert shown == listed, (
+        f"README shows {sorted(shown - listed)} not in daemon/, misses {sorted(listed - shown)}"
+    )
