@@ -35,7 +35,6 @@ from types import FrameType
 import redis
 
 from daemon.logs import setup_logging
-from daemon.model.active_model import with_active_model
 from daemon.queue.connection import connect
 from daemon.queue.registry import batch_rates, read_drain_state, read_shards
 from daemon.settings import Settings, load_settings, local_url
@@ -116,14 +115,16 @@ def api_ready(settings: Settings) -> bool:
 def ready_line(settings: Settings, client: redis.Redis) -> str:
     """The line that says the appliance serves: where clients connect, its live shards, its model."""
     try:
-        live = [state.shard for state in read_shards(client) if state.live]
+        live = [state for state in read_shards(client) if state.live]
     except redis.RedisError:
         live = []
+    # The version the shards say they compute with: `inferd reload` may have chosen another than [model]'s.
+    versions = sorted({state.info.model_version for state in live if state.info and state.info.model_version})
     scheme = "https" if settings.api.tls_cert_file else "http"
-    model = settings.model
     return (
         f"inferd: ready at {scheme}://{settings.api.host}:{settings.api.port}: {len(live)} shard(s) live "
-        f"[{', '.join(live)}], model {model.served_name} version {model.version} ({model.path}); Ctrl-C stops it"
+        f"[{', '.join(state.shard for state in live)}], model {settings.model.served_name} version "
+        f"{', '.join(map(str, versions or [settings.model.version]))}; Ctrl-C stops it"
     )
 
 
@@ -166,7 +167,7 @@ def notify_loop(settings: Settings, address: str, period_s: float, stop: threadi
 
 def main() -> int:
     setup_logging()
-    settings = with_active_model(load_settings())
+    settings = load_settings()
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from daemon.errors import EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN
 from daemon.gpu_worker import Worker
 from daemon.ops import drain
 from daemon.queue.faces import ShardQueues
@@ -18,7 +19,6 @@ from daemon.queue.wire import BatchRecord
 from daemon.shard import Shard
 from tests.fake_nvml import GIB, H100, FakeNvml
 from tools import gpu_status
-from tools.common import EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN
 
 
 class NeverCalled:

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
+from testkit.harness import REPO
 from tests.process.conftest import default_model_section
-from tools.harness import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from testkit.harness import Appliance, write_settings
 from tests.conftest import tiny_sections
-from tools.harness import Appliance, write_settings
 
 pytestmark = pytest.mark.slow
 
