@@ -41,7 +41,7 @@ from daemon.dispatcher import Dispatcher
 from daemon.gpu_worker import Worker
 from daemon.images.decode import decode_image
 from daemon.queue.faces import ApiQueues, ShardQueues
-from daemon.queue.pixel_store import PixelStore
+from daemon.queue.pixel_store import PixelStore, create_folder, remove_folder
 from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
 from daemon.shard import cpu_shards
@@ -111,6 +111,8 @@ def measure(
         paths=dataclasses.replace(base.paths, run_dir=work / "run"),
         api=dataclasses.replace(base.api, request_timeout_s=30.0),
     )
+    settings.paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = create_folder(settings)  # as `inferd run` does: the workers below find it in the run dir
     client = redis.Redis(unix_socket_path=str(socket), max_connections=clients + 2 * shards + 8)
     client.flushall()
     pixels = photo_pixels(settings, work / "photos")
@@ -178,6 +180,8 @@ def measure(
     claims = int(stats.get("cmdstat_blmove", {}).get("calls", 0))
     usec = {name.removeprefix("cmdstat_"): float(f["usec"]) / jobs for name, f in stats.items()}
     client.close()
+    if folder is not None:
+        remove_folder(folder)
     return CostResult(
         pixels=pixels_path,
         trips=trips,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ from typing import Any
 import redis
 import requests
 
-from daemon.queue.pixel_store import segment_folder
+from daemon.queue.pixel_store import remove_folder, segment_folder
 from daemon.settings import load_settings
 from tools.proctree import ProcessId, kill_all, tree
 
@@ -267,14 +266,14 @@ class Appliance:
     def redis(self) -> redis.Redis:
         return redis.Redis(unix_socket_path=str(self.run_dir / "redis.sock"))
 
-    def segment_folder(self) -> Path:
-        """Where the appliance keeps job pixels in shared memory (`daemon.queue.pixel_store`)."""
+    def segment_folder(self) -> Path | None:
+        """Where the appliance keeps job pixels in shared memory (`daemon.queue.pixel_store`), once started."""
         return segment_folder(load_settings(self.config, env=self.env))
 
     def pixel_segments(self) -> list[str]:
         """The job pixel segments the appliance holds in shared memory now."""
         folder = self.segment_folder()
-        return sorted(os.listdir(folder)) if folder.is_dir() else []
+        return sorted(os.listdir(folder)) if folder is not None and folder.is_dir() else []
 
     def launch(self) -> Appliance:
         """Start without waiting for readiness (for a test that expects it never to become ready)."""
@@ -361,7 +360,9 @@ class Appliance:
         """
         returncode = self.service.stop(timeout_s)
         # Its run dir is a throwaway one: no later start on it would clear what a killed process left.
-        shutil.rmtree(self.segment_folder(), ignore_errors=True)
+        folder = self.segment_folder()
+        if folder is not None:
+            remove_folder(folder)
         if self.service.killed:
             raise AssertionError(f"appliance did not stop within {timeout_s}s (killed):\n{self.output()}")
         if self.service.leftovers:
