@@ -96,6 +96,12 @@ def planted(folder: Path, owner: int) -> list[str]:
     return sorted(os.listdir(folder))
 
 
+def nothing_deleted(theirs: dict[Path, list[str]]) -> None:
+    for where, names in theirs.items():
+        assert sorted(os.listdir(where)) == names, f"files in {where} were deleted"
+        assert all((where / name).read_text() == "not inferd's" for name in names)
+
+
 @pytest.mark.parametrize("attack", ["folder of another user", "symlink in its place", "foreign entry inside"])
 def test_another_user_cannot_stop_the_appliance_or_make_it_delete_their_files(
     start_appliance, tmp_path, photo_png, attack
@@ -133,6 +139,7 @@ def test_another_user_cannot_stop_the_appliance_or_make_it_delete_their_files(
         return [r.status for r in run.start().wait(60).records]
 
     assert one_request() == [200]
+    nothing_deleted(theirs)
     folder = appliance.segment_folder()
     assert folder is not None and folder != place, "the appliance made a folder of its own"
     info = os.lstat(folder)
@@ -152,6 +159,4 @@ def test_another_user_cannot_stop_the_appliance_or_make_it_delete_their_files(
         assert appliance.pid_of("worker") == worker, "the sweep's error did not crash the worker"
         assert "cannot remove inside" in appliance.output()
         assert one_request() == [200]
-    for where, names in theirs.items():
-        assert sorted(os.listdir(where)) == names, f"files in {where} were deleted"
-        assert all((where / name).read_text() == "not inferd's" for name in names)
+    nothing_deleted(theirs)
