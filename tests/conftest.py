@@ -11,7 +11,6 @@ The layers, fastest first:
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,8 +24,9 @@ from PIL import Image
 
 from daemon.queue.pixel_store import create_folder, remove_folder, segment_folder
 from daemon.settings import Settings, load_settings
+from testkit.harness import Appliance, free_port, redis_server, write_settings
+from testkit.images import encode_image
 from tests.tiny_model import build_tiny_model
-from tools.harness import Appliance, free_port, redis_server, write_settings
 
 TINY_INPUT = 32
 
@@ -129,12 +129,6 @@ def start_appliance(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Iterator[C
     yield start
     for appliance in started:
         appliance.stop()
-
-
-def encode_image(array: np.ndarray, fmt: str = "PNG", **save: Any) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt, **save)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ import requests
 
 from daemon.queue.pixel_store import remove_folder, segment_folder
 from daemon.settings import load_settings
-from tools.proctree import ProcessId, kill_all, tree
+from testkit.proctree import ProcessId, kill_all, tree
 
 log = logging.getLogger(__name__)
 
