@@ -173,12 +173,6 @@ SECTIONS: dict[str, type[Any]] = {
 """The file's [sections]: every field of Settings but what is derived at load."""
 
 
-def local_url(api: ApiSettings) -> str:
-    """Where a client on this machine reaches the API: a wildcard bind is reached on loopback."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(api.host, api.host)
-    return f"http://[{host}]:{api.port}" if ":" in host else f"http://{host}:{api.port}"
-
-
 def resolve_config_path(cli_path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
     """--config wins over INFERD_CONFIG, which wins over the bundled conf/settings.toml."""
     if cli_path:

@@ -8,10 +8,12 @@ gunicorn and model workers would otherwise outlive the test that started them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +26,8 @@ from typing import Any
 import redis
 import requests
 
+from daemon.errors import ConfigError
+from daemon.ops.local_client import client_tls, fetch
 from daemon.queue.pixel_store import remove_folder, segment_folder
 from daemon.settings import load_settings
 from testkit.proctree import ProcessId, kill_all, tree
@@ -245,7 +249,6 @@ class Appliance:
         self.config = config
         self.port = port
         self.shards = shards
-        self.url = f"http://127.0.0.1:{port}"
         self.service = Service(
             "appliance",
             [*INFERD, "--config", str(config), "run"],
@@ -254,6 +257,13 @@ class Appliance:
         )
         self.log_path = self.service.log_path
         self.env = self.service.env
+        self.tls: ssl.SSLContext | None = None
+        """With TLS on, what reaches the front door (its own certificate trusted, as the tools do)."""
+        # Settings the appliance will refuse (a bad value, an unreadable certificate) leave it plain: it never
+        # answers, over either scheme.
+        with suppress(ConfigError, OSError, ValueError):
+            self.tls = client_tls(load_settings(config, env=self.env).api)
+        self.url = f"{'http' if self.tls is None else 'https'}://127.0.0.1:{port}"
 
     @property
     def pid(self) -> int:
@@ -284,8 +294,8 @@ class Appliance:
         self.launch().wait_ready(timeout_s)
 
     def live_shards(self) -> list[str]:
-        response = requests.get(f"{self.url}/readyz", timeout=2)
-        shards: list[str] = response.json().get("live_shards", [])
+        _, body = fetch(f"{self.url}/readyz", self.tls, timeout_s=2)
+        shards: list[str] = json.loads(body).get("live_shards", [])
         return shards
 
     def wait_ready(self, timeout_s: float = 90) -> None:
