@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 TOKEN = "appliance-token-1234"
 
 
-def test_predict_needs_the_token_and_only_what_passed_the_front_door_is_counted(start_appliance, tmp_path, photo_png):
+def test_predict_needs_the_token_and_only_what_passed_the_front_door_is_counted(
+    start_appliance, tmp_path, photo_png
+):
     token_file = tmp_path / "token"
     token_file.write_text(f"{TOKEN}\n")
     # The readiness wait itself shows the probes stay open: it calls /readyz without a token.
