@@ -43,6 +43,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -182,6 +183,7 @@ class PixelStore:
         self.max_age_s = max_age_s
         """A segment older than this is an orphan (the request deadline plus ORPHAN_MARGIN_S)."""
         self._fd: int | None = None
+        self._opening = threading.Lock()
         self._warned_at = float("-inf")
         self._left: set[str] = set()
         """Entries the sweep could not remove, each logged once."""
@@ -288,7 +290,9 @@ class PixelStore:
         if self._fd is None:
             if self.folder is None:
                 raise FileNotFoundError("no shared-memory folder")
-            self._fd = open_private_folder(self.folder)
+            with self._opening:  # the API's threads stage at once: one descriptor, never a leaked second
+                if self._fd is None:
+                    self._fd = open_private_folder(self.folder)
         return self._fd
 
     def _open_entry(self, name: str, flags: int) -> int:
