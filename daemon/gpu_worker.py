@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, replace
 from types import FrameType
 
+import numpy as np
 import redis
 
 from daemon.errors import (
@@ -54,6 +55,7 @@ from daemon.worker.device import is_out_of_memory, judge_device, limit_gpu_memor
 from daemon.worker.heartbeat import HeartbeatThread
 from daemon.worker.inference import Predictor, run_batch
 from daemon.worker.model_swap import Loaded, Swapper
+from daemon.worker.pace import BatchPace
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +65,6 @@ IDLE_BLOCK_S = 1.0
 """Longest blocking wait for a first job, so the stop flag and the sweep are looked at at least this often."""
 SWEEP_INTERVAL_S = 5.0
 """How often a worker looks for dead shards whose claimed or queued jobs it should adopt."""
-STUCK_FLOOR_S = 10.0
-"""Shortest time a batch may run before its worker is taken for stuck, whatever the batches before it took."""
-STUCK_FACTOR = 10.0
-"""A batch running this many times longer than the slowest one so far is stuck (queue.stuck_after_s = 0)."""
 BATCH_TIME_WEIGHT = 0.2
 """Weight of the newest batch in the moving average of batch seconds the heartbeat reports: a few batches
 move it, one slow batch does not."""
@@ -82,7 +80,9 @@ class Worker:
         handle_signals: bool = True,
         info: ShardInfo | None = None,
         pixels: PixelStore | None = None,
+        warm_batch: tuple[int, float] | None = None,
     ) -> None:
+        """`warm_batch`: (jobs, seconds) of a timed warm batch, the pace until real batches are timed."""
         self.settings = settings
         self.pixels = pixels or PixelStore.for_settings(settings)
         """Where jobs' shared-memory pixels are read from, and orphaned ones swept."""
@@ -101,7 +101,12 @@ class Worker:
         self.images_served = 0
         self.batch_started: float | None = None
         """When the batch in hand began (monotonic), None between batches: the heartbeat's test of progress."""
-        self.slowest_batch_s = 0.0
+        self.batch_jobs = 0
+        """Jobs in the batch in hand: its expected time grows with them."""
+        self.pace = BatchPace(settings.queue.stuck_after_s)
+        """This shard's recent batch times: when a batch is overdue, and when it is wedged."""
+        if warm_batch is not None:
+            self.pace.record(*warm_batch)
         self.batch_s: float | None = None
         """Moving average of the seconds a batch takes, claim to commit: the API's wait estimate."""
         self._last_sweep = time.monotonic()
@@ -136,7 +141,7 @@ class Worker:
         try:
             while not self.stop_signals:
                 try:
-                    payloads = self.queues.claim_batch(IDLE_BLOCK_S)
+                    payloads = self.queues.claim_batch(IDLE_BLOCK_S, self.pace.overdue_rule())
                     if payloads:
                         self.execute_batch(payloads)
                     loaded = self.swapper.poll(self.settings.model.version)
@@ -174,24 +179,26 @@ class Worker:
         if started is not None:
             running = time.monotonic() - started
             if running > self.stuck_after_s():
-                self.leave_stuck(running)
+                self.leave_stuck(running, since=time.time() - running)
         self.queues.beat(self.info, Heartbeat(pid=os.getpid(), batch_s=self.batch_s))
 
     def stuck_after_s(self) -> float:
-        configured = self.settings.queue.stuck_after_s
-        return configured if configured > 0 else max(STUCK_FLOOR_S, STUCK_FACTOR * self.slowest_batch_s)
+        """How long the batch in hand may run before the worker is taken for wedged (`daemon.worker.pace`)."""
+        return self.pace.stuck_after_s(self.batch_jobs)
 
-    def leave_stuck(self, running_s: float) -> None:
-        """Called from the heartbeat thread: say why, take the shard out of dispatch, and leave at once so
-        supervisord restarts us; supervisord's event hands our jobs to a live shard meanwhile."""
+    def leave_stuck(self, running_s: float, since: float) -> None:
+        """Called from the heartbeat thread: say why and since when (unix time the batch began), take the
+        shard out of dispatch, and leave at once so supervisord restarts us; supervisord's event hands our
+        claimed batch to a live shard meanwhile (idle shards have taken what waited behind it already)."""
+        began = time.strftime("%H:%M:%S", time.gmtime(since))
         reason = (
-            f"a batch has been in the model for {running_s:.0f}s (limit {self.stuck_after_s():.0f}s): "
-            "the model call is stuck; restarting the worker"
+            f"stuck since {began} UTC: a batch of {self.batch_jobs} has been in the model for {running_s:.1f}s "
+            f"(limit {self.stuck_after_s():.1f}s): the model call is stuck; restarting the worker"
         )
         log.error("%s %s", self.prefix, reason)
         self.metrics.stuck.labels(self.shard.shard_id).inc()
         try:
-            self.queues.mark_failed(replace(self.info, state=STUCK, reason=reason))
+            self.queues.mark_failed(replace(self.info, state=STUCK, reason=reason, since=round(since, 3)))
         except redis.RedisError as exc:
             log.warning("%s could not record the stuck state: %s", self.prefix, exc)
         # The main thread is inside the model call and cannot be interrupted: only leaving the process frees it.
@@ -199,6 +206,7 @@ class Worker:
 
     def execute_batch(self, payloads: list[bytes]) -> None:
         """Run one claimed batch and commit every reply plus the release of the claims in one atomic step."""
+        self.batch_jobs = len(payloads)
         started = self.batch_started = time.monotonic()
         try:
             outcome = run_batch(
@@ -210,7 +218,6 @@ class Worker:
                 read_segment=self.pixels.read,
             )
         finally:
-            self.slowest_batch_s = max(self.slowest_batch_s, time.monotonic() - started)
             self.batch_started = None
         if outcome.computed:
             self.metrics.record_batch(outcome.computed, outcome.infer_s)
@@ -224,9 +231,18 @@ class Worker:
                 self.prefix,
                 len(payloads),
             )
+        if self.queues.stolen_from is not None:
+            self.metrics.stolen.labels(self.shard.shard_id, self.queues.stolen_from).inc(len(payloads))
+            log.debug(
+                "%s took %d job(s) waiting behind %s's overdue batch",
+                self.prefix,
+                len(payloads),
+                self.queues.stolen_from,
+            )
         if outcome.computed:
             # Only batches that ran count: skipping expired jobs is nearly free and says nothing of the device.
             elapsed = time.monotonic() - started
+            self.pace.record(outcome.computed, elapsed)
             previous = self.batch_s
             self.batch_s = (
                 elapsed if previous is None else previous + BATCH_TIME_WEIGHT * (elapsed - previous)
@@ -247,6 +263,7 @@ class Worker:
             return
         self.settings = replace(self.settings, model=model)
         self.predictor = loaded.predictor
+        self.pace.forget()  # the old model's batch times say nothing of the new one's
         self.info = replace(self.info, model_version=model.version)
         self.triton_metrics = TritonBatchMetrics(model)
         self.beat()
@@ -284,14 +301,27 @@ def own_shards(settings: Settings) -> list[Shard]:
     return decode_shards(encoded) if encoded else discover_shards(settings)
 
 
-def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predictor]:
-    """Load the runtime, check it sees this shard's device, load and warm the model; raises what stops us."""
+def timed_warm_batch(predictor: Predictor, settings: Settings) -> tuple[int, float]:
+    """(jobs, seconds) of one warm batch of the largest size: the shard's pace until real batches are timed."""
+    size = settings.model.input_size
+    jobs = settings.batching.max_batch_size
+    started = time.monotonic()
+    predictor.predict(np.zeros((jobs, size, size, 3), dtype=np.uint8))
+    return jobs, time.monotonic() - started
+
+
+def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predictor, tuple[int, float]]:
+    """Load the runtime, check it sees this shard's device, load and warm the model, and time a warm batch
+    (`timed_warm_batch`); raises what stops us."""
     if is_standin(settings.model.path):
-        # No runtime to ask: the stand-in computes nothing, anywhere.
-        standin = StandinModel(settings.model)
+        # No runtime to ask: the stand-in computes nothing, anywhere. Its warm-up is one batch of one, and
+        # does not count towards `hang_after_batches`, as a real batch would.
+        standin = StandinModel(settings.model, shard.shard_id)
+        started = time.monotonic()
         standin.warm_up(settings.batching.max_batch_size)
         device = f"stand-in ({settings.model.path.name})"
-        return ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, device=device), standin
+        info = ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, device=device)
+        return info, standin, (1, time.monotonic() - started)
     report = probe_runtime(settings.model.backend)
     verdict = judge_device(shard, report, settings.devices.cpu_fallback)
     if not verdict.serve:
@@ -317,6 +347,7 @@ def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predicto
     classifier = Classifier(settings.model, settings.batching.max_batch_size)
     try:
         classifier.warm_up()
+        warm_batch = timed_warm_batch(classifier, settings)
     except Exception as exc:
         # A model that loads but cannot run a batch will not start working on a retry either.
         if is_out_of_memory(exc):
@@ -327,14 +358,15 @@ def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predicto
         log.exception("%s: the model failed its warm-up batch", shard.shard_id)
         raise ModelLoadError(f"the model failed its warm-up batch: {type(exc).__name__}: {exc}") from exc
     log.info(
-        "%s: %s %s on %s, batch buckets %s",
+        "%s: %s %s on %s, batch buckets %s, a warm batch of %d in %.3fs",
         shard.shard_id,
         report.backend,
         report.runtime_version,
         verdict.device,
         ",".join(map(str, classifier.buckets)),
+        *warm_batch,
     )
-    return info, classifier
+    return info, classifier, warm_batch
 
 
 def check_device(shard: Shard, settings: Settings) -> int:
@@ -398,12 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     client = connect(settings, socket_timeout_s=IDLE_BLOCK_S + 5.0)
     queues = ShardQueues(client, shard.shard_id, settings)
     try:
-        info, classifier = start_serving(shard, settings)
+        info, classifier, warm_batch = start_serving(shard, settings)
     except DeviceUnavailable as exc:
         return refuse(shard, queues, exc.message, EXIT_DEVICE)
     except ModelLoadError as exc:
         return refuse(shard, queues, exc.message, EXIT_MODEL_LOAD)
-    return Worker(settings, shard, queues, classifier, info=info).work()
+    return Worker(settings, shard, queues, classifier, info=info, warm_batch=warm_batch).work()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -28,6 +29,7 @@ from daemon.queue.keys import (
     adopted_key,
     draining_key,
     heartbeat_key,
+    on_time_key,
     processing_key,
     queue_key,
     reply_key,
@@ -63,6 +65,7 @@ from daemon.queue.wire import (
     ShardInfo,
     SwapResult,
     WireError,
+    as_text,
 )
 from daemon.settings import BatchingSettings, QueueSettings, Settings
 
@@ -74,6 +77,18 @@ GATHER_MIN_SLICE_S = 0.001
 """Shortest pause between looks for more jobs while a batch fills: about three looks per window."""
 SWAP_WAIT_SLICE_S = 1.0
 """Longest single blocking wait of `inferd reload` for a shard's answer."""
+STEAL_LOOK_S = 0.1
+"""How often an idle shard that may steal looks for an overdue shard's waiting jobs (between blocking waits
+on its own queue, which a new job ends at once)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OverdueRule:
+    """When a batch of n jobs becomes overdue: after max(floor_ms, per_job_ms * n) milliseconds. The claim
+    script applies it to the jobs a shard holds, as a mark that expires when the batch is overdue."""
+
+    floor_ms: int = 100
+    per_job_ms: float = 0.0
 
 
 def _ttl(seconds: float) -> int:
@@ -174,7 +189,13 @@ class ApiQueues:
         budget_ms = max(0, int((job.deadline - time.monotonic()) * 1000))
         keys: list[str] = [ROTATION_KEY, DRAINING_KEY, reply_key(job.job_id)]
         for shard in shards:
-            keys += [queue_key(shard), heartbeat_key(shard), draining_key(shard)]
+            keys += [
+                queue_key(shard),
+                heartbeat_key(shard),
+                draining_key(shard),
+                processing_key(shard),
+                on_time_key(shard),
+            ]
         args: list[bytes | str | int] = [
             job.encode(),
             self._max_depth,
@@ -246,36 +267,67 @@ class ShardQueues:
         self._client = client
         self._scripts = Scripts(client)
         self._queue, self._processing = queue_key(shard), processing_key(shard)
+        self._own_claim_keys = [self._queue, self._processing, on_time_key(shard), draining_key(shard)]
         self.max_batch_size = settings.batching.max_batch_size
         self.max_wait_s = settings.batching.max_wait_ms / 1000.0
+        self.steal = settings.queue.steal
         self._answer_ttl_s = settings.queue.answer_ttl_s
         self._heartbeat_ttl_ms = int(settings.queue.heartbeat_ttl_s * 1000)
         self._last_batch_size = self.max_batch_size  # assume company until a batch shows otherwise
+        self._peers: list[str] = []
+        self._peers_read_at = float("-inf")
+        self.stolen_from: str | None = None
+        """The shard the last batch claimed was stolen from, or None when it came from our own queue."""
 
-    def claim_batch(self, idle_timeout_s: float) -> list[bytes]:
-        """Block up to `idle_timeout_s` for a first job, then gather more until size or deadline. Every job
-        claimed sits in the processing list until `commit`."""
-        first = self._blocking_claim(idle_timeout_s)
-        if first is None:
-            return []
-        batch: list[bytes] = [first]
+    def claim_batch(self, idle_timeout_s: float, overdue: OverdueRule | None = None) -> list[bytes]:
+        """Block up to `idle_timeout_s` for a first job (our own, or, while idle, an overdue shard's), then
+        gather more until size or deadline. Every job claimed sits in the processing list until `commit`,
+        and the on-time mark says until when the batch is on time (`overdue`)."""
+        overdue = overdue or OverdueRule()
+        self.stolen_from = None
+        batch = self._claim(self.max_batch_size, overdue)
+        idle_until = time.monotonic() + idle_timeout_s
+        while not batch:
+            left = idle_until - time.monotonic()
+            if left <= 0:
+                return []
+            may_steal = self.steal and self._peer_shards()
+            first = self._blocking_claim(min(left, STEAL_LOOK_S) if may_steal else left)
+            # One claim call either way: it sets the on-time mark for what we now hold, or looks to steal.
+            batch = ([first] if first is not None else []) + self._claim(
+                self.max_batch_size - (first is not None), overdue
+            )
         deadline = time.monotonic() + self.max_wait_s
         while len(batch) < self.max_batch_size:
-            batch.extend(
-                self._scripts.claim_waiting(
-                    keys=[self._queue, self._processing], args=[self.max_batch_size - len(batch)]
-                )
-            )
             remaining = deadline - time.monotonic()
             alone = len(batch) == 1 and self._last_batch_size == 1
-            if len(batch) >= self.max_batch_size or remaining <= 0 or alone:
+            if remaining <= 0 or alone:
                 break
             # Wait in a few slices rather than with BLMOVE: an idle Redis checks blocked clients' timeouts
             # only every 1000/hz ms (100 ms by default), which would stretch a 5 ms window twentyfold. Each
             # look takes every job that arrived meanwhile in one round trip.
             time.sleep(max(remaining / 2, min(remaining, GATHER_MIN_SLICE_S)))
+            batch.extend(self._claim(self.max_batch_size - len(batch), overdue))
         self._last_batch_size = len(batch)
         return batch
+
+    def _claim(self, most: int, overdue: OverdueRule) -> list[bytes]:
+        """Up to `most` waiting jobs in one script call: ours, or, holding nothing, an overdue shard's."""
+        keys = list(self._own_claim_keys)
+        for peer in self._peer_shards() if self.steal else []:
+            keys += [queue_key(peer), processing_key(peer), on_time_key(peer)]
+        args = [most, overdue.floor_ms, overdue.per_job_ms, 1 if self.steal else 0]
+        victim, *jobs = self._scripts.claim(keys=keys, args=args)
+        if victim:
+            self.stolen_from = as_text(victim).removeprefix(queue_key(""))
+        return cast(list[bytes], jobs)
+
+    def _peer_shards(self) -> list[str]:
+        """The other registered shards, read again every SHARD_LIST_TTL_S."""
+        if time.monotonic() - self._peers_read_at >= SHARD_LIST_TTL_S:
+            self._peers = [shard for shard in registered_shard_ids(self._client) if shard != self.shard]
+            self._peers_read_at = time.monotonic()
+        return self._peers
 
     def _blocking_claim(self, timeout_s: float) -> bytes | None:
         # Sent raw: Redis takes a fractional timeout here, which redis-py's typed blmove() does not admit.
