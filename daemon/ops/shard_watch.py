@@ -97,10 +97,16 @@ def retire_shard(client: redis.Redis, settings: Settings, dead: str) -> tuple[st
 
 
 def enforce_stuck_exits(
-    client: redis.Redis, settings: Settings, shards: list[Shard], supervisor: Any, exits: StuckExits
+    client: redis.Redis,
+    settings: Settings,
+    shards: list[Shard],
+    supervisor: Any,
+    exits: StuckExits,
+    now: float,
 ) -> None:
     """SIGKILL a worker still running EXIT_GRACE_S after it declared its shard stuck; mark the shard failed
-    if it still runs DEVICE_GONE_AFTER_S after that. `supervisor` is supervisord's RPC namespace."""
+    if it still runs DEVICE_GONE_AFTER_S after that. `supervisor` is supervisord's RPC namespace; `now` the
+    monotonic time."""
     states = {state.shard: state for state in read_shards(client)}
     for index, shard in enumerate(shards):
         state = states.get(shard.shard_id)
@@ -117,7 +123,7 @@ def enforce_stuck_exits(
         ):
             exits.forget(shard.shard_id)
             continue
-        step = exits.next_step(shard.shard_id, time.monotonic())
+        step = exits.next_step(shard.shard_id, now)
         if step == "kill":
             log.error(
                 "shard_watch: worker of %s (pid %s) declared itself stuck but has not exited in %.0fs; "
@@ -127,7 +133,7 @@ def enforce_stuck_exits(
                 EXIT_GRACE_S,
             )
             supervisor.signalProcess(name, "KILL")
-            exits.killed[shard.shard_id] = time.monotonic()
+            exits.killed[shard.shard_id] = now
         elif step == "fail":
             reason = (
                 f"its worker (pid {process['pid']}) is stuck in the model call and did not exit within "
@@ -151,7 +157,7 @@ def listen(
         headers, body = childutils.listener.wait(stdin, stdout)
         try:
             if headers.get("eventname") == TICK_EVENT and supervisor is not None:
-                enforce_stuck_exits(client, settings, shards, supervisor, exits)
+                enforce_stuck_exits(client, settings, shards, supervisor, exits, time.monotonic())
             elif headers.get("eventname") in WATCHED_EVENTS:
                 payload, _ = childutils.eventdata(body + "\n")
                 shard = shard_of(payload, shards)
