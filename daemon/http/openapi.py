@@ -124,6 +124,10 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "mean_batch_size": {"type": ["number", "null"]},
                 "gpu": {"type": ["object", "null"], "description": "NVML's figures for a GPU shard"},
                 "reason": {"type": ["string", "null"]},
+                "stuck_since": {
+                    "type": ["number", "null"],
+                    "description": "Unix time the wedged batch of a stuck shard went into the model",
+                },
             },
         },
         "TensorMetadata": tensor_meta,
