@@ -6,21 +6,29 @@ worker counts again, so it wedges again and again), or its batches become three 
 - every request answered 200 within `api.request_timeout_s`, while cpu0 wedges mid-run;
 - the jobs waiting behind a wedged batch are taken by the idle shard (work stealing) long before the wedge is
   found: only the jobs inside a wedged batch wait for the restart;
-- a shard whose batches all slow down serves on, and is never taken for wedged.
+- a shard whose batches all slow down serves on, and is never taken for wedged;
+- a worker that declared itself stuck but does not exit is killed by shard_watch, and restarted.
 Turn the steal off (INFERD_QUEUE_STEAL=false in the environment of pytest, which the appliance inherits) and
 `test_only_the_batch_in_hand_waits_for_a_wedged_shard` fails.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import requests
 
-from daemon.queue.keys import processing_key, queue_key
+from daemon.queue.faces import ShardQueues
+from daemon.queue.keys import SHARDS_KEY, processing_key, queue_key
+from daemon.queue.wire import STUCK, ShardInfo
+from daemon.settings import load_settings
 from tests.conftest import standin_model
 from tools.harness import Appliance, wait_until
 from tools.loadgen import LoadResult, LoadRun, Upload
@@ -164,3 +172,29 @@ def test_a_shard_whose_batches_slow_down_threefold_serves_on_and_is_not_restarte
     later = [record for record in result.records if record.start_s > LOAD_S / 2]
     by_shard = Counter(record.shard for record in later)
     assert 0 < by_shard["cpu0"] < by_shard["cpu1"], by_shard
+
+
+def test_a_worker_that_declared_itself_stuck_but_does_not_exit_is_killed_and_restarted(
+    start_appliance, tmp_path, photo_png
+):
+    # No test can hold a process in the kernel; a stopped worker with the stuck mark its wedge would leave
+    # is the same to the watch: a worker that said "stuck" and is still there.
+    appliance = start_appliance(shards=2, model={"path": standin_model(tmp_path, BATCH_MS)})
+    victim = appliance.pid_of("worker:worker-0")
+    os.kill(victim, signal.SIGSTOP)
+    client = appliance.redis()
+    info = ShardInfo.decode(client.hget(SHARDS_KEY, "cpu0"))
+    ShardQueues(client, "cpu0", load_settings(appliance.config)).mark_failed(
+        replace(info, state=STUCK, reason="stuck since now (a test)", since=time.time())
+    )
+    marked = time.monotonic()
+    restarted = appliance.wait_restarted("worker:worker-0", victim, timeout_s=60)
+    print(
+        f"\n[stuck, no exit] pid {victim} killed and replaced by {restarted} {time.monotonic() - marked:.1f}s after the mark"
+    )
+    assert "declared itself stuck but has not exited in 5s; sending SIGKILL" in appliance.output()
+    wait_until(
+        "cpu0 live again", lambda: sorted(appliance.live_shards()) == ["cpu0", "cpu1"], 60, appliance.output
+    )
+    answer = requests.post(f"{appliance.url}/predict", files={"image": ("p.png", photo_png)}, timeout=30)
+    assert answer.status_code == 200
