@@ -29,8 +29,8 @@ from daemon.queue.faces import ShardQueues
 from daemon.queue.keys import SHARDS_KEY, processing_key, queue_key
 from daemon.queue.wire import STUCK, ShardInfo
 from daemon.settings import load_settings
-from tests.conftest import standin_model
 from testkit.harness import Appliance, wait_until
+from tests.conftest import standin_model
 from tools.loadgen import LoadResult, LoadRun, Upload
 
 pytestmark = pytest.mark.slow
