@@ -232,11 +232,11 @@ class Worker:
                 len(payloads),
             )
         if self.queues.stolen_from is not None:
-            self.metrics.stolen.labels(self.shard.shard_id, self.queues.stolen_from).inc(len(payloads))
+            self.metrics.stolen.labels(self.shard.shard_id, self.queues.stolen_from).inc(self.queues.stolen)
             log.debug(
                 "%s took %d job(s) waiting behind %s's overdue batch",
                 self.prefix,
-                len(payloads),
+                self.queues.stolen,
                 self.queues.stolen_from,
             )
         if outcome.computed:

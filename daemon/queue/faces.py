@@ -277,14 +277,16 @@ class ShardQueues:
         self._peers: list[str] = []
         self._peers_read_at = float("-inf")
         self.stolen_from: str | None = None
-        """The shard the last batch claimed was stolen from, or None when it came from our own queue."""
+        """The shard whose jobs the last batch claimed took, or None when all came from our own queue."""
+        self.stolen = 0
+        """How many of the last batch's jobs were taken from `stolen_from`."""
 
     def claim_batch(self, idle_timeout_s: float, overdue: OverdueRule | None = None) -> list[bytes]:
         """Block up to `idle_timeout_s` for a first job (our own, or, while idle, an overdue shard's), then
         gather more until size or deadline. Every job claimed sits in the processing list until `commit`,
         and the on-time mark says until when the batch is on time (`overdue`)."""
         overdue = overdue or OverdueRule()
-        self.stolen_from = None
+        self.stolen_from, self.stolen = None, 0
         batch = self._claim(self.max_batch_size, overdue)
         idle_until = time.monotonic() + idle_timeout_s
         while not batch:
@@ -320,6 +322,7 @@ class ShardQueues:
         victim, *jobs = self._scripts.claim(keys=keys, args=args)
         if victim:
             self.stolen_from = as_text(victim).removeprefix(queue_key(""))
+            self.stolen = len(jobs)
         return cast(list[bytes], jobs)
 
     def _peer_shards(self) -> list[str]:

@@ -44,7 +44,7 @@ def test_an_idle_shard_takes_the_oldest_jobs_waiting_behind_an_overdue_batch(red
     assert slow.claim_batch(1.0, SHORT) == [b"job0", b"job1"]
     time.sleep(PAST_SHORT_S)
     assert idle.claim_batch(1.0) == [b"job2", b"job3", b"job4"]
-    assert idle.stolen_from == "cpu0"
+    assert (idle.stolen_from, idle.stolen) == ("cpu0", 3)
     # Claimed once: off the overdue shard's queue and into the thief's processing list, in one step.
     assert redis_client.lrange(queue_key("cpu0"), 0, -1) == [b"job5"]
     assert redis_client.llen(processing_key("cpu1")) == 3
