@@ -115,6 +115,7 @@ class ApiQueues:
         self._client = client
         self._max_depth = settings.max_depth
         self._policy = settings.dispatch
+        self._steal = settings.steal
         self._max_batch_size = batching.max_batch_size
         self._answer_ttl_s = settings.answer_ttl_s
         self._scripts = Scripts(client)
@@ -203,6 +204,7 @@ class ApiQueues:
             budget_ms,
             self._max_batch_size,
             marker_ttl_s,
+            1 if self._steal else 0,
         ]
         return shards, keys, args, budget_ms
 

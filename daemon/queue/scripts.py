@@ -16,14 +16,15 @@ WOULD_MISS_DEADLINE = -3
 DRAINING = -4
 # KEYS: rotation counter, box drain mark, the job's reply key, then (queue, heartbeat, shard drain mark,
 # processing, on-time mark) per shard: ENQUEUE_KEYS_PER_SHARD.
-# ARGV: job bytes, max depth, policy, milliseconds left before the job's deadline, max batch size, and the
-# seconds a refusal marker lives on the reply key (0: none).
+# ARGV: job bytes, max depth, policy, milliseconds left before the job's deadline, max batch size, the
+# seconds a refusal marker lives on the reply key (0: none), and whether overdue shards are served last (1,
+# with `queue.steal`) or like any other (0).
 # Returns {chosen slot, or NO_LIVE_SHARD, ALL_QUEUES_FULL, WOULD_MISS_DEADLINE or DRAINING; expected wait in ms}.
 # A shard's expected wait is the batches ahead of the job (its own included) times the seconds per batch its
 # worker last reported in its heartbeat (`batch_s`; 0 until it has run a batch): a job that would wait past
 # its deadline goes to a shard where it would not, or is refused with the shortest wait as the retry hint.
 # An overdue shard (it holds jobs and its on-time mark expired: a batch far past its expected time, slow or
-# wedged) gets new jobs only when every live shard is overdue.
+# wedged) gets new jobs only when every live shard is overdue (with `queue.steal`).
 # A refused job gets a marker ('refused') on its reply key when asked for, so that a reply wait sent in the same
 # round trip (`ApiQueues.submit_and_await`) returns at once.
 ENQUEUE_SCRIPT = """
@@ -49,7 +50,7 @@ for slot = 0, shard_count - 1 do
   if redis.call('EXISTS', KEYS[base + 1]) == 1 then
     if redis.call('EXISTS', KEYS[base + 2]) == 1 then
       drained = drained + 1
-    elseif redis.call('LLEN', KEYS[base + 3]) > 0 and redis.call('EXISTS', KEYS[base + 4]) == 0 then
+    elseif ARGV[7] == '1' and redis.call('LLEN', KEYS[base + 3]) > 0 and redis.call('EXISTS', KEYS[base + 4]) == 0 then
       late[#late + 1] = slot
     else
       live[#live + 1] = slot

@@ -116,6 +116,9 @@ def test_the_enqueue_script_sends_new_jobs_to_an_overdue_shard_last(redis_client
 
     shards = [api.submit(job()) for _ in range(4)]
     assert shards == ["cpu1"] * 4  # round robin skips the overdue shard while another is on time
+    off = Settings(queue=QueueSettings(steal=False))
+    plain = ApiQueues(redis_client, off.queue, off.batching)
+    assert {plain.submit(job()) for _ in range(4)} == {"cpu0", "cpu1"}  # stealing off: round robin as ever
     redis_client.hdel(SHARDS_KEY, "cpu1")
     api._shards_read_at = float("-inf")  # forget the cached shard list: only cpu0 is registered now
     assert api.submit(job()) == "cpu0"  # all late: still served
