@@ -7,6 +7,9 @@ in Redis carries its header and the segment's name (`wire.JOB_VERSION_SEGMENT`);
 with one read. Everything runs on one host, and the run dir names the appliance, so two appliances on one
 host keep apart.
 
+The folder is the appliance's, not a shard's: any shard reads any job's segment, so a job adopted from a dead
+shard or stolen from an overdue one (`daemon.queue.scripts.CLAIM_SCRIPT`) runs from the segment it names.
+
 Lifetimes, one owner each:
 - The API process that wrote a segment removes it when its caller's answer arrives, fails or times out
   (`Dispatcher`, in `finally`).
