@@ -99,6 +99,7 @@ class Worker:
         and the version of the model it computes with."""
         self.stop_signals = 0
         self.images_served = 0
+        self.batches_served = 0
         self.batch_started: float | None = None
         """When the batch in hand began (monotonic), None between batches: the heartbeat's test of progress."""
         self.batch_jobs = 0
@@ -225,6 +226,7 @@ class Worker:
         record = BatchRecord(finished_at=time.time(), size=outcome.computed) if outcome.computed else None
         if self.queues.commit(outcome.replies, record):
             self.images_served += outcome.computed
+            self.batches_served += 1
         else:
             log.warning(
                 "%s a live shard adopted this batch of %d while we were stalled; it answers them, we do not",

@@ -299,7 +299,7 @@ class ShardQueues:
             first = self._blocking_claim(min(left, STEAL_LOOK_S) if may_steal else left)
             # One claim call either way: it sets the on-time mark for what we now hold, or looks to steal.
             batch = ([first] if first is not None else []) + self._claim(
-                self.max_batch_size - (first is not None), overdue
+                self.max_batch_size - (first is not None), overdue, may_steal=first is None
             )
         deadline = time.monotonic() + self.max_wait_s
         while len(batch) < self.max_batch_size:
@@ -311,16 +311,18 @@ class ShardQueues:
             # only every 1000/hz ms (100 ms by default), which would stretch a 5 ms window twentyfold. Each
             # look takes every job that arrived meanwhile in one round trip.
             time.sleep(max(remaining / 2, min(remaining, GATHER_MIN_SLICE_S)))
-            batch.extend(self._claim(self.max_batch_size - len(batch), overdue))
+            batch.extend(self._claim(self.max_batch_size - len(batch), overdue, may_steal=False))
         self._last_batch_size = len(batch)
         return batch
 
-    def _claim(self, most: int, overdue: OverdueRule) -> list[bytes]:
-        """Up to `most` waiting jobs in one script call: ours, or, holding nothing, an overdue shard's."""
+    def _claim(self, most: int, overdue: OverdueRule, may_steal: bool = True) -> list[bytes]:
+        """Up to `most` waiting jobs in one script call: ours, or, holding nothing, an overdue shard's. A call
+        that cannot steal (a batch is filling) names no other shard's keys."""
+        steal = may_steal and self.steal
         keys = list(self._own_claim_keys)
-        for peer in self._peer_shards() if self.steal else []:
+        for peer in self._peer_shards() if steal else []:
             keys += [queue_key(peer), processing_key(peer), on_time_key(peer)]
-        args = [most, overdue.floor_ms, overdue.per_job_ms, 1 if self.steal else 0]
+        args = [most, overdue.floor_ms, overdue.per_job_ms, 1 if steal else 0]
         victim, *jobs = self._scripts.claim(keys=keys, args=args)
         if victim:
             self.stolen_from = as_text(victim).removeprefix(queue_key(""))
