@@ -114,8 +114,9 @@ def test_a_shard_wedging_under_steady_load_costs_no_request(start_appliance, tmp
     no_answer_twice(appliance)
     wedges = wedged_batches(appliance)
     assert wedges, "cpu0 never wedged: the test did not test anything"
-    # Found from cpu0's own pace (20 ms batches), well inside the deadline, not at the old 10 s floor.
-    assert max(limit for _, limit in wedges) <= REQUEST_TIMEOUT_S / 2
+    # Found from cpu0's own pace (20 ms batches, slower on a busy machine), inside the deadline: not at the
+    # old floor of 10 s, which is the deadline itself.
+    assert max(limit for _, limit in wedges) < REQUEST_TIMEOUT_S
     assert metric(appliance, 'inferd_worker_stuck_total{shard="cpu0"}') >= 1
     assert metric(appliance, 'inferd_worker_stuck_total{shard="cpu1"}') == 0
     # Stolen jobs carry only their pixels' segment name: the thief read them from the shared folder, and
