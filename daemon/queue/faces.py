@@ -1,7 +1,7 @@
 """The two faces of the Redis protocol between the API and the shards, and `inferd reload`'s.
 
 The API's face is `ApiQueues` (submit a job, await its reply, or both in one round trip; liveness); a
-shard's face is `ShardQueues` (claim a batch, commit its answers, requeue or adopt orphans, fail what waits,
+shard's face is `ShardQueues` (claim jobs, commit a batch's answers, requeue or adopt orphans, fail what waits,
 beat); `request_swap` and `await_swap` are `inferd reload`'s. The keys they touch and the invariants they
 keep are in `daemon.queue.keys`; the scripts that make each move atomic in `daemon.queue.scripts`.
 """
@@ -73,13 +73,8 @@ log = logging.getLogger(__name__)
 
 SHARD_LIST_TTL_S = 1.0
 """How long an API process trusts its copy of the registered shard list before reading it again."""
-GATHER_MIN_SLICE_S = 0.001
-"""Shortest pause between looks for more jobs while a batch fills: about three looks per window."""
 SWAP_WAIT_SLICE_S = 1.0
 """Longest single blocking wait of `inferd reload` for a shard's answer."""
-STEAL_LOOK_S = 0.1
-"""How often an idle shard that may steal looks for an overdue shard's waiting jobs (between blocking waits
-on its own queue, which a new job ends at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,11 +186,7 @@ class ApiQueues:
         keys: list[str] = [ROTATION_KEY, DRAINING_KEY, reply_key(job.job_id)]
         for shard in shards:
             keys += [
-                queue_key(shard),
-                heartbeat_key(shard),
-                draining_key(shard),
-                processing_key(shard),
-                on_time_key(shard),
+                key(shard) for key in (queue_key, heartbeat_key, draining_key, processing_key, on_time_key)
             ]
         args: list[bytes | str | int] = [
             job.encode(),
@@ -256,13 +247,8 @@ class ApiQueues:
 
 # -- a shard's face -----------------------------------------------------------------------------------------
 class ShardQueues:
-    """What one shard's worker needs: claim batches, commit answers, recover orphans, beat, leave.
-
-    A batch fills until `batching.max_batch_size` jobs or `batching.max_wait_ms` after its first job,
-    with the remaining wait recomputed on the monotonic clock for every look (as MLServer does). The wait is
-    only spent when jobs are arriving together (the last batch, or what was already queued, had more than
-    one): a lone caller at low load would pay it in full and gain nothing.
-    """
+    """What one shard's worker needs: claim jobs, commit answers, recover orphans, beat, leave. When a batch
+    is complete is daemon.worker.batching's rule, built on `claim_first` and `claim_waiting`."""
 
     def __init__(self, client: redis.Redis, shard: str, settings: Settings) -> None:
         self.shard = shard
@@ -270,77 +256,45 @@ class ShardQueues:
         self._scripts = Scripts(client)
         self._queue, self._processing = queue_key(shard), processing_key(shard)
         self._own_claim_keys = [self._queue, self._processing, on_time_key(shard), draining_key(shard)]
-        self.max_batch_size = settings.batching.max_batch_size
-        self.max_wait_s = settings.batching.max_wait_ms / 1000.0
         self.steal = settings.queue.steal
         self._answer_ttl_s = settings.queue.answer_ttl_s
         self._heartbeat_ttl_ms = int(settings.queue.heartbeat_ttl_s * 1000)
-        self._last_batch_size = self.max_batch_size  # assume company until a batch shows otherwise
         self._peers: list[str] = []
         self._peers_read_at = float("-inf")
         self.stolen_from: str | None = None
-        """The shard whose jobs the last batch claimed took, or None when all came from our own queue."""
-        self.stolen = 0
-        """How many of the last batch's jobs were taken from `stolen_from`."""
+        """The shard whose queue the last `claim_waiting` took from, or None when it took from ours."""
 
-    def claim_batch(self, idle_timeout_s: float, overdue: OverdueRule | None = None) -> list[bytes]:
-        """Block up to `idle_timeout_s` for a first job (our own, or, while idle, an overdue shard's), then
-        gather more until size or deadline. Every job claimed sits in the processing list until `commit`,
-        and the on-time mark says until when the batch is on time (`overdue`)."""
+    def claim_first(self, timeout_s: float) -> bytes | None:
+        """Block up to `timeout_s` for the next job and claim it (moved into the processing list, where it stays
+        until `commit`); None when none came. How a batch grows from here is daemon.worker.batching's rule."""
+        # Sent raw: Redis takes a fractional timeout here, which redis-py's typed blmove() does not admit.
+        command: Any = self._client.execute_command
+        job: bytes | None = command("BLMOVE", self._queue, self._processing, "RIGHT", "LEFT", timeout_s)
+        return job
+
+    def claim_waiting(
+        self, count: int, overdue: OverdueRule | None = None, steal: bool = False
+    ) -> list[bytes]:
+        """Claim up to `count` jobs already waiting, oldest first, in one round trip (no wait). With `steal`
+        (and `queue.steal`), a shard that holds nothing and finds its queue empty takes them instead from the
+        longest queue of an overdue shard (`stolen_from` says which). Whatever we then hold is on time for
+        as long as `overdue` gives a batch of that many."""
         overdue = overdue or OverdueRule()
-        self.stolen_from, self.stolen = None, 0
-        batch = self._claim(self.max_batch_size, overdue)
-        idle_until = time.monotonic() + idle_timeout_s
-        while not batch:
-            left = idle_until - time.monotonic()
-            if left <= 0:
-                return []
-            may_steal = self.steal and self._peer_shards()
-            first = self._blocking_claim(min(left, STEAL_LOOK_S) if may_steal else left)
-            # One claim call either way: it sets the on-time mark for what we now hold, or looks to steal.
-            batch = ([first] if first is not None else []) + self._claim(
-                self.max_batch_size - (first is not None), overdue, may_steal=first is None
-            )
-        deadline = time.monotonic() + self.max_wait_s
-        while len(batch) < self.max_batch_size:
-            remaining = deadline - time.monotonic()
-            alone = len(batch) == 1 and self._last_batch_size == 1
-            if remaining <= 0 or alone:
-                break
-            # Wait in a few slices rather than with BLMOVE: an idle Redis checks blocked clients' timeouts
-            # only every 1000/hz ms (100 ms by default), which would stretch a 5 ms window twentyfold. Each
-            # look takes every job that arrived meanwhile in one round trip.
-            time.sleep(max(remaining / 2, min(remaining, GATHER_MIN_SLICE_S)))
-            batch.extend(self._claim(self.max_batch_size - len(batch), overdue, may_steal=False))
-        self._last_batch_size = len(batch)
-        return batch
-
-    def _claim(self, most: int, overdue: OverdueRule, may_steal: bool = True) -> list[bytes]:
-        """Up to `most` waiting jobs in one script call: ours, or, holding nothing, an overdue shard's. A call
-        that cannot steal (a batch is filling) names no other shard's keys."""
-        steal = may_steal and self.steal
+        steal = steal and self.steal
         keys = list(self._own_claim_keys)
-        for peer in self._peer_shards() if steal else []:
+        for peer in self.peer_shards() if steal else []:
             keys += [queue_key(peer), processing_key(peer), on_time_key(peer)]
-        args = [most, overdue.floor_ms, overdue.per_job_ms, 1 if steal else 0]
+        args = [count, overdue.floor_ms, overdue.per_job_ms, 1 if steal else 0]
         victim, *jobs = self._scripts.claim(keys=keys, args=args)
-        if victim:
-            self.stolen_from = as_text(victim).removeprefix(queue_key(""))
-            self.stolen = len(jobs)
+        self.stolen_from = as_text(victim).removeprefix(queue_key("")) if victim else None
         return cast(list[bytes], jobs)
 
-    def _peer_shards(self) -> list[str]:
+    def peer_shards(self) -> list[str]:
         """The other registered shards, read again every SHARD_LIST_TTL_S."""
         if time.monotonic() - self._peers_read_at >= SHARD_LIST_TTL_S:
             self._peers = [shard for shard in registered_shard_ids(self._client) if shard != self.shard]
             self._peers_read_at = time.monotonic()
         return self._peers
-
-    def _blocking_claim(self, timeout_s: float) -> bytes | None:
-        # Sent raw: Redis takes a fractional timeout here, which redis-py's typed blmove() does not admit.
-        command: Any = self._client.execute_command
-        job: bytes | None = command("BLMOVE", self._queue, self._processing, "RIGHT", "LEFT", timeout_s)
-        return job
 
     def commit(self, replies: Mapping[str, Reply], record: BatchRecord | None) -> bool:
         """Push every answer, record the batch and release the claims, in one atomic step. False when a

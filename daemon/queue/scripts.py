@@ -9,13 +9,12 @@ from typing import Any
 
 import redis
 
-ENQUEUE_KEYS_PER_SHARD = 5
 NO_LIVE_SHARD = -1
 ALL_QUEUES_FULL = -2
 WOULD_MISS_DEADLINE = -3
 DRAINING = -4
 # KEYS: rotation counter, box drain mark, the job's reply key, then (queue, heartbeat, shard drain mark,
-# processing, on-time mark) per shard: ENQUEUE_KEYS_PER_SHARD.
+# processing, on-time mark) per shard.
 # ARGV: job bytes, max depth, policy, milliseconds left before the job's deadline, max batch size, the
 # seconds a refusal marker lives on the reply key (0: none), and whether overdue shards are served last (1,
 # with `queue.steal`) or like any other (0).

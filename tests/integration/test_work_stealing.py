@@ -15,6 +15,7 @@ from daemon.queue.faces import ApiQueues, OverdueRule, ShardQueues
 from daemon.queue.keys import SHARDS_KEY, processing_key, queue_key
 from daemon.queue.wire import Heartbeat, Job, ShardInfo, new_job_id
 from daemon.settings import BatchingSettings, QueueSettings, Settings
+from daemon.worker.batching import Batcher
 
 SHORT = OverdueRule(floor_ms=50)
 """A batch claimed under this rule is overdue 50 ms later."""
@@ -22,15 +23,15 @@ PAST_SHORT_S = 0.3
 """Long enough past SHORT's 50 ms for the mark to have expired on a loaded machine."""
 
 
-def shard(client, name: str, max_batch_size: int = 4, steal: bool = True) -> ShardQueues:
-    """A registered, live shard's face of the queues."""
+def shard(client, name: str, max_batch_size: int = 4, steal: bool = True) -> Batcher:
+    """How a registered, live shard claims its batches."""
     settings = Settings(
         batching=BatchingSettings(max_batch_size=max_batch_size, max_wait_ms=0),
         queue=QueueSettings(steal=steal),
     )
     queues = ShardQueues(client, name, settings)
     queues.beat(ShardInfo(kind="cpu", index=int(name[-1]), name="CPU"), Heartbeat(pid=1))
-    return queues
+    return Batcher(queues, settings.batching)
 
 
 def fill(client, name: str, count: int, prefix: str = "job") -> None:
