@@ -166,6 +166,7 @@ def measure(
 
     run_clients(4 * clients)  # warm: scripts loaded, every client's connection open
     images_before = sum(worker.images_served for worker in workers)
+    batches_before = sum(worker.batches_served for worker in workers)
     client.config_resetstat()
     cpu_before, python_before = redis_cpu_s(client), process_cpu_s()
     seconds = run_clients(jobs)
@@ -173,11 +174,11 @@ def measure(
     stats: dict[str, Any] = client.info("commandstats")
     net: dict[str, Any] = client.info("stats")
     served = sum(worker.images_served for worker in workers) - images_before
+    batches = sum(worker.batches_served for worker in workers) - batches_before
     for worker in workers:
         worker.request_stop()
     for thread in serving:
         thread.join(10)
-    claims = int(stats.get("cmdstat_blmove", {}).get("calls", 0))
     usec = {name.removeprefix("cmdstat_"): float(f["usec"]) / jobs for name, f in stats.items()}
     client.close()
     if folder is not None:
@@ -192,7 +193,7 @@ def measure(
         redis_cpu_us_per_job=cpu_s * 1e6 / jobs,
         python_cpu_us_per_job=python_s * 1e6 / jobs,
         command_us_per_job=dict(sorted(usec.items(), key=lambda item: -item[1])),
-        mean_batch=served / max(claims, 1),
+        mean_batch=served / max(batches, 1),
         bytes_in_per_job=float(net["total_net_input_bytes"]) / jobs,
     )
 

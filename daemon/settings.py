@@ -116,7 +116,11 @@ class QueueSettings:
     heartbeat_ttl_s: float = 5.0
     dispatch: str = "round_robin"
     stuck_after_s: float = 0.0
-    """A batch running longer than this marks its worker stuck (restarted, jobs adopted); 0 derives it."""
+    """A batch running longer than this marks its worker stuck (restarted, jobs adopted); 0 derives it from
+    the shard's recent batch times (`daemon.worker.pace`)."""
+    steal: bool = True
+    """An idle shard takes the jobs waiting behind an overdue shard's batch, and an overdue shard gets new
+    jobs last (`daemon.worker.pace`); false serves every live shard alike, as before."""
     pixels: str = "shared_memory"
     """Where a job's pixels travel: "shared_memory" (a file under `shared_memory_dir`, only a header through
     Redis; a job that does not fit there goes through Redis) or "redis" (every job whole through Redis)."""

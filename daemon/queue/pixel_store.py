@@ -20,6 +20,9 @@ its name alone:
   an entry the sweep cannot remove (a foreign folder inside, say) is left and named once in the log.
 - The previous run's folder is removed at the next start, through the same checks (`remove_folder`).
 
+The folder is the appliance's, not a shard's: any shard reads any job's segment, so a job adopted from a dead
+shard or stolen from an overdue one (`daemon.queue.scripts.CLAIM_SCRIPT`) runs from the segment it names.
+
 Lifetimes, one owner each:
 - The API process that wrote a segment removes it when its caller's answer arrives, fails or times out
   (`Dispatcher`, in `finally`).
