@@ -1,7 +1,8 @@
 """The HTTP API: a Falcon app factory (`create_app`) and the thin `get_app()` gunicorn loads.
 
-`POST /predict` decodes the upload here, once, and hands a compact uint8 job to the dispatcher, which puts it
-on a shard's queue and waits for the answer within the request's deadline.
+`POST /predict` checks the upload's header here (format, size, pixel count) and hands the file to the
+dispatcher, which puts it on a shard's queue and waits for the answer within the request's deadline; the
+shard decodes it (daemon/images/shard_decode.py says why there).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from typing import Any, cast
 
 import falcon
+import numpy as np
 import redis
 
 from daemon.dispatcher import Dispatch, Dispatcher
@@ -28,7 +30,7 @@ from daemon.http.kserve import add_v2_routes, is_v2_path
 from daemon.http.openapi import OpenApiResource
 from daemon.http.request_body import check_declared_size
 from daemon.http.status_page import add_status_page_routes, is_public, prefers_html, status_page
-from daemon.images.decode import decode_image
+from daemon.images.decode import inspect_upload
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.metrics.limits import LimitsCollector
@@ -160,9 +162,16 @@ class PredictResource:
             )
         data, form_top = self._read_image(req)
         top = self._top(req, form_top)
-        pixels = decode_image(data, self._settings.model, self._settings.api.max_image_pixels)
+        # The header alone here (415, 413 and a broken header's 400 at once); the shard decodes the file
+        # (daemon/images/shard_decode.py says why) and answers a corrupt one with its 400.
+        upload = inspect_upload(data, self._settings.api.max_image_pixels)
         job = Job(
-            job_id=new_job_id(), deadline=deadline, enqueued_at=time.monotonic(), top_k=top, pixels=pixels
+            job_id=new_job_id(),
+            deadline=deadline,
+            enqueued_at=time.monotonic(),
+            top_k=top,
+            pixels=np.frombuffer(data, dtype=np.uint8),
+            encoded_size=(upload.width, upload.height),
         )
         reply = self._dispatcher.dispatch(job)
         self._metrics.queue_wait_seconds.observe(reply.queue_ms / 1000.0)

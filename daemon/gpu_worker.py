@@ -38,6 +38,7 @@ from daemon.errors import (
     JobDropped,
     ModelLoadError,
 )
+from daemon.images.shard_decode import BatchDecoder, decoder_for_shard
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import WorkerMetrics
 from daemon.metrics.triton import TritonBatchMetrics
@@ -82,10 +83,15 @@ class Worker:
         handle_signals: bool = True,
         info: ShardInfo | None = None,
         pixels: PixelStore | None = None,
+        decoder: BatchDecoder | None = None,
     ) -> None:
         self.settings = settings
         self.pixels = pixels or PixelStore.for_settings(settings)
         """Where jobs' shared-memory pixels are read from, and orphaned ones swept."""
+        self.decoder = decoder or decoder_for_shard(
+            settings.model, settings.api.max_image_pixels, None, os.cpu_count() or 1
+        )
+        """Turns the image files of a batch into model inputs (on the device where it can)."""
         self.shard = shard
         self.queues = queues
         self.predictor = predictor
@@ -208,6 +214,7 @@ class Worker:
                 self.input_shape,
                 self.settings.model.version,
                 read_segment=self.pixels.read,
+                decoder=self.decoder,
             )
         finally:
             self.slowest_batch_s = max(self.slowest_batch_s, time.monotonic() - started)
@@ -403,7 +410,13 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(shard, queues, exc.message, EXIT_DEVICE)
     except ModelLoadError as exc:
         return refuse(shard, queues, exc.message, EXIT_MODEL_LOAD)
-    return Worker(settings, shard, queues, classifier, info=info).work()
+    # A GPU shard's worker sees its one GPU as cuda:0 (CUDA_VISIBLE_DEVICES, daemon/shard.py).
+    on_gpu = shard.kind == "gpu" and not info.fallback
+    decoder = decoder_for_shard(
+        settings.model, settings.api.max_image_pixels, "cuda:0" if on_gpu else None, os.cpu_count() or 1
+    )
+    log.info("%s: uploads decode with the %s decoder", shard.shard_id, decoder.name)
+    return Worker(settings, shard, queues, classifier, info=info, decoder=decoder).work()
 
 
 if __name__ == "__main__":

@@ -67,15 +67,17 @@ def photo() -> bytes:
     return encode_image(np.full((50, 80, 3), 120, dtype=np.uint8))
 
 
-def test_predict_hands_one_decoded_job_to_the_dispatcher_and_shows_its_answer(app):
+def test_predict_hands_the_checked_file_to_the_dispatcher_and_shows_its_answer(app):
     dispatcher = FakeDispatcher()
     started = time.monotonic()
-    result = app(dispatcher).simulate_post("/predict", body=photo(), content_type="image/png")
+    upload = photo()
+    result = app(dispatcher).simulate_post("/predict", body=upload, content_type="image/png")
     assert result.status_code == 200
     assert result.json == {"success": True, "predictions": [{"label": "cat", "probability": 0.9}]}
     assert result.headers["X-Inferd-Shard"] == "gpu3" and result.headers["X-Inferd-Batch-Size"] == "7"
     (job,) = dispatcher.jobs
-    assert job.pixels.shape == (TINY_INPUT, TINY_INPUT, 3) and job.top_k == 2
+    # The shard decodes: the job carries the file as it came, and the size its header gave.
+    assert job.encoded_size == (80, 50) and job.pixels.tobytes() == upload and job.top_k == 2
     assert started + 7.0 <= job.deadline <= time.monotonic() + 7.0  # the deadline is the request's
 
 
