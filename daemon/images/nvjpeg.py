@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import simplejpeg
 
 from daemon.errors import InferdError
 from daemon.images.decode import centre_crop_box, inspect_upload
@@ -29,15 +30,25 @@ log = logging.getLogger(__name__)
 
 
 def device_decoder_missing(device: str) -> str | None:
-    """Why torchvision cannot decode JPEG on `device` here, or None when it can."""
+    """Why JPEG cannot be decoded on `device` here, or None when it can."""
     try:
         import torch
-        import torchvision.io  # noqa: F401 - the import is the check
-    except Exception as exc:  # an ImportError, or torchvision built for another torch (RuntimeError)
-        return f"torchvision is not usable ({type(exc).__name__}: {exc}); install the gpu-decode extra"
+    except ImportError as exc:
+        return f"torch is not installed ({exc}); install the gpu-decode extra"
     if device.startswith("cuda") and not torch.cuda.is_available():
         return "torch sees no CUDA device"
+    if device.startswith("cuda") and _torchvision_io() is None:
+        return "torchvision is not usable beside this torch; install the gpu-decode extra"
     return None
+
+
+def _torchvision_io() -> Any | None:
+    """torchvision.io, or None when it is missing or built for another torch (its import raises then)."""
+    try:
+        import torchvision.io
+    except Exception:  # ImportError, or RuntimeError from a torchvision built for another torch
+        return None
+    return torchvision.io
 
 
 class DeviceJpegDecoder:
@@ -45,25 +56,24 @@ class DeviceJpegDecoder:
 
     def __init__(self, model: ModelSettings, max_pixels: int, device: str, fallback: CpuBatchDecoder) -> None:
         import torch
-        import torchvision.io
 
         self._torch: Any = torch
-        self._io: Any = torchvision.io
+        self._io: Any = _torchvision_io()
+        if self._io is None and device != "cpu":
+            raise RuntimeError(f"torchvision is needed to decode JPEG on {device}")
         self.model = model
         self.max_pixels = max_pixels
         self.device = device
         self.fallback = fallback
-        self.name = f"nvjpeg ({device})" if device.startswith("cuda") else f"torchvision ({device})"
+        self.name = f"nvjpeg ({device})" if device.startswith("cuda") else f"device path ({device})"
 
     def decode_batch(self, files: Sequence[npt.NDArray[np.uint8]]) -> list[DecodeResult]:
         results: list[DecodeResult | None] = [None] * len(files)
-        on_device: list[int] = []
-        for index, data in enumerate(files):
-            if self._suits_device(data):
-                on_device.append(index)
+        on_device = [index for index, data in enumerate(files) if self._suits_device(data)]
         decoded = self._decode_on_device([files[index] for index in on_device])
         for index, pixels in zip(on_device, decoded, strict=True):
             results[index] = pixels
+        # PNG and the rest, CMYK, refusals by the header check or by the device: the CPU decoder's verdict.
         rest = [index for index, result in enumerate(results) if result is None]
         for index, result in zip(rest, self.fallback.decode_batch([files[i] for i in rest]), strict=True):
             results[index] = result
@@ -87,27 +97,38 @@ class DeviceJpegDecoder:
         """Each file's model input, None where the device decoder refused it."""
         if not files:
             return []
-        torch = self._torch
-        tensors = [torch.from_numpy(np.array(data, dtype=np.uint8, copy=True)) for data in files]
+        if self._io is None:
+            # The CPU device without torchvision (the test set-up): libjpeg-turbo decodes, and the rest of
+            # the path (crop, resize, turn, one transfer back, the fallback) is the device's own.
+            return self._model_inputs([self._decode_here(data) for data in files], files)
+        tensors = [self._torch.from_numpy(np.array(data, dtype=np.uint8, copy=True)) for data in files]
         try:
-            images: list[Any] = list(
-                self._io.decode_jpeg(tensors, mode=self._io.ImageReadMode.RGB, device=self.device)
-            )
+            images = list(self._io.decode_jpeg(tensors, mode=self._io.ImageReadMode.RGB, device=self.device))
         except RuntimeError as exc:
             log.debug("decode: the batch failed on %s (%s); trying its images one by one", self.device, exc)
             images = [self._decode_single(tensor) for tensor in tensors]
-        inputs: list[Any] = []
-        for image, data in zip(images, files, strict=True):
-            inputs.append(
-                None if image is None else self._model_input(image, exif_orientation(data[:65536].tobytes()))
-            )
+        return self._model_inputs(images, files)
+
+    def _model_inputs(
+        self, images: list[Any | None], files: list[npt.NDArray[np.uint8]]
+    ) -> list[npt.NDArray[np.uint8] | None]:
+        inputs = [
+            None if image is None else self._model_input(image, exif_orientation(data[:65536].tobytes()))
+            for image, data in zip(images, files, strict=True)
+        ]
         present = [tensor for tensor in inputs if tensor is not None]
         if not present:
             return [None] * len(files)
         # One transfer back for the batch: the model inputs only, never the decoded photos.
-        host = torch.stack(present).cpu().numpy()
-        rows = iter(host)
+        rows = iter(self._torch.stack(present).cpu().numpy())
         return [None if tensor is None else next(rows) for tensor in inputs]
+
+    def _decode_here(self, data: npt.NDArray[np.uint8]) -> Any | None:
+        try:
+            pixels = simplejpeg.decode_jpeg(data.tobytes(), colorspace="RGB", strict=True)
+        except ValueError:
+            return None
+        return self._torch.from_numpy(pixels).permute(2, 0, 1)
 
     def _decode_single(self, tensor: Any) -> Any | None:
         try:

@@ -23,7 +23,7 @@ import requests
 
 from daemon.ops.front_door import instance_workers
 from daemon.queue.keys import processing_key, queue_key
-from daemon.queue.wire import JOB_HEADER, JOB_VERSION_SEGMENT
+from daemon.queue.wire import JOB_HEADER, JOB_VERSION_ENCODED_SEGMENT, JOB_VERSION_SEGMENT
 from tests.conftest import standin_model
 from tools.harness import Appliance, wait_until
 from tools.loadgen import LoadResult, LoadRun, RequestRecord, Upload
@@ -145,11 +145,11 @@ def wait_all_held_with_a_batch_claimed(
 
 
 def segments_named(payloads: list[bytes]) -> list[str]:
-    """The shared-memory segments these jobs name (a job carrying its pixels names none)."""
+    """The shared-memory segments these jobs name (pixels or an image file; a job carrying them names none)."""
     return [
         bytes(payload[JOB_HEADER.size :]).decode()
         for payload in payloads
-        if JOB_HEADER.unpack_from(payload)[1] == JOB_VERSION_SEGMENT
+        if JOB_HEADER.unpack_from(payload)[1] in (JOB_VERSION_SEGMENT, JOB_VERSION_ENCODED_SEGMENT)
     ]
 
 
