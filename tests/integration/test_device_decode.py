@@ -7,6 +7,7 @@ place; the crop, resize, EXIF turn, batching and the per-image fallback are the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from daemon.images.nvjpeg import DeviceJpegDecoder, device_decoder_missing
 from daemon.images.shard_decode import CpuBatchDecoder
 from daemon.model.classifier import Classifier
 from daemon.settings import ApiSettings, ModelSettings
-from tests.corpus.make_corpus import CASES
+from tests.corpus.make_corpus import CASES, Case
 from tests.needs import need_module
 
 need_module("torch", "the torch extra")
@@ -26,7 +27,7 @@ MAX_PIXELS = ApiSettings().max_image_pixels
 TOP = 5
 
 
-def files(cases: list) -> list[np.ndarray]:
+def files(cases: Sequence[Case]) -> list[np.ndarray]:
     return [np.frombuffer(case.read(), dtype=np.uint8) for case in cases]
 
 
