@@ -27,6 +27,7 @@ from daemon.errors import (
     UnsupportedMediaType,
 )
 from daemon.http.kserve import add_v2_routes, is_v2_path
+from daemon.http.multipart import form_fields
 from daemon.http.openapi import OpenApiResource
 from daemon.http.request_body import check_declared_size
 from daemon.http.status_page import add_status_page_routes, is_public, prefers_html, status_page
@@ -52,6 +53,8 @@ UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v
 """Probes a supervisor or load balancer calls without credentials."""
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 MODEL_VERSION_HEADER = "X-Inferd-Model-Version"
+UPLOAD_FIELDS = frozenset({"image", "top"})
+"""The multipart fields /predict reads; any other is skipped."""
 
 
 class IndexResource:
@@ -205,21 +208,13 @@ class PredictResource:
         )
 
     def _read_multipart(self, req: falcon.Request, limit: int) -> tuple[bytes, str | None]:
-        image: bytes | None = None
-        top: str | None = None
-        try:
-            for part in req.get_media():
-                if part.name == "image" and image is None:
-                    image = _read_bounded(part.stream, limit)
-                elif part.name == "top":
-                    top = part.get_text()
-                else:
-                    part.stream.read()  # drain unknown fields so the parser can go on
-        except falcon.MediaMalformedError as exc:
-            raise BadRequest(f"malformed multipart body: {exc.description}") from None
+        body = _read_bounded(req.bounded_stream, limit, "request body")
+        fields = form_fields(body, req.content_type or "", UPLOAD_FIELDS)
+        image = fields.get("image")
         if image is None:
             raise BadRequest("multipart field 'image' is missing")
-        return image, top
+        top = fields.get("top")
+        return image, None if top is None else top.decode("utf-8", errors="replace")
 
     def _top(self, req: falcon.Request, form_top: str | None) -> int:
         raw = req.get_param("top") or form_top
@@ -235,10 +230,10 @@ class PredictResource:
         return top
 
 
-def _read_bounded(stream: Any, limit: int) -> bytes:
+def _read_bounded(stream: Any, limit: int, what: str = "image") -> bytes:
     data: bytes = stream.read(limit + 1)
     if len(data) > limit:
-        raise PayloadTooLarge(f"the image is larger than the {limit}-byte limit")
+        raise PayloadTooLarge(f"the {what} is larger than the {limit}-byte limit")
     return data
 
 
