@@ -16,7 +16,7 @@ import falcon
 
 from daemon.images.decode import decode_image
 from daemon.settings import Settings, load_settings
-from tools.harness import PYTHON, REPO, Service
+from testkit.harness import PYTHON, REPO, Service
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from bench.phases import build_tiny_model, running_appliance, tiny_env
 from bench.procs import cpu_seconds
 from daemon.images.decode import decode_image
 from daemon.settings import ModelSettings
-from tools.harness import free_port
-from tools.proctree import children
+from testkit.harness import free_port
+from testkit.proctree import children
 
 log = logging.getLogger(__name__)
 

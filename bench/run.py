@@ -38,7 +38,7 @@ from bench.report import (
 )
 from bench.results import BenchResults
 from daemon.settings import gpu_selection_text
-from tools.harness import PYTHON, REPO
+from testkit.harness import PYTHON, REPO
 
 log = logging.getLogger(__name__)
 
