@@ -144,10 +144,14 @@ class DeviceJpegDecoder:
         if self.model.resize == "crop":
             left, top, right, bottom = centre_crop_box((width, height), self.model)
             image = image[:, round(top) : round(bottom), round(left) : round(right)]
+        # The CPU has a uint8 kernel for this resize (5x cheaper than float); CUDA resizes in float.
+        batch = image[None] if image.device.type == "cpu" else image[None].float()
         scaled = torch.nn.functional.interpolate(
-            image[None].float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False
-        )
-        pixels = scaled[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+            batch, size=(size, size), mode="bicubic", antialias=True, align_corners=False
+        )[0]
+        if scaled.dtype != torch.uint8:
+            scaled = scaled.round_().clamp_(0, 255).to(torch.uint8)
+        pixels = scaled.permute(1, 2, 0)
         return _turned(torch, pixels, orientation)
 
 
