@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -35,7 +37,7 @@ from bench.phases import build_tiny_model, running_appliance, tiny_env
 from bench.procs import cpu_seconds
 from daemon.images.decode import decode_image
 from daemon.settings import ModelSettings
-from testkit.harness import free_port
+from testkit.harness import REPO, free_port
 from testkit.proctree import children
 
 log = logging.getLogger(__name__)
@@ -176,7 +178,8 @@ def http_floor(
 def measure_floors(work: Path, photos: dict[str, Path], plan: FloorsPlan) -> dict[str, Any]:
     """The whole phase: decode floors, the HTTP floor, the appliance by role; plain data for the report."""
     photos = {"jpeg": photos["jpeg"], "png": photos["png"], "camera": write_camera_photo(work)}
-    found: dict[str, Any] = {"decode": decode_floors(photos, plan.decode_s)}
+    found: dict[str, Any] = {"commit": commit(), "load_before": os.getloadavg()[0]}
+    found["decode"] = decode_floors(photos, plan.decode_s)
     model, labels = build_tiny_model(work / "tiny224", INPUT_SIZE)
     env = tiny_env(work / "appliance", model, labels, INPUT_SIZE)
     found["http"] = http_floor(work / "http-floor", env, photos["jpeg"], 64, plan)
@@ -191,6 +194,7 @@ def measure_floors(work: Path, photos: dict[str, Path], plan: FloorsPlan) -> dic
                         "image": image,
                         "clients": clients,
                         "rps": measured.result.rps,
+                        "served": round(measured.result.rps * measured.result.duration_s),
                         "p50_ms": measured.result.p50_ms,
                         "errors": measured.result.errors,
                         "cpu_ms": measured.cpu_ms_per_request,
@@ -200,7 +204,21 @@ def measure_floors(work: Path, photos: dict[str, Path], plan: FloorsPlan) -> dic
                 log.info("bench: floors %-6s c=%-3d %s", image, clients, rounds[-1])
     found["appliance"] = rounds
     found["plan"] = asdict(plan)
+    found["load_after"] = os.getloadavg()[0]
     return found
+
+
+def commit() -> str:
+    """The checkout's commit, marked when the tree has changes the commit does not hold."""
+
+    def git(*argv: str) -> str:
+        return subprocess.run(
+            ["git", *argv], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (
+        " (with local changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    )
 
 
 def floors_section(found: dict[str, Any]) -> str:
@@ -210,7 +228,10 @@ def floors_section(found: dict[str, Any]) -> str:
         "",
         "CPU ms per image. Decode floor: decode, centre crop and resize to 224 in a tight loop on one core. "
         "Appliance: the tiny model at 224 under `inferd run`, wrk closed-loop clients, CPU from /proc per role "
-        "(`python -m bench.run --phases floors`).",
+        f"(`python -m bench.run --phases floors`). Commit {found.get('commit', '?')}; load average "
+        f"{found.get('load_before', 0.0):.1f} before and {found.get('load_after', 0.0):.1f} after, on a shared machine: "
+        "req/s follows the share of the cores the appliance got, CPU per image is the figure. A row marked * "
+        "served fewer requests than it had clients: its CPU includes uploads still in flight and is no per-image figure.",
         "",
         "| image | bytes | decode floor, appliance's decoder | decode floor, fastest installed |",
         "| --- | ---: | ---: | ---: |",
@@ -233,8 +254,9 @@ def floors_section(found: dict[str, Any]) -> str:
         cpu = point["cpu_ms"]
         total = sum(cpu.values())
         floor = found["decode"][point["image"]]["appliance_ms"]
+        partial = "*" if point.get("served", point["clients"]) < point["clients"] else ""
         out.append(
-            f"| {point['image']} | {point['clients']} | {point['rps']:.0f} | {point['p50_ms']:.1f} | {point['errors']} | "
+            f"| {point['image']} | {point['clients']}{partial} | {point['rps']:.0f} | {point['p50_ms']:.1f} | {point['errors']} | "
             f"{cpu.get('api', 0.0):.2f} | {cpu.get('workers', 0.0):.2f} | {cpu.get('redis', 0.0):.2f} | "
             f"{cpu.get('front door', 0.0):.2f} | {total:.2f} | {total / floor:.2f} |"
         )

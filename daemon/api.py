@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import time
+from functools import partial
 from typing import Any, cast
 
 import falcon
@@ -31,7 +32,7 @@ from daemon.http.multipart import form_fields
 from daemon.http.openapi import OpenApiResource
 from daemon.http.request_body import check_declared_size
 from daemon.http.status_page import add_status_page_routes, is_public, prefers_html, status_page
-from daemon.images.decode import inspect_upload
+from daemon.images.decode import decode_image, inspect_upload
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.metrics.limits import LimitsCollector
@@ -291,7 +292,13 @@ def create_app(
     (by default the real one on that client; tests may pass a fake)."""
     if dispatcher is None:
         queues = ApiQueues(client, settings.queue, settings.batching)
-        dispatcher = Dispatcher(queues, settings.api.request_timeout_s, PixelStore.for_settings(settings))
+        dispatcher = Dispatcher(
+            queues,
+            settings.api.request_timeout_s,
+            PixelStore.for_settings(settings),
+            decode_here=partial(decode_image, model=settings.model, max_pixels=settings.api.max_image_pixels),
+            inline_file_limit=settings.model.input_size**2 * 3,
+        )
     token = settings.secrets.auth_token
     metrics = ApiMetrics()
     # Metrics first: its clock starts before auth can refuse, so a 401 is timed and counted like any answer.
