@@ -1,8 +1,9 @@
 """The HTTP API: a Falcon app factory (`create_app`) and the thin `get_app()` gunicorn loads.
 
-`POST /predict` checks the upload's header here (format, size, pixel count) and hands the file to the
-dispatcher, which puts it on a shard's queue and waits for the answer within the request's deadline; the
-shard decodes it (daemon/images/shard_decode.py says why there).
+`POST /predict` decodes the upload here and hands a compact uint8 job to the dispatcher, or, on a box with
+GPU shards (`api.decode_in`, `decodes_in_shard`), checks only its header and hands over the file for the shard
+to decode; the dispatcher puts the job on a shard's queue and waits for the answer within the request's
+deadline.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import time
+from collections.abc import Mapping
 from functools import partial
 from typing import Any, cast
 
 import falcon
 import numpy as np
+import numpy.typing as npt
 import redis
 
 from daemon.dispatcher import Dispatch, Dispatcher
@@ -46,6 +50,7 @@ from daemon.queue.pixel_store import PixelStore
 from daemon.queue.registry import DrainState
 from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
+from daemon.shard import SHARDS_ENV, decode_shards
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +152,13 @@ def not_ready_reason(live: list[str], drain: DrainState, failed: dict[str, str] 
 
 
 class PredictResource:
-    def __init__(self, settings: Settings, dispatcher: Dispatch, metrics: ApiMetrics) -> None:
+    def __init__(
+        self, settings: Settings, dispatcher: Dispatch, metrics: ApiMetrics, decode_in_shard: bool
+    ) -> None:
         self._settings = settings
         self._dispatcher = dispatcher
         self._metrics = metrics
+        self._decode_in_shard = decode_in_shard
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         # The deadline counts from the request's arrival at the front door, not from when a thread here
@@ -166,17 +174,7 @@ class PredictResource:
             )
         data, form_top = self._read_image(req)
         top = self._top(req, form_top)
-        # The header alone here (415, 413 and a broken header's 400 at once); the shard decodes the file
-        # (daemon/images/shard_decode.py says why) and answers a corrupt one with its 400.
-        upload = inspect_upload(data, self._settings.api.max_image_pixels)
-        job = Job(
-            job_id=new_job_id(),
-            deadline=deadline,
-            enqueued_at=time.monotonic(),
-            top_k=top,
-            pixels=np.frombuffer(data, dtype=np.uint8),
-            encoded_size=(upload.width, upload.height),
-        )
+        job = Job(new_job_id(), deadline, time.monotonic(), top, *self._job_input(data))
         reply = self._dispatcher.dispatch(job)
         self._metrics.queue_wait_seconds.observe(reply.queue_ms / 1000.0)
         resp.set_header("X-Inferd-Shard", reply.shard)
@@ -192,6 +190,16 @@ class PredictResource:
             req.context.model_version = reply.model_version
             resp.set_header(MODEL_VERSION_HEADER, str(reply.model_version))
             resp.media["model_version"] = reply.model_version
+
+    def _job_input(self, data: bytes) -> tuple[npt.NDArray[np.uint8], None, tuple[int, int] | None]:
+        """The job's pixels, or the file itself (with the size its header gives) for the shard to decode."""
+        max_pixels = self._settings.api.max_image_pixels
+        if not self._decode_in_shard:
+            return decode_image(data, self._settings.model, max_pixels), None, None
+        # The header alone here (415, 413 and a broken header's 400 at once); the shard decodes the file
+        # and answers a corrupt one with its 400.
+        upload = inspect_upload(data, max_pixels)
+        return np.frombuffer(data, dtype=np.uint8), None, (upload.width, upload.height)
 
     def _read_image(self, req: falcon.Request) -> tuple[bytes, str | None]:
         limit = self._settings.api.max_body_bytes
@@ -285,6 +293,18 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception
     _json_error(req, resp, 500, f"internal error: {type(exc).__name__}")
 
 
+def decodes_in_shard(settings: Settings, env: Mapping[str, str] | None = None) -> bool:
+    """Whether /predict forwards files for the shards to decode (`api.decode_in`). "auto" picks the shards
+    when the launcher's shards include a GPU: there the workers' host cores wait on their devices and nvJPEG
+    can decode. On a CPU box the API decodes: measured there (bench/floors.py), moving the decode to the
+    worker saved no CPU and made its one process the bottleneck (req/s fell by a third), while the API's
+    processes decode side by side."""
+    if settings.api.decode_in != "auto":
+        return settings.api.decode_in == "shard"
+    encoded = (os.environ if env is None else env).get(SHARDS_ENV)
+    return bool(encoded) and any(shard.kind == "gpu" for shard in decode_shards(encoded or "[]"))
+
+
 def create_app(
     settings: Settings, client: redis.Redis, dispatcher: Dispatch | None = None
 ) -> falcon.App[falcon.Request, falcon.Response]:
@@ -322,7 +342,7 @@ def create_app(
     app.add_route(
         "/metrics", MetricsResource(metrics, client, collectors=[pending, LimitsCollector(settings)])
     )
-    app.add_route("/predict", PredictResource(settings, dispatcher, metrics))
+    app.add_route("/predict", PredictResource(settings, dispatcher, metrics, decodes_in_shard(settings)))
     add_v2_routes(app, settings, dispatcher, VERSION)
     add_status_page_routes(app, settings, client)
     app.add_route("/openapi.json", OpenApiResource(settings, VERSION))

@@ -1,14 +1,17 @@
 """Decoding in the shard: a claimed batch's image files become the model's uint8 batch, one verdict per image.
 
-Where the decode runs, and why (bench/RESULTS.md, the decode and appliance sections, has the figures):
-- The API does the least it can before the hand-off: it reads the body, checks the header
+Where the decode runs, and why (`api.decode_in`; bench/RESULTS.md (k) has the figures):
+- On a GPU box, here, in the shard. Its worker process waits on its device and the host has cores to spare,
+  and with a GPU JPEG decoder (nvJPEG through torchvision, `daemon.images.nvjpeg`) the entropy decode and the
+  resize run on the device, so the host's cost per image no longer grows with the photo. The API then does
+  the least it can before the hand-off: it reads the body, checks the header
   (`daemon.images.decode.inspect_upload`: format by magic bytes, size and pixel count, microseconds) and
-  forwards the file's bytes. An upload refused there is answered at once (415, 413, a broken header's 400).
-- The shard decodes its batch. On a GPU box the worker processes wait on their device and their host has
-  cores to spare, and with a GPU JPEG decoder (nvJPEG through torchvision, `daemon.images.nvjpeg`) the
-  entropy decode and the resize run on the device, so the host's cost per image no longer grows with the
-  photo. On a CPU box the total is the same wherever the decode runs (the same libjpeg-turbo calls); here it
-  runs on a few threads of the worker (libjpeg-turbo and Pillow release the GIL), between model calls.
+  forwards the file's bytes; an upload refused there is answered at once (415, 413, a broken header's 400).
+- On a CPU box, in the API. Measured on two shared cores (tiny model at 224, the 451x300 JPEG, 16 and 64
+  clients, main against this design in alternating runs): decoding in the worker moved 2.5 ms per image
+  from the API to the worker and saved no CPU in all (8.2 to 8.6 ms against 7.0 to 7.8), and the worker's
+  one process became the bottleneck (28 to 30 req/s against 42 to 56), where the API's processes decode
+  side by side. The CPU decoder here is the same one the API uses (`decode_image`).
 - Errors keep their statuses whichever process finds them: a decode failure travels back as data
   (`Reply.failure` with BadRequest, PayloadTooLarge or UnsupportedMediaType) and the API answers 400, 413 or
   415, as when it decoded itself. A bad image fails only its own job. A worker that dies mid-decode has its

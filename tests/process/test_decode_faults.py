@@ -56,7 +56,7 @@ def test_a_worker_killed_mid_decode_loses_nothing_and_answers_each_once(start_ap
         shards=1,
         model={"path": standin_model(tmp_path, 1.0)},
         batching={"max_wait_ms": 0},
-        api={"request_timeout_s": 90.0},
+        api={"request_timeout_s": 90.0, "decode_in": "shard"},
     )
     victim = appliance.pid_of("worker:worker-0")
     run = burst(appliance, upload)
