@@ -8,10 +8,10 @@ Where the decode runs, and why (`api.decode_in`; bench/RESULTS.md (k) has the fi
   (`daemon.images.decode.inspect_upload`: format by magic bytes, size and pixel count, microseconds) and
   forwards the file's bytes; an upload refused there is answered at once (415, 413, a broken header's 400).
 - On a CPU box, in the API. Measured on two shared cores (tiny model at 224, the 451x300 JPEG, 16 and 64
-  clients, main against this design in alternating runs): decoding in the worker moved 2.5 ms per image
-  from the API to the worker and saved no CPU in all (8.2 to 8.6 ms against 7.0 to 7.8), and the worker's
-  one process became the bottleneck (28 to 30 req/s against 42 to 56), where the API's processes decode
-  side by side. The CPU decoder here is the same one the API uses (`decode_image`).
+  clients, two alternating rounds of the API decoding with Pillow against the shard decoding): decoding in
+  the worker moved 2.5 to 3 ms per image from the API to the worker and saved no CPU in all (7.0 to 8.6 ms
+  against 6.8 to 7.8), and the worker's one process became the bottleneck (28 to 48 req/s against 42 to
+  56), where the API's processes decode side by side. The CPU decoder here is the API's (`decode_image`).
 - Errors keep their statuses whichever process finds them: a decode failure travels back as data
   (`Reply.failure` with BadRequest, PayloadTooLarge or UnsupportedMediaType) and the API answers 400, 413 or
   415, as when it decoded itself. A bad image fails only its own job. A worker that dies mid-decode has its
