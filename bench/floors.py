@@ -35,6 +35,7 @@ from bench.decode_only import http_floor_service
 from bench.frontdoor import FrontDoorPlan, measure_inferd
 from bench.phases import build_tiny_model, running_appliance, tiny_env
 from bench.procs import cpu_seconds
+from bench.sections import end_marker, start_marker
 from daemon.images.decode import decode_image
 from daemon.settings import ModelSettings
 from testkit.harness import REPO, free_port
@@ -224,6 +225,7 @@ def commit() -> str:
 def floors_section(found: dict[str, Any]) -> str:
     """Markdown for section (k)."""
     out = [
+        start_marker(SECTION),
         "## (k) Floors: what an image costs at the least, and what the appliance spends on it",
         "",
         "CPU ms per image. Decode floor: decode, centre crop and resize to 224 in a tight loop on one core. "
@@ -260,4 +262,5 @@ def floors_section(found: dict[str, Any]) -> str:
             f"{cpu.get('api', 0.0):.2f} | {cpu.get('workers', 0.0):.2f} | {cpu.get('redis', 0.0):.2f} | "
             f"{cpu.get('front door', 0.0):.2f} | {total:.2f} | {total / floor:.2f} |"
         )
+    out.append(end_marker(SECTION))
     return "\n".join(out) + "\n"
