@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bench.floors import write_camera_photo
-from bench.loadgen import write_photos
+from bench.wrk import write_photos
 from daemon.images.shard_decode import BatchDecoder, CpuBatchDecoder
 from daemon.settings import ModelSettings
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench import loadgen
+from bench import wrk
 from bench.decode_only import http_floor_service
 from bench.frontdoor import FrontDoorPlan, measure_inferd
 from bench.phases import build_tiny_model, running_appliance, tiny_env
@@ -162,10 +162,10 @@ def http_floor(
         service.wait_http(f"http://127.0.0.1:{port}/")
         url = f"http://127.0.0.1:{port}/predict"
         if plan.warmup_s:
-            loadgen.run_wrk(url, photo, clients, plan.warmup_s)
+            wrk.run_wrk(url, photo, clients, plan.warmup_s)
         pids = [service.pid, *(child.pid for child in children(service.pid))]
         before = sum(cpu_seconds(pid) or 0.0 for pid in pids)
-        result = loadgen.measure("http floor", url, "jpeg", photo, clients, plan.seconds, 0.0)
+        result = wrk.measure("http floor", url, "jpeg", photo, clients, plan.seconds, 0.0)
         after = sum(cpu_seconds(pid) or 0.0 for pid in pids)
     served = max(1, round(result.rps * result.duration_s))
     return {

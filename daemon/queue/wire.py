@@ -115,7 +115,7 @@ class Job:
 
     @classmethod
     def decode(cls, payload: bytes, read_segment: SegmentReader | None = None) -> Job:
-        """Parse a job; a version-2 job's pixels are read with `read_segment`."""
+        """Parse a job; a version-2 or 4 job's pixels or file are read with `read_segment`."""
         if len(payload) < JOB_HEADER.size:
             raise WireError(f"job of {len(payload)} bytes is shorter than its header")
         magic, version, channels, top_k, height, width, deadline, enqueued_at, raw_id = (
@@ -124,31 +124,20 @@ class Job:
         if magic != JOB_MAGIC or version not in JOB_VERSIONS:
             raise WireError(f"not an inferd job of version 1 to 4 (magic {magic!r}, version {version})")
         job_id = raw_id.hex()
-        if version in (JOB_VERSION_ENCODED, JOB_VERSION_ENCODED_SEGMENT):
-            segment = None
-            if version == JOB_VERSION_ENCODED_SEGMENT:
-                segment = cls._segment_name(payload)
-                if read_segment is None:
-                    raise WireError("the job's image is in shared memory, and this reader has none")
-                data = read_segment(segment, None)
-            else:
-                data = np.frombuffer(payload, dtype=np.uint8, offset=JOB_HEADER.size)
-            return cls(job_id, deadline, enqueued_at, top_k, data, segment, encoded_size=(width, height))
-        if version == JOB_VERSION_SEGMENT:
+        encoded = version in (JOB_VERSION_ENCODED, JOB_VERSION_ENCODED_SEGMENT)
+        size = (width, height) if encoded else None
+        if version in (JOB_VERSION_SEGMENT, JOB_VERSION_ENCODED_SEGMENT):
             segment = cls._segment_name(payload)
             if read_segment is None:
                 raise WireError("the job's pixels are in shared memory, and this reader has none")
-            pixels = read_segment(segment, (height, width, channels))
-            return cls(job_id, deadline, enqueued_at, top_k, pixels, segment)
-        expected = height * width * channels
-        if len(payload) - JOB_HEADER.size != expected:
-            raise WireError(
-                f"job carries {len(payload) - JOB_HEADER.size} pixel bytes, header says {expected}"
-            )
-        pixels = np.frombuffer(payload, dtype=np.uint8, offset=JOB_HEADER.size).reshape(
-            height, width, channels
-        )
-        return cls(job_id, deadline, enqueued_at, top_k, pixels)
+            pixels = read_segment(segment, None if encoded else (height, width, channels))
+            return cls(job_id, deadline, enqueued_at, top_k, pixels, segment, size)
+        data = np.frombuffer(payload, dtype=np.uint8, offset=JOB_HEADER.size)
+        if encoded:
+            return cls(job_id, deadline, enqueued_at, top_k, data, encoded_size=size)
+        if data.size != height * width * channels:
+            raise WireError(f"job carries {data.size} pixel bytes, header says {height * width * channels}")
+        return cls(job_id, deadline, enqueued_at, top_k, data.reshape(height, width, channels))
 
     @staticmethod
     def _segment_name(payload: bytes) -> str:
@@ -245,6 +234,11 @@ def _json_object(payload: bytes | str, what: str) -> dict[str, Any]:
 SERVING, FAILED, STUCK = "serving", "failed", "stuck"
 """A registered shard's states: its worker serves (live while its heartbeat is fresh), refused to start, or
 left because its model call hung (supervisord restarts it)."""
+LIVE, DOWN = "live", "down"
+"""A shard's status as /readyz, /shards, /metrics and gpu_status show it: live (a fresh heartbeat), down (none,
+and the registry says it serves), or the registry's FAILED or STUCK."""
+SHARD_STATUSES = (LIVE, DOWN, STUCK, FAILED)
+"""Every status a shard can show, in the order the OpenAPI document lists them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,6 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.errors import InferdError, InferenceFailed
-from daemon.images.shard_decode import BatchDecoder
 from daemon.model.classifier import top_k
 from daemon.queue.wire import ALL_CLASSES, Job, PixelsGone, Reply, SegmentReader, WireError
 
@@ -34,6 +33,14 @@ class Predictor(Protocol):
     labels: list[str]
 
     def predict(self, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]: ...
+
+
+class BatchDecoder(Protocol):
+    """What a batch needs to turn image files into model inputs (`daemon.images.shard_decode`'s decoders)."""
+
+    def decode_batch(
+        self, files: Sequence[npt.NDArray[np.uint8]]
+    ) -> list[npt.NDArray[np.uint8] | InferdError]: ...
 
 
 @dataclass(frozen=True, slots=True)
