@@ -33,4 +33,4 @@ def test_quick_floors_phase_measures_every_upload_and_writes_its_section(tmp_pat
     for point in floors["appliance"]:
         assert {"api", "workers", "redis", "front door"} <= set(point["cpu_ms"]), point
     text = (out / "RESULTS.md").read_text()
-    assert "## (k) Floors" in text and "| camera | 4 |" in text
+    assert "## (k) Floors" in text and "| camera | 4" in text
