@@ -40,10 +40,8 @@ JOB_VERSION = 1
 """A job carrying its pixels."""
 JOB_VERSION_SEGMENT = 2
 """A job naming the shared-memory segment that holds its pixels."""
-JOB_VERSION_ENCODED = 3
-"""A job carrying its image file, to be decoded by the shard."""
-JOB_VERSION_ENCODED_SEGMENT = 4
-"""A job naming the shared-memory segment that holds its image file."""
+JOB_VERSION_ENCODED, JOB_VERSION_ENCODED_SEGMENT = 3, 4
+"""A job carrying its image file for the shard to decode, or naming the segment that holds the file."""
 JOB_VERSIONS = (JOB_VERSION, JOB_VERSION_SEGMENT, JOB_VERSION_ENCODED, JOB_VERSION_ENCODED_SEGMENT)
 SEGMENT_NAME = re.compile(r"[0-9a-f]{32}")
 """What a segment name may be: never a path, so a job cannot point a worker at any other file."""
@@ -84,7 +82,7 @@ class Job:
     segment: str | None = None
     """The shared-memory segment holding a copy of `pixels`: then only its name crosses Redis."""
     encoded_size: tuple[int, int] | None = None
-    """(width, height) from the header when `pixels` holds the image file's bytes, still to be decoded."""
+    """(width, height) from the header when `pixels` holds the image file, to decode (clamped on the wire)."""
 
     @property
     def encoded(self) -> bool:
@@ -92,7 +90,6 @@ class Job:
 
     def encode(self) -> bytes:
         if self.encoded_size is not None:
-            # Informational only (the shard reads the size again from the file): clamped to the field.
             (width, height), channels = (min(side, 0xFFFF) for side in self.encoded_size), 0
             version = JOB_VERSION_ENCODED if self.segment is None else JOB_VERSION_ENCODED_SEGMENT
         else:
