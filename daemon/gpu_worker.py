@@ -208,10 +208,13 @@ class Worker:
         # The main thread is inside the model call and cannot be interrupted: only leaving the process frees it.
         os._exit(EXIT_STUCK)
 
+    def _model_starts(self) -> None:
+        self.batch_started = time.monotonic()
+
     def execute_batch(self, payloads: list[bytes]) -> None:
         """Run one claimed batch and commit every reply plus the release of the claims in one atomic step."""
         self.batch_jobs = len(payloads)
-        started = self.batch_started = time.monotonic()
+        started = time.monotonic()
         try:
             outcome = run_batch(
                 payloads,
@@ -221,6 +224,9 @@ class Worker:
                 self.settings.model.version,
                 read_segment=self.pixels.read,
                 decoder=self.decoder,
+                # The wedge clock starts at the model call: the pace is the model's, and decoding a batch
+                # of large photos in the shard is slow work, not a hung device.
+                model_starts=self._model_starts,
             )
         finally:
             self.batch_started = None

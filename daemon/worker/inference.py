@@ -64,6 +64,7 @@ def run_batch(
     clock: Callable[[], float] = time.monotonic,
     read_segment: SegmentReader | None = None,
     decoder: BatchDecoder | None = None,
+    model_starts: Callable[[], None] | None = None,
 ) -> BatchOutcome:
     """Triage the claimed jobs and classify the ones worth computing; every caller still waiting gets a reply.
     Jobs whose pixels wait in shared memory are read with `read_segment`; image files are decoded with
@@ -101,6 +102,8 @@ def run_batch(
     if not live:
         return BatchOutcome(replies)
     try:
+        if model_starts is not None:
+            model_starts()
         probabilities = predictor.predict(batch)
         most = max(job.top_k for job in live)
         ranked = top_k(probabilities, predictor.labels, most) if most else [()] * len(live)
