@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from tests.conftest import TINY_INPUT, encode_image, tiny_sections
+from tests.needs import need
 from tests.slow_clients import Attack, SlowClients
 from tools.harness import INFERD, Appliance, write_settings
 from tools.loadgen import LoadRun, Upload
@@ -105,8 +106,11 @@ def test_slow_and_silent_clients_do_not_delay_a_request_or_a_probe(appliance):
 
 def test_two_thousand_idle_keepalive_connections_do_not_stop_service(appliance):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard < 3000:
-        pytest.skip(f"the open-files hard limit ({hard}) cannot hold 2,000 client sockets")
+    need(
+        hard >= 3000,
+        f"the open-files hard limit ({hard}) cannot hold 2,000 client sockets",
+        "raise it: ulimit -Hn",
+    )
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 3000), hard))
     try:
         with SlowClients(appliance.port, Attack(idle_keepalive=2000), duration_s=60) as clients:
