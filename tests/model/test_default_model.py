@@ -143,8 +143,10 @@ def _torch_logits(images: np.ndarray) -> np.ndarray:
         return F.conv2d(x, weight, stride=stride, groups=groups)
 
     def bn(x: torch.Tensor, name: str) -> torch.Tensor:
-        stats = [sd[f"{name}.{part}"] for part in ("running_mean", "running_var", "weight", "bias")]
-        return F.batch_norm(x, *stats, training=False, eps=1e-3)
+        mean, var, weight, bias = (
+            sd[f"{name}.{part}"] for part in ("running_mean", "running_var", "weight", "bias")
+        )
+        return F.batch_norm(x, mean, var, weight, bias, training=False, eps=1e-3)
 
     def relu6(x: torch.Tensor) -> torch.Tensor:
         return F.hardtanh(x, 0.0, 6.0)
