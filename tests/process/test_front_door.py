@@ -25,8 +25,9 @@ import requests
 
 from tests.conftest import TINY_INPUT, encode_image, tiny_sections
 from tests.needs import need
+from tests.process.test_worker_exit_codes import run_inferd
 from tests.slow_clients import Attack, SlowClients
-from tools.harness import INFERD, Appliance, write_settings
+from tools.harness import Appliance, write_settings
 from tools.loadgen import LoadRun, Upload
 
 pytestmark = pytest.mark.slow
@@ -272,19 +273,31 @@ def test_tls_on_the_api_port(tmp_path, tiny_model):
         tls.stop()
 
 
-def test_a_tls_setting_without_its_pair_or_an_unreadable_key_stops_the_start(tmp_path, tiny_model):
-    cert, _ = make_certificate(tmp_path)
+def test_a_tls_setting_without_its_pair_an_unreadable_key_or_a_refused_certificate_stops_the_start(
+    tmp_path, tiny_model
+):
+    cert, key = make_certificate(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key = make_certificate(other)
+    not_a_certificate = tmp_path / "not-a-cert.pem"
+    not_a_certificate.write_text(
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    )
     cases = [
-        ({"tls_cert_file": str(cert)}, "api.tls_key_file"),
-        ({"tls_cert_file": str(cert), "tls_key_file": str(tmp_path / "missing.pem")}, "api.tls_key_file"),
+        ({"tls_cert_file": str(cert)}, "api.tls_key_file", "check"),
+        (
+            {"tls_cert_file": str(cert), "tls_key_file": str(tmp_path / "missing.pem")},
+            "api.tls_key_file",
+            "check",
+        ),
+        # Readable files that nginx itself refuses (`nginx -t` as the start prepares the front door): a key of
+        # another certificate, a certificate that is not one.
+        ({"tls_cert_file": str(cert), "tls_key_file": str(other_key)}, str(other_key), "run"),
+        ({"tls_cert_file": str(not_a_certificate), "tls_key_file": str(key)}, str(not_a_certificate), "run"),
     ]
-    for api, key_named in cases:
+    for api, named, command in cases:
         config = write_settings(tmp_path, tiny_sections(tiny_model, api=api))
-        result = subprocess.run(
-            [*INFERD, "--config", str(config), "check"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 78, result.stderr
-        assert key_named in result.stderr, result.stderr
+        result = run_inferd(config, command, timeout_s=120)
+        assert result.returncode == 78, (api, command, result.stderr)
+        assert named in result.stderr, result.stderr  # the key, or the file nginx refused
