@@ -13,7 +13,9 @@ import signal
 import pytest
 
 from daemon.ops.front_door import API_INSTANCES
-from tests.conftest import standin_model
+from daemon.queue.keys import queue_key
+from daemon.queue.wire import JOB_HEADER
+from tests.conftest import TINY_INPUT, standin_model
 from tools.harness import wait_until
 from tools.loadgen import LoadRun, Upload
 from tools.proctree import children
@@ -67,4 +69,33 @@ def test_segments_left_by_killed_api_workers_are_swept(start_appliance, tmp_path
     # The appliance still serves, through shared memory, and keeps nothing once answered.
     again = LoadRun(f"{appliance.url}/predict", [upload], concurrency=1, requests=1, timeout_s=60).start()
     assert [r.status for r in again.wait(60).records] == [200]
+    assert appliance.pixel_segments() == []
+
+
+def test_with_queue_pixels_redis_jobs_cross_redis_whole_and_are_answered(
+    start_appliance, tmp_path, photo_png
+):
+    """`queue.pixels = "redis"`, through the API and a worker: no segment is written, each queued job carries
+    its pixels in Redis, and every caller gets its answer."""
+    appliance = start_appliance(
+        shards=1,
+        model={"path": standin_model(tmp_path, BATCH_MS)},
+        batching={"max_wait_ms": 0, "max_batch_size": 1},
+        queue={"pixels": "redis"},
+    )
+    client = appliance.redis()
+    upload = Upload.of("photo.png", photo_png)
+    run = LoadRun(f"{appliance.url}/predict", [upload], concurrency=3, requests=3, timeout_s=60).start()
+    queued: list[bytes] = []
+
+    def jobs_waiting() -> bool:
+        queued[:] = client.lrange(queue_key("cpu0"), 0, -1)
+        return len(queued) >= 1
+
+    wait_until("a job waiting in cpu0's queue", jobs_waiting, 20, appliance.output)
+    whole = JOB_HEADER.size + TINY_INPUT * TINY_INPUT * 3  # a segment's name instead would be 76 bytes
+    assert [len(job) for job in queued] == [whole] * len(queued)
+    assert appliance.pixel_segments() == []
+    result = run.wait(60)
+    assert [r.status for r in result.records] == [200] * 3
     assert appliance.pixel_segments() == []
