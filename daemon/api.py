@@ -19,13 +19,14 @@ from daemon.dispatcher import Dispatch, Dispatcher
 from daemon.errors import (
     BadRequest,
     InferdError,
-    Overloaded,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
 )
+from daemon.http.deadline import arrival_deadline
 from daemon.http.kserve import add_v2_routes, is_v2_path
 from daemon.http.openapi import OpenApiResource
+from daemon.http.readiness import ReadyResource
 from daemon.http.request_body import check_declared_size
 from daemon.http.status_page import add_status_page_routes, is_public, prefers_html, status_page
 from daemon.images.decode import decode_image
@@ -35,11 +36,9 @@ from daemon.metrics.limits import LimitsCollector
 from daemon.metrics.triton import PendingRequestCollector, TritonMiddleware, TritonRequestMetrics
 from daemon.model.active_model import ServedVersions, with_active_model
 from daemon.ops.capacity import api_pool_size, shard_count_from_env
-from daemon.ops.front_door import ARRIVED_HEADER, deadline_from_arrival
 from daemon.queue.connection import connect
 from daemon.queue.faces import ApiQueues
 from daemon.queue.pixel_store import PixelStore
-from daemon.queue.registry import DrainState
 from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
 
@@ -90,56 +89,6 @@ class HealthResource:
     on_head = on_get
 
 
-class ReadyResource:
-    def __init__(self, dispatcher: Dispatch) -> None:
-        self._dispatcher = dispatcher
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        try:
-            status = self._dispatcher.shard_status()
-            failed = self._dispatcher.failures()
-            drain = self._dispatcher.drain_state()
-        except redis.RedisError as exc:
-            log.warning("api: /readyz: Redis unreachable: %s", exc)
-            resp.status = falcon.HTTP_503
-            resp.media = {"ready": False, "reason": "Redis unreachable"}
-            return
-        live = [shard for shard, state in status.items() if state == "live"]
-        reason = not_ready_reason(live, drain, failed)
-        resp.status = falcon.HTTP_200 if reason is None else falcon.HTTP_503
-        resp.media = {
-            "ready": reason is None,
-            "live_shards": live,
-            "registered_shards": list(status),
-            "shards": status,
-            "failed_shards": failed,
-        }
-        if drain.shards:
-            resp.media["draining_shards"] = sorted(drain.shards)
-        if reason is not None:
-            resp.media["reason"] = reason
-
-    on_head = on_get
-
-
-def not_ready_reason(live: list[str], drain: DrainState, failed: dict[str, str] | None = None) -> str | None:
-    """Why a balancer should send this box nothing now, or None when it should."""
-    # The drain marks come first: a box on its way out must read as not ready even while its shards live.
-    if drain.unready is not None:
-        return f"draining ({drain.unready}): finishing what it holds, send new work elsewhere"
-    if drain.box is not None:
-        return f"drained ({drain.box}): admits no new work until `inferd undrain`"
-    if not live:
-        if failed:
-            return "no worker is serving: " + "; ".join(
-                f"{shard}: {reason}" for shard, reason in failed.items()
-            )
-        return "no worker has a fresh heartbeat"
-    if all(shard in drain.shards for shard in live):
-        return "every live shard is drained"
-    return None
-
-
 class PredictResource:
     def __init__(self, settings: Settings, dispatcher: Dispatch, metrics: ApiMetrics) -> None:
         self._settings = settings
@@ -147,17 +96,7 @@ class PredictResource:
         self._metrics = metrics
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        # The deadline counts from the request's arrival at the front door, not from when a thread here
-        # got to it: time spent waiting for a free thread is the caller's time too.
-        timeout_s = self._settings.api.request_timeout_s
-        deadline = deadline_from_arrival(
-            req.get_header(ARRIVED_HEADER), timeout_s, time.time(), time.monotonic()
-        )
-        if deadline <= time.monotonic():
-            raise Overloaded(
-                f"the request waited its whole {timeout_s:g}s deadline for a free API thread; retry shortly",
-                retry_after_s=1.0,
-            )
+        deadline = arrival_deadline(req, self._settings.api.request_timeout_s)
         data, form_top = self._read_image(req)
         top = self._top(req, form_top)
         pixels = decode_image(data, self._settings.model, self._settings.api.max_image_pixels)

@@ -1,6 +1,6 @@
 """`haproxy_config`: print an HAProxy configuration that spreads /predict over several inferd appliances.
 
-The choices, and why (README "More than one box" says the same to operators):
+The choices, and why (docs/scale-out.md says the same to operators):
 
 - `balance leastconn`: each box batches, so what it can take is how many requests it holds at once, and a box
   with more or faster GPUs answers sooner and so holds fewer; the least-connections box is the one with room.
@@ -31,7 +31,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tools.common import EXIT_OK, EXIT_USAGE, ToolArgumentParser
+from daemon.cli.common import ToolArgumentParser
+from daemon.errors import EXIT_OK, EXIT_USAGE
 
 DEFAULT_BIND = "*:8080"
 DEFAULT_STATS = "127.0.0.1:8404"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from daemon.model.classifier import Classifier
+from testkit.harness import REPO
 from tests.tiny_model import build_counting_model
-from tools.harness import REPO
 
 
 def test_padded_batches_answer_as_if_each_image_ran_alone(make_settings):

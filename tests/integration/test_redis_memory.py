@@ -20,8 +20,9 @@ from daemon.queue.faces import ApiQueues, ShardQueues
 from daemon.queue.keys import processing_key, queue_key
 from daemon.queue.wire import Job, new_job_id
 from daemon.shard import cpu_shards
+from daemon.worker.batching import Batcher
+from testkit.harness import Service
 from tests.integration.test_dispatcher import register
-from tools.harness import Service
 
 SHARDS = 4
 INPUT = 224
@@ -60,7 +61,7 @@ def test_full_queues_and_claimed_batches_of_whole_jobs_fit_in_maxmemory(make_set
         api = ApiQueues(client, settings.queue, settings.batching)
         taken = fill(api)
         for shard in shards:  # each worker claims a whole batch, which frees its room in the queue ...
-            claimed = ShardQueues(client, shard, settings).claim_batch(1.0)
+            claimed = Batcher(ShardQueues(client, shard, settings), settings.batching).claim_batch(1.0)
             assert len(claimed) == settings.batching.max_batch_size
         taken += fill(api)  # ... and the API fills that room again
         per_shard = settings.queue.max_depth + settings.batching.max_batch_size

@@ -20,10 +20,11 @@ import pytest
 import requests
 
 from daemon.settings import load_settings
-from tests.conftest import TINY_INPUT, encode_image
+from testkit.harness import REPO, free_port, wait_until
+from testkit.images import encode_image
+from tests.conftest import TINY_INPUT
 from tests.needs import need_program
 from tools import install
-from tools.harness import REPO, free_port, wait_until
 
 SKELETON = ("etc/systemd/system", "opt", "usr/bin", "var/lib", "var/log", "run")
 """The folders a real system already has, so that a clean uninstall can leave the root exactly as it was."""
@@ -86,7 +87,9 @@ def test_install_lays_out_code_settings_and_unit(system_root):
 
     app = system_root / "opt/inferd/app"
     assert (app / "daemon" / "launcher.py").is_file()
-    assert (app / "daemon" / "static" / "status.js").is_file()  # the status page's files are package data
+    assert (
+        app / "daemon" / "http" / "static" / "status.js"
+    ).is_file()  # the status page's files are package data
     # The launcher finds supervisord's config beside its package, so conf/ must travel with daemon/.
     assert (app / "conf" / "supervisord.conf").read_text() == (REPO / "conf" / "supervisord.conf").read_text()
     assert not (app / "tests").exists() and not list(app.rglob("__pycache__"))

@@ -15,10 +15,10 @@ import pytest
 from daemon.ops.front_door import API_INSTANCES
 from daemon.queue.keys import queue_key
 from daemon.queue.wire import JOB_HEADER
+from testkit.harness import wait_until
+from testkit.proctree import children
 from tests.conftest import TINY_INPUT, standin_model
-from tools.harness import wait_until
 from tools.loadgen import LoadRun, Upload
-from tools.proctree import children
 
 pytestmark = pytest.mark.slow
 

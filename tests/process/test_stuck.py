@@ -21,8 +21,8 @@ from daemon.errors import EXIT_STUCK
 from daemon.metrics.inferd import QueueCollector
 from daemon.queue.keys import heartbeat_key
 from daemon.queue.registry import read_shards
+from testkit.harness import PYTHON, REPO, Service, wait_until
 from tests.process.test_worker_process import push_job
-from tools.harness import PYTHON, REPO, Service, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from daemon.errors import EXIT_OK, EXIT_SHARD_DOWN
 from daemon.queue.keys import processing_key, queue_key
-from tools.common import EXIT_OK, EXIT_SHARD_DOWN
+from testkit.harness import REPO, wait_until
 from tools.flush_queues import DROP_MESSAGE
-from tools.harness import REPO, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import subprocess
 
 import yaml
 
+from testkit.harness import REPO
 from tests.needs import need_program
-from tools.harness import REPO
 
 RULES = REPO / "conf" / "prometheus" / "inferd-alerts.yml"
 RULE_TESTS = REPO / "conf" / "prometheus" / "inferd-alerts.test.yml"

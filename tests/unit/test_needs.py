@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from testkit.harness import REPO
 from tests.needs import ALLOW_MISSING_ENV
-from tools.harness import REPO
 
 NEEDS_A_MISSING_PROGRAM = """
 from tests.needs import need_program

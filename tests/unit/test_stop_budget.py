@@ -11,7 +11,7 @@ import configparser
 
 from daemon.launcher import DRAIN_STOP_SLACK_S
 from daemon.settings import ApiSettings
-from tools.harness import REPO
+from testkit.harness import REPO
 
 
 def worst_stop_s() -> int:

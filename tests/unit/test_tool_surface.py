@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.errors import EXIT_CONFIG
-from tests.conftest import encode_image
+from daemon.errors import EXIT_CONFIG, EXIT_MEANINGS, EXIT_OK, EXIT_USAGE
+from testkit.harness import REPO
+from testkit.images import encode_image
 from tests.needs import need_program
-from tools.common import EXIT_MEANINGS, EXIT_OK, EXIT_USAGE
-from tools.harness import REPO
 
 TOOLS = ("gpu_status", "flush_queues", "stress", "haproxy_config")
 """Every tools/<name> wrapper an operator runs."""
