@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import requests
 
-from testkit.harness import Appliance, write_settings
+from testkit.harness import Appliance, wait_until, write_settings
 from testkit.images import encode_image
 from testkit.slow_clients import Attack, SlowClients
 from tests.conftest import TINY_INPUT, tiny_sections
@@ -91,7 +91,9 @@ def exchange(port: int, data: bytes, read_s: float) -> tuple[float, bytes]:
 def test_slow_and_silent_clients_do_not_delay_a_request_or_a_probe(appliance):
     attack = Attack(slow_headers=60, slow_bodies=60, silent=300)
     with SlowClients(appliance.port, attack, duration_s=120) as clients:
-        time.sleep(1.0)  # every hostile socket is open and dribbling
+        wait_until(
+            "the hostile sockets to be open", lambda: clients.open_count() >= 400, 30, appliance.output
+        )
         predicts = [seconds(lambda: predict(appliance.url)) for _ in range(5)]
         probes = [seconds(lambda: requests.get(f"{appliance.url}/healthz", timeout=30)) for _ in range(5)]
         still_open = clients.open_count()
@@ -249,10 +251,7 @@ def test_tls_on_the_api_port(tmp_path, tiny_model):
     sections = tiny_sections(tiny_model, api={"tls_cert_file": str(cert), "tls_key_file": str(key)})
     port = sections["api"]["port"]
     tls = Appliance(tmp_path, write_settings(tmp_path, sections), port, Path(sections["paths"]["run_dir"]), 1)
-    tls.url = f"https://127.0.0.1:{port}"
-    tls.env["REQUESTS_CA_BUNDLE"] = str(cert)  # for the tools the harness may start
-    previous = os.environ.get("REQUESTS_CA_BUNDLE")
-    os.environ["REQUESTS_CA_BUNDLE"] = str(cert)  # the harness's readiness checks use requests
+    assert tls.url == f"https://127.0.0.1:{port}", "the harness reads the scheme from the settings"
     try:
         tls.start()
         response = predict(tls.url, verify=str(cert))
@@ -267,10 +266,6 @@ def test_tls_on_the_api_port(tmp_path, tiny_model):
         assert plain.status_code == 400
         assert plain.json() == {"success": False, "error": "this port speaks TLS: use https://"}
     finally:
-        if previous is None:
-            os.environ.pop("REQUESTS_CA_BUNDLE", None)
-        else:
-            os.environ["REQUESTS_CA_BUNDLE"] = previous
         tls.stop()
 
 
