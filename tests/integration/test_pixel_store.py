@@ -222,8 +222,7 @@ NOBODY = 65534
 
 
 def need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("giving a folder to another user (os.chown) needs root")
+    need(os.geteuid() == 0, "giving a folder to another user (os.chown) needs root", "run the tests as root")
 
 
 def victim_folder(tmp_path: Path) -> tuple[Path, list[str]]:

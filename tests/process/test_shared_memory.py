@@ -24,6 +24,7 @@ from daemon.queue.wire import JOB_HEADER
 from testkit.harness import wait_until
 from testkit.proctree import children
 from tests.conftest import TINY_INPUT, standin_model
+from tests.needs import need
 from tools.loadgen import LoadRun, Upload
 
 pytestmark = pytest.mark.slow
@@ -137,8 +138,11 @@ def nothing_deleted(theirs: dict[Path, list[str]]) -> None:
 def test_another_user_cannot_stop_the_appliance_or_make_it_delete_their_files(
     start_appliance, tmp_path, photo_png, attack
 ):
-    if os.geteuid() != 0:
-        pytest.skip("playing another local user (os.chown to nobody) needs root")
+    need(
+        os.geteuid() == 0,
+        "playing another local user (os.chown to nobody) needs root",
+        "run the tests as root",
+    )
     shm = tmp_path / "shm"
     shm.mkdir()
     os.chmod(shm, 0o1777)  # as /dev/shm: anyone may create, only the owner may remove
