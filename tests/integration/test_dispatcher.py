@@ -72,7 +72,7 @@ def test_a_drained_shard_gets_nothing_and_a_drained_box_refuses_with_retry_after
     drain.close_admission(redis_client, drain.OPERATOR, ["cpu0"])
     with pytest.raises(Draining) as error:
         dispatcher.submit(a_job())  # live shards, all drained: "draining", not "no live worker"
-    assert error.value.status == 503 and error.value.retry_after_s
+    assert error.value.status == 503 and error.value.retry_after_s == 5.0  # README: Retry-After: 5
     drain.undrain(redis_client, None)
     assert dispatcher.submit(a_job()) in ("cpu0", "cpu1")
     drain.close_admission(redis_client, drain.OPERATOR, None)

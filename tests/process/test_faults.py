@@ -104,7 +104,12 @@ def test_redis_stop_and_restart(start_appliance, photo_png):
     assert down.headers["Retry-After"]
     ready = requests.get(f"{appliance.url}/readyz", timeout=5)
     assert ready.status_code == 503 and ready.json()["ready"] is False
-    time.sleep(3)
+    wait_until(
+        "five requests sent while Redis is down to be answered",
+        lambda: sum(1 for r in run.records() if r.start_s > fault_at) >= 5,
+        30,
+        appliance.output,
+    )
     restarted_at = run.elapsed_s()
     appliance.supervisorctl("start", "redis")
     recovered_at = first_ok_after(run, restarted_at, 30)
