@@ -16,7 +16,7 @@ programs_for() {
     echo "setpriv util-linux"            # programs die with a killed supervisord (daemon/ops/run_dir.py)
     echo "nginx nginx-light|nginx"       # the front door (nginx-light is gone from newer releases)
     case "$1" in
-        test) echo "wrk wrk"                          # the benchmark's load (tests/process/test_bench_smoke.py)
+        test) echo "wrk wrk"                          # the benchmark's load (tests/process/bench/test_bench_smoke.py)
               echo "openssl openssl"                  # the TLS tests make a self-signed certificate
               echo "systemd-analyze systemd"          # `systemd-analyze verify` of the unit file
               echo "promtool prometheus"              # `promtool check rules` of conf/prometheus/inferd-alerts.yml
