@@ -37,6 +37,8 @@ OPAQUE = {
         "the unit's ExecStart: the installed venv's python"
     ),
     ("tests/process/tools/test_tools.py", "tool"): "tools/<name>, this repository's own wrappers",
+    ("tests/unit/tools/test_tool_surface.py", "tool"): "tools/<name>, this repository's own wrappers",
+    ("tests/unit/tools/test_stress.py", "stress_process"): "tools/stress, this repository's own wrapper",
     ("bench/profile.py", "start_recording"): 'py-spy, found by py_spy() (shutil.which("py-spy") is scanned)',
     (
         "daemon/ops/front_door.py",
@@ -50,7 +52,7 @@ OPAQUE = {
         "./setup.sh and .venv/bin/inferd, this repository's own"
     ),
     (
-        "tests/process/test_install.py",
+        "tests/process/tools/test_install.py",
         "test_a_staged_venv_names_the_final_paths_so_the_tree_can_be_moved_into_place",
     ): "the base python that made the test's venv, and that venv's pip",
     ("tools/runtime_choice.py", "_run"): (
