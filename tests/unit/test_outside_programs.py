@@ -37,6 +37,8 @@ OPAQUE = {
         "the unit's ExecStart: the installed venv's python"
     ),
     ("tests/process/tools/test_tools.py", "tool"): "tools/<name>, this repository's own wrappers",
+    ("tests/unit/tools/test_tool_surface.py", "tool"): "tools/<name>, this repository's own wrappers",
+    ("tests/unit/tools/test_stress.py", "stress_process"): "tools/stress, this repository's own wrapper",
     ("bench/profile.py", "start_recording"): 'py-spy, found by py_spy() (shutil.which("py-spy") is scanned)',
     (
         "daemon/ops/front_door.py",
