@@ -7,6 +7,19 @@
 #   ./setup.sh needs ACTION   print what ACTION installs (Debian packages and pip extras), install nothing
 # Idempotent: a second run installs nothing new and starts at once.
 set -euo pipefail
+# `./setup.sh run --config FILE`: FILE is where you name it from (this script then works from the checkout),
+# and its model.backend decides the runtime installed below, as it decides what `inferd run` serves with.
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --config) INFERD_CONFIG="$(realpath -m -- "${2:-}")"; export INFERD_CONFIG
+                  args+=(--config "$INFERD_CONFIG"); shift; [ $# -gt 0 ] && shift ;;
+        --config=*) INFERD_CONFIG="$(realpath -m -- "${1#--config=}")"; export INFERD_CONFIG
+                    args+=(--config "$INFERD_CONFIG"); shift ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+set -- ${args[@]+"${args[@]}"}
 cd "$(dirname "$0")"
 
 # Outside programs each action starts, as "program Debian-package". tests/unit/test_outside_programs.py

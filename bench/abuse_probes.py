@@ -10,7 +10,6 @@ master under 16 clients. Slow machines give slow figures: read them against the 
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import signal
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import requests
 
+from daemon.errors import UsageArgumentParser
 from testkit.harness import REPO, Appliance, free_port, write_settings
 from testkit.images import encode_image
 from testkit.slow_clients import Attack, SlowClients
@@ -162,7 +162,7 @@ def probe_master_kill(appliance: Appliance) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = UsageArgumentParser(description=__doc__)
     parser.add_argument("--probes", default="slow,idle,uploads,overload,kill")
     parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--overload-clients", type=int, default=300)

@@ -14,7 +14,6 @@ model); its section says CPU, so nobody mistakes it for a GPU result.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.util
 import json
@@ -28,6 +27,7 @@ from pathlib import Path
 from bench import offline, sections
 from bench.decode_proof import measure_decoders, render_rows
 from bench.sections import end_marker, start_marker
+from daemon.errors import UsageArgumentParser
 from daemon.settings import load_settings
 from daemon.shard import discover_shards
 from testkit.harness import REPO, Appliance, free_port
@@ -177,7 +177,7 @@ def replace_section(document: str, section: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="measure the GPUs doing the work; write bench/RESULTS.md")
+    parser = UsageArgumentParser(description="measure the GPUs doing the work; write bench/RESULTS.md")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (no GPU needed): checks the path")
     parser.add_argument(
         "--quick", action="store_true", help="two batch sizes, 1 and 4 clients, short windows"

@@ -6,7 +6,6 @@ threads and memory are those a worker would have and the driver stays light.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -16,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from daemon.errors import UsageArgumentParser
 from daemon.logs import setup_logging
 from daemon.settings import load_settings
 from daemon.shard import discover_shards, pin_process
@@ -93,7 +93,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="offline throughput of the configured model")
+    parser = UsageArgumentParser(description="offline throughput of the configured model")
     parser.add_argument("--config", help="settings file (model, devices)")
     parser.add_argument("--image", required=True, help="a photo to classify (decoded as the API would)")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")

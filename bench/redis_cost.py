@@ -17,7 +17,6 @@ Cases: where the pixels go (`queue.pixels`: "redis", the job's 150 KB through Re
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -38,6 +37,7 @@ from bench.procs import machine_busy_s, own_cpu_s
 from bench.run import machine_description
 from bench.wrk import write_photos
 from daemon.dispatcher import Dispatcher
+from daemon.errors import UsageArgumentParser
 from daemon.gpu_worker import Worker
 from daemon.images.decode import decode_image
 from daemon.queue.faces import ApiQueues, ShardQueues
@@ -254,7 +254,7 @@ CASES = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = UsageArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument(
         "--levels",

@@ -37,6 +37,7 @@ from bench.report import (
 )
 from bench.results import BenchResults
 from bench.wrk import write_photos
+from daemon.errors import UsageArgumentParser
 from daemon.settings import gpu_selection_text
 from testkit.harness import PYTHON, REPO
 
@@ -92,7 +93,7 @@ QUICK_PLAN = Plan(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = Durations()
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser = UsageArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and the tiny model: a smoke test")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"subset of {','.join(PHASES)}")
     parser.add_argument(

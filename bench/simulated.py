@@ -9,7 +9,6 @@ as the API does after decoding, which keeps the load generator far cheaper than 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
 import statistics
@@ -27,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from daemon.errors import Unavailable
+from daemon.errors import Unavailable, UsageArgumentParser
 from daemon.gpu_worker import Worker
 from daemon.logs import setup_logging
 from daemon.queue.faces import ApiQueues, ShardQueues
@@ -243,7 +242,7 @@ def run_shards(
 
 # -- one simulated shard's process ---------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="a simulated shard: the real worker loop, a sleeping model")
+    parser = UsageArgumentParser(description="a simulated shard: the real worker loop, a sleeping model")
     parser.add_argument("--config", required=True)
     parser.add_argument("--shard-index", type=int, required=True)
     parser.add_argument("--base-ms", type=float, required=True, help="sleep per batch")

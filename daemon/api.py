@@ -284,7 +284,7 @@ def create_app(
     app.add_route("/predict", PredictResource(settings, dispatcher, metrics, decodes_in_shard(settings)))
     add_v2_routes(app, settings, dispatcher, VERSION)
     add_status_page_routes(app, settings, client)
-    app.add_route("/openapi.json", OpenApiResource(settings, VERSION))
+    app.add_route("/openapi.json", OpenApiResource(settings, VERSION, lambda: versions.current().version))
     # Most specific first in effect: Falcon picks the handler registered for the nearest class.
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

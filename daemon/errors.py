@@ -3,6 +3,10 @@ of exit codes."""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from typing import NoReturn
+
 # The one table of exit codes: the appliance's processes, the operator tools, and supervisord's `exitcodes=`
 # (tests/unit/test_exit_codes.py holds conf/supervisord.conf to WORKER_FINAL_EXITS and every module to this table).
 EXIT_OK = 0
@@ -45,6 +49,14 @@ EXIT_MEANINGS = {
 WORKER_FINAL_EXITS = (EXIT_OK, EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_DEVICE)
 """A worker's exits that supervisord must not answer with a restart: conf/supervisord.conf's `exitcodes=`
 of [program:worker]. Anything else (EXIT_STUCK, a crash, a kill) is restarted."""
+
+
+class UsageArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors exit EX_USAGE, its subcommands' included, instead of argparse's 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 class InferdError(Exception):

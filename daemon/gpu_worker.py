@@ -15,7 +15,6 @@ supervisord does not retry.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -36,6 +35,7 @@ from daemon.errors import (
     DeviceUnavailable,
     JobDropped,
     ModelLoadError,
+    UsageArgumentParser,
 )
 from daemon.images.shard_decode import BatchDecoder, decoder_for_shard
 from daemon.logs import setup_logging
@@ -314,7 +314,7 @@ def own_shards(settings: Settings) -> list[Shard]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="inferd worker: batch-classifies one shard's queue")
+    parser = UsageArgumentParser(description="inferd worker: batch-classifies one shard's queue")
     parser.add_argument("--config", help="settings file (default: INFERD_CONFIG or conf/settings.toml)")
     parser.add_argument(
         "--shard-index", type=int, default=0, help="which discovered shard this worker serves"

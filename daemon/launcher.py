@@ -9,6 +9,7 @@ appear on a command line, nginx's config, and the open-files limit nginx needs f
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -21,10 +22,17 @@ from pathlib import Path
 from daemon.cli import drain as drain_tool
 from daemon.cli import reload as reload_tool
 from daemon.cli.common import settings_or_exit
-from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
+from daemon.errors import (
+    EXIT_ALREADY_RUNNING,
+    EXIT_CONFIG,
+    EXIT_DEVICE,
+    EXIT_MODEL_LOAD,
+    ConfigError,
+    UsageArgumentParser,
+)
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import MULTIPROC_ENV
-from daemon.model.active_model import forget_stale_record, record_path
+from daemon.model.active_model import active_record, choice_of, forget_stale_record, record_path
 from daemon.ops.capacity import SHARD_COUNT_ENV, api_threads, redis_maxclients
 from daemon.ops.front_door import (
     NGINX_DIR,
@@ -64,6 +72,8 @@ REDIS_OVERHEAD_MB = 64
 DEFAULT_MODEL_DIR = (HOME / ModelSettings().path).parent
 """Where `build-default-model` writes without --out: the default model's own folder (var/models), never the
 folder of a model the settings point at, which holds the user's files."""
+OVERCOMMIT_SETTING = Path("/proc/sys/vm/overcommit_memory")
+"""The kernel setting Redis checks at start: anything but 1 makes it log a WARNING we explain."""
 DRAIN_STOP_SLACK_S = 10
 """supervisord's wait for the drain guard, beyond its grace, before it kills it."""
 SYSTEMD_NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -108,6 +118,26 @@ def child_output() -> dict[str, str]:
     return {"INFERD_CHILD_LOGFILE": "/dev/stdout", "INFERD_CHILD_SYSLOG": "false"}
 
 
+def append_to_redirected_output() -> None:
+    """Make a stdout or stderr redirected to a file (`inferd run > run.log`) append, for every writer.
+
+    supervisord opens /dev/stdout anew for its programs' output, which for a regular file means its own file
+    description: with O_APPEND, at the end. supervisord's own lines (and ours) go through the description the
+    shell opened with `>`, whose offset only its own writes move: each would overwrite the programs' lines
+    written since. O_APPEND on that shared description (fcntl may set it) puts every write at the end."""
+    for fd in (sys.stdout.fileno(), sys.stderr.fileno()):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+
+
+def overcommit_off() -> bool:
+    """Whether the kernel's memory overcommit is not `always` (1), which Redis warns about at every start."""
+    try:
+        return OVERCOMMIT_SETTING.read_text().strip() != "1"
+    except OSError:
+        return False
+
+
 def make_run_dir(settings: Settings) -> Path:
     run_dir = settings.paths.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,10 +176,10 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
         "INFERD_NGINX_CONF": str(nginx_conf),
         "INFERD_NGINX_PREFIX": str(run_dir / NGINX_DIR),
         "INFERD_MINFDS": str(open_files),
+        # supervisord's `user`: this very user, so it drops nothing, and says nothing of running as root.
+        "INFERD_UID": str(os.getuid()),
         SHARD_COUNT_ENV: str(len(shards)),
         "INFERD_DRAIN_STOPWAIT_S": str(int(settings.api.drain_grace_s) + DRAIN_STOP_SLACK_S),
-        # Only systemd (Type=notify) gives a notify socket; on a terminal the notifier has no one to tell.
-        "INFERD_NOTIFY_AUTOSTART": "true" if os.environ.get("NOTIFY_SOCKET") else "false",
         SHARDS_ENV: encode_shards(shards),
         "PYTHONUNBUFFERED": "1",
         **child_output(),
@@ -158,6 +188,7 @@ def prepare_environment(settings: Settings, shards: list[Shard], config_path: Pa
 
 
 def run(config: str | None) -> int:
+    append_to_redirected_output()
     config_path = resolve_config_path(config, os.environ).resolve()
     settings = load_settings(config_path)  # also reads the secret files: unreadable or empty ones stop here
     check_model_files(settings)
@@ -208,18 +239,27 @@ def run(config: str | None) -> int:
         api_threads(settings, len(shards)),
         settings.redis_socket or f"{settings.redis.host}:{settings.redis.port}",
     )
-    supervisord = [sys.executable, "-m", "supervisor.supervisord", "--nodaemon", "-c", str(SUPERVISORD_CONF)]
+    log.info(
+        "inferd: supervisord will log CRIT that its control socket has no HTTP authentication: the socket is "
+        "in the 0700 run dir, which is its access control"
+    )
+    if settings.redis.managed and overcommit_off():
+        log.info(
+            "inferd: Redis will warn that memory overcommit is off; that matters for its background saves to "
+            "disk, which this Redis never makes (no persistence)"
+        )
+    # supervisord itself, run by daemon/ops/supervise.py so that the last line at a stop is ours.
+    supervisord = [sys.executable, "-m", "daemon.ops.supervise", "--nodaemon", "-c", str(SUPERVISORD_CONF)]
     sys.stdout.flush()
     os.execv(sys.executable, supervisord)
     return 0  # not reached
 
 
-def check_devices(settings: Settings, shards: list[Shard]) -> int:
-    """Load `model.backend`'s runtime pinned as each shard's worker would be, and print what it would compute
-    on; EXIT_DEVICE when a shard's worker would refuse to start."""
-    # One process per shard, all at once: pinning only takes before the runtime loads, once per process.
+def start_device_probes(shards: list[Shard]) -> list[subprocess.Popen[str]]:
+    """Load `model.backend`'s runtime pinned as each shard's worker would be, one process per shard."""
+    # All at once: pinning only takes before the runtime loads, once per process.
     env = {**os.environ, SHARDS_ENV: encode_shards(shards), "INFERD_LOG_LEVEL": "ERROR"}
-    probes = [
+    return [
         subprocess.Popen(
             [sys.executable, "-m", "daemon.gpu_worker", "--check-device", "--shard-index", str(index)],
             cwd=HOME,
@@ -230,6 +270,10 @@ def check_devices(settings: Settings, shards: list[Shard]) -> int:
         )
         for index in range(len(shards))
     ]
+
+
+def report_devices(shards: list[Shard], probes: list[subprocess.Popen[str]]) -> int:
+    """Print what each shard would compute on; EXIT_DEVICE when a shard's worker would refuse to start."""
     code = 0
     for shard, probe in zip(shards, probes, strict=True):
         out, err = probe.communicate()
@@ -250,46 +294,82 @@ def check_devices(settings: Settings, shards: list[Shard]) -> int:
     return code
 
 
-def build_default_model(out: str | None) -> int:
+def build_default_model(out: str | None, force: bool) -> int:
     settings = load_settings()
     use_backend(settings.model.backend)  # before Keras loads: it reads KERAS_BACKEND once, on import
     from daemon.model import default_model
 
     target = Path(out) if out else DEFAULT_MODEL_DIR
-    return default_model.main(["--out", str(target)])
+    return default_model.main(["--out", str(target), *(["--force"] if force else [])])
+
+
+def check(config: str | None) -> int:
+    """`inferd check`: the settings, the model the appliance would serve (loaded and checked as a shard
+    would), and what each shard would compute on; the first failure's exit code."""
+    settings = load_settings(config)
+    check_model_files(settings)
+    check_tls_files(settings)
+    shards = discover_shards(settings)
+    print(f"settings OK: {settings.source}")
+    probes = start_device_probes(shards)  # they load the runtime while the model is checked
+    record = active_record(settings)
+    served = record.active if record is not None else choice_of(settings.model)
+    # The model in a process of its own, as `inferd reload` checks one: a label count that is not the model's
+    # output width shows here rather than as every worker's exit 79 at run time.
+    model_ok = reload_tool.check_model("inferd check", settings, served)
+    devices = report_devices(shards, probes)
+    return devices if model_ok else EXIT_MODEL_LOAD
+
+
+CONFIG_HELP = "settings file (default: INFERD_CONFIG, else conf/settings.toml)"
+
+
+def build_parser() -> UsageArgumentParser:
+    parser = UsageArgumentParser(prog="inferd", description="On-prem image-classification appliance")
+    parser.add_argument("--config", help=CONFIG_HELP)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        # Also after the command (`inferd run --config X`); SUPPRESS keeps one given before it.
+        sub.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        return sub
+
+    command("run", "run the appliance in the foreground under supervisord")
+    command(
+        "check",
+        "validate settings, load and check the model, and list the shards that would run and the device each "
+        "would use",
+    )
+    build = command("build-default-model", "build the embedded EfficientNet-Lite0 model")
+    build.add_argument("--out", help=f"folder for the .keras file and labels (default: {DEFAULT_MODEL_DIR})")
+    build.add_argument("--force", action="store_true", help="rebuild even when the files are up to date")
+    drain = command(
+        "drain", "maintenance: /readyz answers 503 first, then admit nothing and finish what is queued"
+    )
+    drain_tool.add_drain_arguments(drain)
+    undrain = command("undrain", "admit work again after `inferd drain`")
+    undrain.add_argument("--shard", action="append", metavar="ID", help="only this shard; default: all marks")
+    reload = command(
+        "reload",
+        "change the model without downtime: check it, then swap it in one shard at a time (all or nothing)",
+    )
+    reload_tool.add_reload_arguments(reload)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="inferd", description="On-prem image-classification appliance")
-    parser.add_argument("--config", help="settings file (default: INFERD_CONFIG, else conf/settings.toml)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the appliance in the foreground under supervisord")
-    commands.add_parser(
-        "check", help="validate settings, and list the shards that would run and the device each would use"
-    )
-    build = commands.add_parser("build-default-model", help="build the embedded EfficientNet-Lite0 model")
-    build.add_argument("--out", help=f"folder for the .keras file and labels (default: {DEFAULT_MODEL_DIR})")
-    drain = commands.add_parser(
-        "drain",
-        help="maintenance: /readyz answers 503 first, then admit nothing and finish what is queued",
-    )
-    drain_tool.add_drain_arguments(drain)
-    undrain = commands.add_parser("undrain", help="admit work again after `inferd drain`")
-    undrain.add_argument("--shard", action="append", metavar="ID", help="only this shard; default: all marks")
-    reload = commands.add_parser(
-        "reload",
-        help="change the model without downtime: check it, then swap it in one shard at a time (all or nothing)",
-    )
-    reload_tool.add_reload_arguments(reload)
-    args = parser.parse_args(argv)
-    setup_logging()
+    args = build_parser().parse_args(argv)
+    # `inferd run`'s lines go where supervisord's and its programs' go (stdout), so `inferd run > run.log`
+    # holds them all; the other commands log to stderr, beside their errors.
+    setup_logging(stream=sys.stdout if args.command == "run" else None)
     if args.config:
         os.environ["INFERD_CONFIG"] = str(Path(args.config).resolve())
     try:
         if args.command == "run":
             return run(args.config)
         if args.command == "build-default-model":
-            return build_default_model(args.out)
+            return build_default_model(args.out, args.force)
         if args.command == "reload":
             settings = settings_or_exit("inferd reload", args.config)
             return reload_tool.run_reload("inferd reload", settings, args)
@@ -298,12 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "drain":
                 return drain_tool.run_drain("inferd drain", settings, args)
             return drain_tool.run_undrain("inferd undrain", settings, args.shard)
-        settings = load_settings(args.config)
-        check_model_files(settings)
-        check_tls_files(settings)
-        shards = discover_shards(settings)
-        print(f"settings OK: {settings.source}")
-        return check_devices(settings, shards)
+        return check(args.config)
     except ConfigError as exc:
         print(f"inferd: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from typing import TextIO
 
 LEVEL_ENV = "INFERD_LOG_LEVEL"
 """DEBUG, INFO (the default), WARNING or ERROR, for every process the appliance runs."""
@@ -18,11 +19,12 @@ def log_level(env: Mapping[str, str]) -> int | None:
     return logging.getLevelNamesMapping().get(name)
 
 
-def setup_logging(env: Mapping[str, str] | None = None) -> None:
-    """Configure the root logger once per process, at the level INFERD_LOG_LEVEL names."""
+def setup_logging(env: Mapping[str, str] | None = None, stream: TextIO | None = None) -> None:
+    """Configure the root logger once per process, at the level INFERD_LOG_LEVEL names, on stderr or
+    `stream`."""
     env = os.environ if env is None else env
     level = log_level(env)
-    logging.basicConfig(level=logging.INFO if level is None else level, format=FORMAT)
+    logging.basicConfig(level=logging.INFO if level is None else level, format=FORMAT, stream=stream)
     if level is None:
         # A typo in a log level must not stop a worker from serving: say it, and log at INFO.
         logging.getLogger(__name__).warning(

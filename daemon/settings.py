@@ -31,6 +31,11 @@ DEFAULT_CONFIG = HOME / "conf" / "settings.toml"
 
 ENV_PREFIX = "INFERD_"
 """Environment variables INFERD_<SECTION>_<KEY> override the file's values."""
+NOT_SETTINGS_ENV = frozenset(
+    {"INFERD_API_INSTANCE", "INFERD_REDIS_AUTOSTART", "INFERD_REDIS_CONF", "INFERD_REDIS_SERVER"}
+)
+"""Variables that look like INFERD_<SECTION>_<KEY> but are not settings: the launcher sets them for
+supervisord's config (daemon/launcher.py, daemon/ops/front_door.py), and every program inherits them."""
 
 PILLOW_PIXEL_CEILING = 178_956_970
 """Twice Pillow's MAX_IMAGE_PIXELS: Pillow raises DecompressionBombError above it in any case."""
@@ -275,6 +280,15 @@ def _build_section(
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{section}]; allowed: {sorted(known)}")
+    # A misspelt override must stop the start as the same typo in the file does, not be ignored.
+    prefix = f"{ENV_PREFIX}{section.upper()}_"
+    overrides = {name for name in env if name.startswith(prefix) and name not in NOT_SETTINGS_ENV}
+    misspelt = sorted(overrides - {f"{prefix}{name.upper()}" for name in known})
+    if misspelt:
+        raise ConfigError(
+            f"unknown setting(s) {misspelt} in the environment: [{section}] has no such key; allowed: "
+            f"{sorted(f'{prefix}{name.upper()}' for name in known)}"
+        )
     kwargs: dict[str, Any] = {}
     for name in known:
         key = f"{section}.{name}"

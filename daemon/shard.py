@@ -45,6 +45,9 @@ class Shard:
                 env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:.4f}"
         else:
             env["CUDA_VISIBLE_DEVICES"] = ""
+            # On a CPU shard the CUDA plugin's `failed call to cuInit` ERROR only says there is no GPU to use,
+            # which is the point: errors that matter reach Python as exceptions and are logged by the worker.
+            env["TF_CPP_MIN_LOG_LEVEL"] = "3"
         if cpu_threads is not None:
             env["OMP_NUM_THREADS"] = str(cpu_threads)
             env["TF_NUM_INTRAOP_THREADS"] = str(cpu_threads)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -107,6 +107,10 @@ class Service:
         self.log_path = log_path
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_mode = "ab"
+        """How the log is opened: appended to, or "wb" as a shell's `>` opens it (no O_APPEND)."""
+        self.stderr_path: Path | None = None
+        """Where stderr goes when not into the log (as `cmd > log` leaves it on the terminal)."""
         self.killed = False
         """Whether the last `stop` had to SIGKILL the process because SIGTERM did not end it in time."""
         self.leftovers: list[int] = []
@@ -116,13 +120,15 @@ class Service:
 
     def start(self) -> Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as out:
+        with ExitStack() as files:
+            out = files.enter_context(self.log_path.open(self.log_mode))
+            err = files.enter_context(self.stderr_path.open("ab")) if self.stderr_path else subprocess.STDOUT
             self.proc = subprocess.Popen(
                 self.argv,
                 cwd=REPO,
                 env=self.env,
                 stdout=out,
-                stderr=subprocess.STDOUT,
+                stderr=err,
                 start_new_session=True,
             )
         self._remember_tree()

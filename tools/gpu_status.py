@@ -28,7 +28,7 @@ from daemon.errors import EXIT_CONFIG, EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN
 from daemon.ops.nvml import GpuReading, Nvml
 from daemon.ops.shard_status import ShardStatus, collect, shards_json
 from daemon.queue.registry import RATE_WINDOW_S
-from daemon.queue.wire import FAILED, STUCK
+from daemon.queue.wire import DRAINED, FAILED, STUCK
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ def render_status_table(statuses: list[ShardStatus]) -> str:
     failed = [s.shard for s in statuses if s.failed]
     summary = f"{len(statuses)} shard(s): {len(statuses) - len(down)} live, {len(down)} down"
     summary += f" ({', '.join(down)})" if down else ""
+    drained = [s.shard for s in statuses if s.status == DRAINED]
+    if drained:
+        summary += f", {len(drained)} drained ({', '.join(drained)}): no new work until `inferd undrain`"
     summary += f", {len(failed)} failed to start" if failed else ""
     # The reason goes under the table, whole: it names the cause and the fix, too long for a column.
     notes = [f"{s.shard} {s.status.upper()}: {s.reason}" for s in statuses if s.status in (FAILED, STUCK)]

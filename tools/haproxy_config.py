@@ -7,8 +7,9 @@ The choices, and why (docs/scale-out.md says the same to operators):
   Round-robin would hand a small box the same share as a big one until its queue overflowed. `--weights`
   (e.g. GPU counts) scales each box's share where boxes differ in size: leastconn compares connections
   divided by weight.
-- `maxconn` per server (default 32, an appliance's api.workers x api.threads): requests beyond it wait in
-  HAProxy's queue and go to whichever box frees a slot first, instead of waiting unseen in one box's backlog.
+- `maxconn` per server (default 32; at most what a box holds at once, the workers x threads `inferd run`
+  logs): requests beyond it wait in HAProxy's queue and go to whichever box frees a slot first, instead of
+  waiting unseen in one box's backlog.
 - Health checks on /readyz (`option httpchk GET /readyz`, `http-check expect status 200`), fast: a box is
   out after `fall` failed checks `inter` apart. A stopping or drained appliance answers 503 there for
   `api.drain_grace_s` before it stops admitting, which must exceed fall x inter (the defaults: 3 s > 2 x 1 s).

@@ -31,9 +31,8 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
-from daemon.errors import EXIT_FAILED, EXIT_NOT_ROOT, EXIT_OK, EXIT_USAGE
+from daemon.errors import EXIT_FAILED, EXIT_NOT_ROOT, EXIT_OK, EXIT_USAGE, UsageArgumentParser
 from tools.runtime_choice import choose_runtime, configured_backend, read_gpus
 
 log = logging.getLogger(__name__)
@@ -207,6 +206,38 @@ def install_venv(
     return venv / "bin" / "python"
 
 
+def relocate_venv(target: Target) -> list[Path]:
+    """Make a venv built under --root DIR run once DIR's tree is moved to /; returns the files rewritten.
+
+    venv and pip write the venv's own path into its scripts' `#!` lines and activate files, and the app's
+    path into the editable install's finder: under --root both start with DIR. Only text files are
+    rewritten (a binary's length must not change); compiled caches keep DIR in tracebacks only."""
+    staged, final = str(target.path(PREFIX)).encode(), str(PREFIX).encode()
+    venv = target.path(VENV_DIR)
+    candidates = [venv / "pyvenv.cfg", *(venv / "bin").iterdir()]
+    for site in venv.glob("lib/python*/site-packages"):
+        candidates += [
+            *site.glob("*.pth"),
+            *site.glob("__editable__*.py"),
+            *site.glob("*.dist-info/direct_url.json"),
+        ]
+    rewritten = []
+    for path in candidates:
+        if path.is_symlink() or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if staged in data and b"\0" not in data:
+            path.write_bytes(data.replace(staged, final))  # in place: the mode (scripts' x bits) stays
+            rewritten.append(path)
+    log.info(
+        "install: %d file(s) of the venv now name %s instead of %s",
+        len(rewritten),
+        PREFIX,
+        target.path(PREFIX),
+    )
+    return rewritten
+
+
 def install_runtime(target: Target, venv_python: Path) -> None:
     """Install the runtime of the settings' `model.backend`, built for this box's GPUs (or its CPU)."""
     config = target.path(CONFIG_FILE)
@@ -282,6 +313,9 @@ def install(
         install_runtime(target, venv_python)
     install_settings(target)
     install_model(target, venv_python, build_model)
+    if target.staged and venv_python is not None and existing_venv is None:
+        # Last: after it the staged venv's scripts and imports name /opt/inferd, where the tree will be moved.
+        relocate_venv(target)
     unit = target.path(UNIT_FILE)
     unit.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(REPO / "systemd" / UNIT_NAME, unit)
@@ -308,20 +342,14 @@ def uninstall(target: Target, purge: bool) -> None:
         system_command(target, ["userdel", SERVICE_USER])
 
 
-class InstallArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = InstallArgumentParser(
+    parser = UsageArgumentParser(
         prog="python3 -m tools.install",
         description="Install inferd as a systemd service (/opt/inferd, /etc/inferd, user inferd), or remove it.",
         epilog=f"exit codes: {EXIT_OK} done, {EXIT_FAILED} a step failed, {EXIT_USAGE} bad command line, "
         f"{EXIT_NOT_ROOT} not root (use sudo, or --root DIR)",
     )
-    staging = InstallArgumentParser(add_help=False)
+    staging = UsageArgumentParser(add_help=False)
     staging.add_argument(
         "--root", type=Path, metavar="DIR", help="stage into DIR instead of / (no useradd, no systemctl)"
     )

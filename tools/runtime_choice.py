@@ -13,7 +13,6 @@ library only: tools/install.py runs it under the system python3 before any virtu
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
@@ -21,6 +20,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from daemon.errors import UsageArgumentParser
 
 TENSORFLOW = "tensorflow>=2.16"
 TENSORFLOW_CUDA = "tensorflow[and-cuda]>=2.16"
@@ -178,7 +179,7 @@ def configured_backend(config: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = UsageArgumentParser(
         prog="runtime_choice", description="pip arguments for the ML runtime this box should have"
     )
     parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), help="default: model.backend")

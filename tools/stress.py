@@ -30,7 +30,7 @@ from tools.loadgen import LoadResult, LoadRun, LoadSummary, load_uploads
 DEFAULT_REQUESTS = 200
 """Requests sent when neither -n nor -d is given."""
 DURATION_CAP_S = 600.0
-"""Without -d, a run still ends after this long, whatever -n says."""
+"""A run ends after this long at most: -d may not ask for more, and without -d it ends here whatever -n says."""
 RATE_MODE_MAX_IN_FLIGHT = 64
 """Default -c in open loop: how many requests may be outstanding at once before new ones start late."""
 PREFLIGHT_TIMEOUT_S = 5.0
@@ -183,7 +183,8 @@ def build_parser() -> ToolArgumentParser:
         "Bounded load against inferd's POST /predict with real images (multipart field 'image'), then "
         "throughput, p50/p90/p99/max latency, status codes, which shard answered (X-Inferd-Shard) and the "
         "mean worker batch size (X-Inferd-Batch-Size). Stops after -n requests or -d seconds, whichever "
-        f"comes first (without -d, after {DURATION_CAP_S:g}s at most; with neither, -n {DEFAULT_REQUESTS}).",
+        f"comes first (-d is {DURATION_CAP_S:g}s at most, and so is a run without it; with neither, "
+        f"-n {DEFAULT_REQUESTS}).",
         exit_codes=(EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG),
     )
     parser.add_argument("images", type=Path, help="an image file, or a folder of them (sent in turn)")
@@ -208,7 +209,13 @@ def build_parser() -> ToolArgumentParser:
         help=f"closed loop: N clients (default 8); with --rate: most in flight (default {RATE_MODE_MAX_IN_FLIGHT})",
     )
     parser.add_argument("-n", "--requests", type=int, metavar="N", help="stop after N requests")
-    parser.add_argument("-d", "--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
+    parser.add_argument(
+        "-d",
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help=f"stop after SECONDS ({DURATION_CAP_S:g} at most)",
+    )
     parser.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per request (default 30)"
     )
@@ -235,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be 1 or more")
     if any(value is not None and value <= 0 for value in (args.rate, args.duration, args.timeout)):
         parser.error("--rate, --duration and --timeout must be more than 0")
+    if args.duration is not None and args.duration > DURATION_CAP_S:
+        parser.error(f"--duration is {DURATION_CAP_S:g} seconds at most (got {args.duration:g})")
     try:
         uploads = load_uploads(args.images)
     except (OSError, ValueError) as exc:

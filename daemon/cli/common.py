@@ -7,11 +7,10 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import NoReturn
 
 import redis
 
-from daemon.errors import EXIT_CONFIG, EXIT_MEANINGS, EXIT_REDIS_DOWN, EXIT_USAGE, ConfigError
+from daemon.errors import EXIT_CONFIG, EXIT_MEANINGS, EXIT_REDIS_DOWN, ConfigError, UsageArgumentParser
 from daemon.ops.run_dir import read_record
 from daemon.queue.connection import connect
 from daemon.settings import Settings, load_settings
@@ -20,8 +19,8 @@ REDIS_TIMEOUT_S = 2.0
 """Tools fail fast rather than hang when Redis is wedged."""
 
 
-class ToolArgumentParser(argparse.ArgumentParser):
-    """argparse with EX_USAGE for usage errors and the exit codes listed under --help."""
+class ToolArgumentParser(UsageArgumentParser):
+    """An operator tool's parser: EX_USAGE for usage errors, --config, and the exit codes listed under --help."""
 
     def __init__(self, prog: str, description: str, exit_codes: Sequence[int]) -> None:
         listed = [f"  {code:<3} {EXIT_MEANINGS[code]}" for code in exit_codes]
@@ -34,10 +33,6 @@ class ToolArgumentParser(argparse.ArgumentParser):
         self.add_argument(
             "--config", help="the appliance's settings file (default: INFERD_CONFIG, else conf/settings.toml)"
         )
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def settings_or_exit(prog: str, config: str | None) -> Settings:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -416,8 +417,20 @@ def openapi_document(settings: Settings, version: str) -> dict[str, Any]:
 
 
 class OpenApiResource:
-    def __init__(self, settings: Settings, version: str) -> None:
-        self._document = openapi_document(settings, version)
+    """The document, rebuilt when `inferd reload` changes the model version it states (rarely: cached)."""
+
+    def __init__(self, settings: Settings, version: str, model_version: Callable[[], int]) -> None:
+        self._settings = settings
+        self._version = version
+        self._model_version = model_version
+        self._documents: dict[int, dict[str, Any]] = {}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self._document
+        served = self._model_version()
+        if served not in self._documents:
+            # The name stays the one clients were given at start; only the version follows the reload.
+            model = dataclasses.replace(self._settings.model, version=served)
+            self._documents = {
+                served: openapi_document(dataclasses.replace(self._settings, model=model), self._version)
+            }
+        resp.media = self._documents[served]

@@ -14,7 +14,7 @@ import falcon
 import redis
 
 from daemon.dispatcher import Dispatch
-from daemon.queue.registry import DrainState
+from daemon.queue.registry import DrainState, no_worker_reason
 from daemon.queue.wire import LIVE
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,7 @@ def not_ready_reason(live: list[str], drain: DrainState, failed: dict[str, str] 
     if drain.box is not None:
         return f"drained ({drain.box}): admits no new work until `inferd undrain`"
     if not live:
-        if failed:
-            return "no worker is serving: " + "; ".join(
-                f"{shard}: {reason}" for shard, reason in failed.items()
-            )
-        return "no worker has a fresh heartbeat"
+        return no_worker_reason(failed or {})
     if all(shard in drain.shards for shard in live):
         return "every live shard is drained"
     return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from daemon.errors import ModelLoadError
+from daemon.errors import ModelLoadError, UsageArgumentParser
 from daemon.model.torch_checkpoint import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -223,10 +222,11 @@ def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
         raise
 
 
-def export_default_model(out: Path, weights: Path) -> bool:
-    """Write the .keras model and labels into `out`; False when both were already newer than `weights`."""
+def export_default_model(out: Path, weights: Path, force: bool = False) -> bool:
+    """Write the .keras model and labels into `out`; False when both were already newer than `weights` (and
+    `force` is off)."""
     model_path, labels_path = out / MODEL_FILENAME, out / LABELS_FILENAME
-    if _is_fresh((model_path, labels_path), weights):
+    if not force and _is_fresh((model_path, labels_path), weights):
         return False
     out.mkdir(parents=True, exist_ok=True)
     labels = load_default_labels()
@@ -237,15 +237,16 @@ def export_default_model(out: Path, weights: Path) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: python -m daemon.model.default_model --out DIR."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    """CLI: python -m daemon.model.default_model --out DIR [--force]."""
+    parser = UsageArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="folder for the .keras model and labels")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the files are up to date")
     args = parser.parse_args(argv)
     out: Path = args.out
     try:
         weights = default_weights_path()
         started = time.monotonic()
-        written = export_default_model(out, weights)
+        written = export_default_model(out, weights, force=args.force)
     except ModelLoadError as exc:
         print(f"default_model: {exc.message}", file=sys.stderr)
         return 1
@@ -257,7 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"wrote {out / MODEL_FILENAME} and {out / LABELS_FILENAME} in {time.monotonic() - started:.1f} s"
         )
     else:
-        print(f"up to date: {out / MODEL_FILENAME} and {out / LABELS_FILENAME} are newer than {weights}")
+        print(
+            f"up to date: {out / MODEL_FILENAME} and {out / LABELS_FILENAME} are newer than {weights} "
+            "(--force rebuilds them)"
+        )
     return 0
 
 

@@ -1,9 +1,12 @@
-"""systemd's readiness and watchdog protocol (`Type=notify`), spoken for the whole appliance.
+"""Readiness, said for the whole appliance: one line in the log, and systemd's protocol (`Type=notify`).
 
-supervisord is the unit's main process (the launcher execs it) and knows nothing of systemd, so this small
-supervisord program speaks for it; the unit says `NotifyAccess=all` because the sender is not the main pid.
-The launcher starts it only when systemd gave a NOTIFY_SOCKET, and hands the socket to it alone (as
-INFERD_NOTIFY_SOCKET): gunicorn would otherwise say READY=1 as soon as it listens.
+When /readyz first answers 200 this program logs one line of our own: where clients connect, which shards
+are live, which model serves. On a terminal that is all it does, then it waits to be stopped.
+
+Under systemd, supervisord is the unit's main process (the launcher execs it) and knows nothing of systemd,
+so this small supervisord program speaks for it; the unit says `NotifyAccess=all` because the sender is not
+the main pid. The launcher hands systemd's socket to it alone (as INFERD_NOTIFY_SOCKET): gunicorn would
+otherwise say READY=1 as soon as it listens.
 
 - `READY=1` once, when /readyz first answers 200 where clients connect (Redis up, a worker live, the API
   accepting), not when supervisord has merely started its programs: `systemctl start` returns when the box
@@ -47,6 +50,8 @@ WATCHDOG_USEC_ENV = "INFERD_WATCHDOG_USEC"
 STATUS_INTERVAL_S = 2.0
 """How often the status line is refreshed, and readiness looked at, when no watchdog asks for more."""
 MIN_INTERVAL_S = 0.1
+READY_POLL_S = 0.5
+"""How often /readyz is asked while the appliance starts, for the ready line."""
 PROBE_TIMEOUT_S = 2.0
 
 
@@ -110,6 +115,32 @@ def api_ready(settings: Settings, tls: ssl.SSLContext | None) -> bool:
     return status == 200
 
 
+def ready_line(settings: Settings, client: redis.Redis) -> str:
+    """The line that says the appliance serves: where clients connect, its live shards, its model."""
+    try:
+        live = [state for state in read_shards(client) if state.live]
+    except redis.RedisError:
+        live = []
+    # The version the shards say they compute with: `inferd reload` may have chosen another than [model]'s.
+    versions = sorted({state.info.model_version for state in live if state.info and state.info.model_version})
+    scheme = "https" if settings.api.tls_cert_file else "http"
+    return (
+        f"inferd: ready at {scheme}://{settings.api.host}:{settings.api.port}: {len(live)} shard(s) live "
+        f"[{', '.join(state.shard for state in live)}], model {settings.model.served_name} version "
+        f"{', '.join(map(str, versions or [settings.model.version]))}; Ctrl-C stops it"
+    )
+
+
+def wait_until_ready(settings: Settings, period_s: float, stop: threading.Event) -> bool:
+    """Poll /readyz until it answers 200 (True) or a stop is asked for (False)."""
+    tls = client_tls(settings.api)
+    while not stop.is_set():
+        if api_ready(settings, tls):
+            return True
+        stop.wait(period_s)
+    return False
+
+
 def interval_s(watchdog_usec: str | None) -> float:
     """Half the watchdog's period (as sd_watchdog_enabled's callers are told to ping), at most the status
     refresh interval."""
@@ -127,7 +158,7 @@ def notify_loop(settings: Settings, address: str, period_s: float, stop: threadi
         if not ready and api_ready(settings, tls):
             ready = True
             send(address, "READY=1\nSTATUS=" + health.status(ready))
-            log.info("notify: /readyz answered 200; told systemd READY=1")
+            log.info("%s; told systemd READY=1", ready_line(settings, client))
         lines = [f"STATUS={health.status(ready)}"]
         if health.watchdog_ok:
             lines.append("WATCHDOG=1")
@@ -141,10 +172,6 @@ def notify_loop(settings: Settings, address: str, period_s: float, stop: threadi
 
 def main() -> int:
     setup_logging()
-    address = os.environ.get(NOTIFY_SOCKET_ENV)
-    if not address:
-        log.info("notify: no notify socket (not started by systemd with Type=notify); nothing to do")
-        return 0
     settings = load_settings()
     stop = threading.Event()
 
@@ -153,7 +180,15 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    notify_loop(settings, address, interval_s(os.environ.get(WATCHDOG_USEC_ENV)), stop)
+    address = os.environ.get(NOTIFY_SOCKET_ENV)
+    if address:
+        notify_loop(settings, address, interval_s(os.environ.get(WATCHDOG_USEC_ENV)), stop)
+        return 0
+    # Not under systemd: say once that it serves, then stay (a program that exits would show as EXITED in
+    # `supervisorctl status`, and make it exit 3).
+    if wait_until_ready(settings, READY_POLL_S, stop):
+        log.info("%s", ready_line(settings, connect(settings, socket_timeout_s=PROBE_TIMEOUT_S)))
+    stop.wait()
     return 0
 
 

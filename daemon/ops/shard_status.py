@@ -12,8 +12,8 @@ from typing import Any
 import redis
 
 from daemon.ops.nvml import GpuReading, Nvml
-from daemon.queue.registry import ShardState, batch_rates, read_shards
-from daemon.queue.wire import LIVE, STUCK
+from daemon.queue.registry import ShardState, batch_rates, read_drain_state, read_shards
+from daemon.queue.wire import DRAINED, LIVE, STUCK
 from daemon.settings import Settings
 
 
@@ -32,7 +32,8 @@ class ShardStatus:
     mean_batch_size: float | None
     gpu: GpuReading | None
     status: str = LIVE
-    """LIVE, DOWN (no fresh heartbeat), FAILED (its worker refused to start) or STUCK (its model call hung)."""
+    """LIVE, DRAINED (live, but a drain mark sends it no new work), DOWN (no fresh heartbeat), FAILED (its
+    worker refused to start) or STUCK (its model call hung)."""
     failed: bool = False
     """The worker refused to start (`reason` says why); such a shard is also not live."""
     reason: str | None = None
@@ -46,13 +47,19 @@ class ShardStatus:
 def collect(
     client: redis.Redis, settings: Settings, reader: Nvml, now: float | None = None
 ) -> list[ShardStatus]:
-    """The status of every registered shard, read in two Redis round trips."""
+    """The status of every registered shard, read in three Redis round trips."""
     states = read_shards(client, with_records=True)
+    drain = read_drain_state(client, [state.shard for state in states])
     now = time.time() if now is None else now
-    return [_shard_status(state, settings, reader, now) for state in states]
+    return [
+        _shard_status(state, settings, reader, now, drain.box is not None or state.shard in drain.shards)
+        for state in states
+    ]
 
 
-def _shard_status(state: ShardState, settings: Settings, reader: Nvml, now: float) -> ShardStatus:
+def _shard_status(
+    state: ShardState, settings: Settings, reader: Nvml, now: float, drained: bool
+) -> ShardStatus:
     kind = state.info.kind if state.info else "?"
     index = state.info.index if state.info and kind == "gpu" else None
     images_per_s, mean_batch = batch_rates(state.records, now)
@@ -68,7 +75,7 @@ def _shard_status(state: ShardState, settings: Settings, reader: Nvml, now: floa
         # What the runtime computes on where the worker said (a CPU fallback shows as such), else NVML's name.
         device_name=(info.device or info.name) if info else "?",
         live=state.live,
-        status=state.status,
+        status=DRAINED if drained and state.status == LIVE else state.status,
         failed=bool(info and info.failed and not state.live),
         reason=info.reason if info else None,
         fallback=bool(info and info.fallback),

@@ -4,6 +4,9 @@ The API's face is `ApiQueues` (submit a job, await its reply, or both in one rou
 shard's face is `ShardQueues` (claim jobs, commit a batch's answers, requeue or adopt orphans, fail what waits,
 beat); `request_swap` and `await_swap` are `inferd reload`'s. The keys they touch and the invariants they
 keep are in `daemon.queue.keys`; the scripts that make each move atomic in `daemon.queue.scripts`.
+
+Why past 400 lines: both faces of one protocol, each move beside its counterpart (submit and claim, answer
+and await); apart, a change to one side would no longer sit next to the other.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from daemon.queue.keys import (
 )
 from daemon.queue.registry import (
     DrainState,
+    no_worker_reason,
     parse_or_none,
     read_drain_state,
     read_shards,
@@ -201,8 +205,10 @@ class ApiQueues:
 
     def _admitted(self, slot: int, wait_ms: int, shards: list[str], budget_ms: int) -> str:
         """The shard the enqueue script chose, or the 503 that says why it chose none."""
-        if slot == NO_LIVE_SHARD:
-            raise NoLiveWorker("no live worker: every shard's heartbeat is stale")
+        if slot == NO_LIVE_SHARD:  # rare, and a failure already: one more read to say what /readyz says
+            with contextlib.suppress(redis.RedisError):
+                raise NoLiveWorker(no_worker_reason(self.failures()))
+            raise NoLiveWorker(no_worker_reason({}))
         if slot == DRAINING:
             raise Draining(
                 "the appliance is draining for maintenance and admits no new work; retry elsewhere"

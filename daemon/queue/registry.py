@@ -159,3 +159,11 @@ def parse_or_none(parse: Any, payload: bytes | str) -> Any:
 def parse_all(parse: Any, payloads: list[bytes]) -> list[Any]:
     parsed = (parse_or_none(parse, payload) for payload in payloads)
     return [item for item in parsed if item is not None]
+
+
+def no_worker_reason(failed: dict[str, str]) -> str:
+    """Why no shard can take work, as /readyz and /predict both say it: the reasons the failed shards gave,
+    else that no heartbeat is fresh."""
+    if failed:
+        return "no worker is serving: " + "; ".join(f"{shard}: {reason}" for shard, reason in failed.items())
+    return "no worker has a fresh heartbeat"

@@ -12,7 +12,6 @@ this restarts on the model the run dir's record names (daemon.model.active_model
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -23,7 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_OK, ConfigError, ModelLoadError
+from daemon.errors import (
+    EXIT_CONFIG,
+    EXIT_MODEL_LOAD,
+    EXIT_OK,
+    ConfigError,
+    ModelLoadError,
+    UsageArgumentParser,
+)
 from daemon.logs import setup_logging
 from daemon.model.active_model import applied
 from daemon.model.classifier import batch_buckets
@@ -148,7 +154,7 @@ class Swapper:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="check a model as a shard would before swapping to it")
+    parser = UsageArgumentParser(description="check a model as a shard would before swapping to it")
     parser.add_argument("--config", help="settings file (default: INFERD_CONFIG or conf/settings.toml)")
     parser.add_argument("--model", required=True, type=Path)
     parser.add_argument("--labels", required=True, type=Path)

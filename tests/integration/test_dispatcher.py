@@ -14,7 +14,7 @@ from daemon.ops import drain
 from daemon.queue.connection import connect
 from daemon.queue.faces import ApiQueues
 from daemon.queue.keys import SHARDS_KEY, heartbeat_key, queue_key, reply_key
-from daemon.queue.wire import Heartbeat, Job, Reply, new_job_id
+from daemon.queue.wire import FAILED, Heartbeat, Job, Reply, ShardInfo, new_job_id
 
 
 def register(client, *shards: str, live: bool = True, batch_s: float | None = None) -> None:
@@ -60,6 +60,15 @@ def test_no_live_worker_is_a_503(redis_settings, redis_client):
     with pytest.raises(NoLiveWorker) as error:
         dispatcher.submit(a_job())
     assert error.value.status == 503 and error.value.retry_after_s
+
+
+def test_with_the_only_shard_failed_the_503_says_why_as_readyz_does(redis_settings, redis_client):
+    reason = "model has 1000 outputs but labels.txt has 5 labels"
+    failed = ShardInfo(kind="cpu", index=0, name="CPU", state=FAILED, reason=reason)
+    redis_client.hset(SHARDS_KEY, "cpu0", failed.encode())
+    with pytest.raises(NoLiveWorker) as error:
+        queues_for(redis_settings, redis_client).submit(a_job())
+    assert error.value.message == f"no worker is serving: cpu0: {reason}"
 
 
 def test_a_drained_shard_gets_nothing_and_a_drained_box_refuses_with_retry_after(

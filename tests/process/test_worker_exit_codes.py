@@ -155,14 +155,29 @@ def test_a_missing_model_file_exits_78_naming_it(tmp_path, tiny_model, command):
 def test_check_lists_the_cpu_shards_and_exits_0(tmp_path, tiny_model):
     sections = tiny_sections(tiny_model, devices={"gpus": "none", "cpu_workers": 3})
     config = write_settings(tmp_path, sections)
-    result = run_inferd(config, "check")
+    result = run_inferd(config, "check", timeout_s=180)  # four processes load the runtime
     assert result.returncode == EXIT_OK, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"settings OK: {config.resolve()}"
-    shards = [line.split("\t-> ")[0] for line in lines[1:]]
+    # The model is loaded and checked as `inferd reload` checks one.
+    assert lines[1].startswith(f"checked {tiny_model[0]}: 10 classes, input 32x32x3, batch sizes 1,"), lines
+    shards = [line.split("\t-> ")[0] for line in lines[2:]]
     assert shards == ["cpu0\tcpu\tCPU", "cpu1\tcpu\tCPU", "cpu2\tcpu\tCPU"]
     # Each shard says what its runtime would compute on, as its pinned worker would see it.
-    assert all(line.split("\t-> ")[1].startswith("CPU (tensorflow ") for line in lines[1:]), lines
+    assert all(line.split("\t-> ")[1].startswith("CPU (tensorflow ") for line in lines[2:]), lines
+    assert os.listdir(sections["paths"]["run_dir"]) == []
+
+
+def test_check_loads_the_model_so_a_label_count_mismatch_shows_before_run(tmp_path, tiny_model):
+    labels = tmp_path / "five-labels.txt"
+    labels.write_text("".join(f"class {i}\n" for i in range(5)))
+    sections = tiny_sections(tiny_model, model={"labels": labels})
+    result = run_inferd(write_settings(tmp_path, sections), "check", timeout_s=180)
+    assert result.returncode == EXIT_MODEL_LOAD, result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"inferd check: refused {tiny_model[0]}: model {tiny_model[0]} has 10 outputs but {labels} has 5 labels; "
+        "nothing was changed"
+    )
     assert os.listdir(sections["paths"]["run_dir"]) == []
 
 

@@ -44,6 +44,17 @@ OPAQUE = {
         "daemon/ops/front_door.py",
         "check_nginx_conf",
     ): 'nginx, found by nginx_binary() (shutil.which("nginx"), scanned)',
+    (
+        "daemon/ops/start_front_door.py",
+        "main",
+    ): "nginx's own command line, from supervisord.conf (INFERD_NGINX)",
+    ("tests/unit/test_command_line.py", "test_setup_sh_and_the_installed_command_exit_64_on_a_usage_error"): (
+        "./setup.sh and .venv/bin/inferd, this repository's own"
+    ),
+    (
+        "tests/process/test_install.py",
+        "test_a_staged_venv_names_the_final_paths_so_the_tree_can_be_moved_into_place",
+    ): "the base python that made the test's venv, and that venv's pip",
     ("tools/runtime_choice.py", "_run"): (
         "nvidia-smi, only where shutil.which finds it (a GPU box's driver ships it): set-up reads the GPUs"
     ),

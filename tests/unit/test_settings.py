@@ -50,6 +50,22 @@ def test_environment_overrides_any_key(tmp_path: Path):
     assert settings.devices.gpus == (0, 2)
 
 
+def test_a_misspelt_environment_override_stops_the_start_like_a_typo_in_the_file(tmp_path: Path):
+    config = write_settings(tmp_path, {"api": {"port": 8000}})
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['INFERD_API_BOGUS'\] in the environment"):
+        load_settings(config, env={"INFERD_API_BOGUS": "1"})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['bogus'\] in \[api\]"):
+        (tmp_path / "typo").mkdir()
+        load_settings(write_settings(tmp_path / "typo", {"api": {"bogus": 1}}), env={})
+    # What the launcher hands supervisord's programs looks like a setting but is not one.
+    inherited = {
+        "INFERD_API_INSTANCE": "1",
+        "INFERD_REDIS_CONF": "/run/redis.conf",
+        "INFERD_LOG_LEVEL": "INFO",
+    }
+    assert load_settings(config, env=inherited).api.port == 8000
+
+
 def test_relative_paths_are_relative_to_the_settings_file(tmp_path: Path):
     config = write_settings(tmp_path, {"model": {"path": "models/m.keras"}, "devices": {"gpus": [1, 3]}})
     settings = load_settings(config, env={})

@@ -12,6 +12,7 @@ import pytest
 
 from daemon.errors import EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN
 from daemon.gpu_worker import Worker
+from daemon.ops import drain
 from daemon.queue.faces import ShardQueues
 from daemon.queue.keys import heartbeat_key, processing_key, queue_key
 from daemon.queue.wire import BatchRecord
@@ -94,6 +95,22 @@ def test_a_down_shard_shows_in_the_table_and_makes_the_exit_code_non_zero(
     assert out.splitlines()[-1] == "2 shard(s): 1 live, 1 down (gpu1)"
     code, out = run(capsys, two_gpu_shards, "--json")
     assert json.loads(out)["down"] == ["gpu1"]
+
+
+def test_a_drained_shard_shows_as_drained_and_is_not_down(two_gpu_shards, redis_client, capsys):
+    drain.close_admission(redis_client, drain.OPERATOR, ["gpu1"])
+    code, out = run(capsys, two_gpu_shards)
+    assert code == EXIT_OK  # drained on purpose: live, finishing its queue, not a fault
+    gpu1_row = next(line for line in out.splitlines() if line.startswith("gpu1"))
+    assert "drained" in gpu1_row.split()
+    assert out.splitlines()[-1] == (
+        "2 shard(s): 2 live, 0 down, 1 drained (gpu1): no new work until `inferd undrain`"
+    )
+    code, out = run(capsys, two_gpu_shards, "--json")
+    assert [shard["status"] for shard in json.loads(out)["shards"]] == ["live", "drained"]
+    drain.undrain(redis_client, None)
+    code, out = run(capsys, two_gpu_shards)
+    assert out.splitlines()[-1] == "2 shard(s): 2 live, 0 down"
 
 
 def test_cpu_shards_without_nvml_and_an_empty_registry(redis_settings, redis_client, capsys):

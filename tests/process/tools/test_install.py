@@ -274,3 +274,33 @@ def test_installed_layout_serves_with_stdout_on_a_journal_socket(system_root, ti
             os.killpg(service.pid, signal.SIGKILL)
             service.wait()
         journal.close()
+
+
+def test_a_staged_venv_names_the_final_paths_so_the_tree_can_be_moved_into_place(system_root):
+    """`make install DESTDIR=...`: pip writes the staging folder into the venv; relocation makes it /opt/inferd."""
+    target = install.Target(system_root)
+    install.install_app(target)
+    venv = target.path(install.VENV_DIR)
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=120)
+    app = target.path(install.APP_DIR)
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--editable", str(app)]
+    subprocess.run(pip, check=True, timeout=300)
+    staged = str(target.path(install.PREFIX))
+    script = venv / "bin" / "inferd"
+    assert script.read_text().startswith(f"#!{staged}/venv/bin/python")  # what pip wrote: the staging folder
+
+    rewritten = install.relocate_venv(target)
+    assert script in rewritten and os.access(script, os.X_OK)
+    assert script.read_text().startswith("#!/opt/inferd/venv/bin/python")
+    finder = next(venv.glob("lib/python*/site-packages/__editable___*_finder.py"))
+    assert "'/opt/inferd/app/daemon'" in finder.read_text()
+    leftovers = [
+        str(path.relative_to(venv))
+        for path in venv.rglob("*")
+        if path.is_file()
+        and not path.is_symlink()
+        and "__pycache__" not in path.parts
+        and staged.encode() in path.read_bytes()
+    ]
+    assert leftovers == []
