@@ -160,7 +160,7 @@ class PredictResource:
             )
         data, form_top = self._read_image(req)
         top = self._top(req, form_top)
-        pixels = decode_image(data, self._settings.model, self._settings.api.max_image_pixels)
+        pixels = decode_image(data, self._settings.model, self._settings.api.max_image_pixels, deadline)
         job = Job(
             job_id=new_job_id(), deadline=deadline, enqueued_at=time.monotonic(), top_k=top, pixels=pixels
         )

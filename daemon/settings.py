@@ -57,6 +57,10 @@ class ApiSettings:
     request_timeout_s: float = 10.0
     max_body_bytes: int = 20_000_000
     max_image_pixels: int = 50_000_000
+    """Per image: a 50 MP phone photo (8160x6120) or a 45 MP full-frame camera's still fits; more is refused."""
+    max_request_pixels: int = 400_000_000
+    """Per request (KServe V2 batches), summed from the files' headers before any decode: 8 such photos, or
+    33 of a phone's usual 12 MP."""
     default_top: int = 5
     max_top: int = 100
     auth_token_file: Path | None = None
@@ -381,6 +385,12 @@ def validate(s: Settings) -> None:
         "api.max_image_pixels",
         s.api.max_image_pixels,
         f"from 1 to {PILLOW_PIXEL_CEILING} (Pillow refuses larger images whatever we allow)",
+    )
+    _require(
+        s.api.max_image_pixels <= s.api.max_request_pixels <= 100 * PILLOW_PIXEL_CEILING,
+        "api.max_request_pixels",
+        s.api.max_request_pixels,
+        f"from api.max_image_pixels ({s.api.max_image_pixels}) to {100 * PILLOW_PIXEL_CEILING}",
     )
     _require(
         0 <= s.api.drain_grace_s <= 300, "api.drain_grace_s", s.api.drain_grace_s, "from 0 to 300 seconds"

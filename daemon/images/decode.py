@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from daemon.errors import BadRequest, InferdError, PayloadTooLarge, UnsupportedMediaType
+from daemon.errors import BadRequest, DeadlineExceeded, InferdError, PayloadTooLarge, UnsupportedMediaType
 from daemon.settings import ModelSettings
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
@@ -48,8 +49,11 @@ ALPHA_BACKGROUND = (255, 255, 255)
 """Transparent pixels are shown on white, as an image viewer would."""
 
 
-def decode_image(data: bytes, model: ModelSettings, max_pixels: int) -> npt.NDArray[np.uint8]:
-    """Bytes of an image file to a (input_size, input_size, 3) uint8 array ready for the model."""
+def decode_image(
+    data: bytes, model: ModelSettings, max_pixels: int, deadline: float | None = None
+) -> npt.NDArray[np.uint8]:
+    """Bytes of an image file to a (input_size, input_size, 3) uint8 array ready for the model; past
+    `deadline` (`time.monotonic()`) the decode stops at its next read of the file (504)."""
     if not data:
         raise BadRequest("the image is empty")
     claimed = sniff_format(data)
@@ -57,7 +61,9 @@ def decode_image(data: bytes, model: ModelSettings, max_pixels: int) -> npt.NDAr
         raise UnsupportedMediaType(
             f"the upload is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})"
         )
-    image = _open(data, claimed, max_pixels)
+    image = _open(data, claimed, max_pixels, deadline)
+    if deadline is not None and isinstance(image, ImageFile.ImageFile):
+        image.decodermaxblock = DEADLINE_READ_BLOCK
     width, height = image.size
     if width < 1 or height < 1:
         raise BadRequest(f"the {claimed} image has no pixels ({width}x{height})")
@@ -89,10 +95,30 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _open(data: bytes, claimed: str, max_pixels: int) -> Image.Image:
+DEADLINE_READ_BLOCK = 8192
+"""Bytes a decoder reads at a time when a deadline is watched (Pillow's default is 64 KB): a one-colour PNG
+inflates 64 KB into tens of megabytes, a third of a second of work; 8 KB keeps that a few tens of ms."""
+
+
+class _DeadlineReader(io.BytesIO):
+    """The file as Pillow reads it: each read past the deadline raises instead, so a huge canvas is given
+    up within one block's work of the deadline, not at the end of the image."""
+
+    def __init__(self, data: bytes, deadline: float) -> None:
+        super().__init__(data)
+        self._deadline = deadline
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if time.monotonic() >= self._deadline:
+            raise DeadlineExceeded("the request's deadline passed while its image was being decoded")
+        return super().read(size)
+
+
+def _open(data: bytes, claimed: str, max_pixels: int, deadline: float | None = None) -> Image.Image:
     """Read the header with the one decoder the signature named; pixels are decoded later."""
+    source = io.BytesIO(data) if deadline is None else _DeadlineReader(data, deadline)
     try:
-        return Image.open(io.BytesIO(data), formats=(claimed,))
+        return Image.open(source, formats=(claimed,))
     except UnidentifiedImageError:
         # Pillow swallows the plugin's reason; the signature matched, so the file is a broken one.
         raise BadRequest(f"the upload starts like a {claimed} file but its header is corrupt") from None
