@@ -7,6 +7,7 @@ Every start-time check lives here: `load_settings` checks the values and reads t
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -69,6 +70,12 @@ class ApiSettings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     drain_grace_s: float = 3.0
+    client_max_connections: int = 256
+    """Requests one client address may have in progress at the front door at once (more: 429); 0: no limit."""
+    client_requests_per_s: int = 1000
+    """Requests per second one client address may send, with a burst of as many again (more: 429); 0: none."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Balancers (addresses or networks) whose X-Forwarded-For names the client the limits count."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +325,12 @@ def _coerce(key: str, target: Any, value: Any, base: Path) -> Any:
             raise ConfigError(f"{key} = {value!r} is not allowed: expected a number") from None
     if target == tuple[int, ...]:
         return _gpu_selection(key, value)
+    if target == tuple[str, ...]:
+        # A TOML list, or "a, b" from the environment.
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected a list of strings")
+        return tuple(item.strip() for item in items if item.strip())
     if not isinstance(value, str | int):
         raise ConfigError(f"{key} = {value!r} is not allowed: expected a string")
     return str(value)
@@ -359,6 +372,14 @@ def gpu_selection_text(gpus: GpuSelection) -> str:
     if gpus is None:
         return "auto"
     return ",".join(str(index) for index in gpus) or "none"
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
@@ -411,6 +432,25 @@ def validate(s: Settings) -> None:
         s.api.max_connections,
         "from 256 to 1000000",
     )
+    _require(
+        s.api.client_max_connections >= 0,
+        "api.client_max_connections",
+        s.api.client_max_connections,
+        "0 (no limit) or more",
+    )
+    _require(
+        s.api.client_requests_per_s >= 0,
+        "api.client_requests_per_s",
+        s.api.client_requests_per_s,
+        "0 (no limit) or more requests per second",
+    )
+    for proxy in s.api.trusted_proxies:
+        _require(
+            _is_network(proxy),
+            "api.trusted_proxies",
+            list(s.api.trusted_proxies),
+            f"IP addresses or networks such as 10.0.0.5 or 10.0.0.0/24 ({proxy!r} is neither)",
+        )
     # A certificate without its key (or the reverse) cannot serve TLS: name the one that is missing.
     for key, value, other in (
         ("api.tls_key_file", s.api.tls_key_file, s.api.tls_cert_file),

@@ -59,6 +59,18 @@ OPEN_FILES_RESERVE = 1024
 LISTEN_BACKLOG = 4096
 BODY_BUFFER = "256k"
 """Body bytes nginx keeps in memory per request; bigger bodies go to a temporary file in the run dir."""
+TLS12_CIPHERS = ":".join(
+    f"ECDHE-{key}-{cipher}"
+    for cipher in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305")
+    for key in ("ECDSA", "RSA")
+)
+"""TLS 1.2's ciphers: forward-secret and AEAD only (Mozilla's "intermediate" list without DHE), so no CBC
+mode and no RSA key exchange; TLS 1.3's own suites are all AEAD already."""
+LIMIT_EXEMPT = ("127.0.0.0/8", "::1")
+"""Client addresses the per-client limits never count: the host's own tools, probes and benchmarks (a local
+user can reach the host's resources in many other ways)."""
+LIMIT_ZONE = "10m"
+"""Shared memory of each per-client table: about 80,000 client addresses."""
 
 
 def api_socket(run_dir: Path, instance: int) -> Path:
@@ -176,6 +188,10 @@ def door_errors(settings: Settings) -> dict[int, tuple[int, str]]:
         408: (408, "the request was not sent in time"),
         413: (413, f"the request body is larger than the {limit}-byte limit"),
         414: (414, "the request URI is too long"),
+        429: (
+            429,
+            "too many requests from this client address (api.client_max_connections, api.client_requests_per_s); retry shortly",
+        ),
         500: (500, "internal error at the front door"),
         502: (503, "the API is not accepting requests (starting or restarting); retry shortly"),
         504: (504, "the API did not answer in time; the appliance is overloaded or stuck"),
@@ -194,11 +210,45 @@ def _error_locations(settings: Settings) -> list[str]:
         lines.append(f"        error_page {status} ={answer} {ERROR_URI}{status};")
         lines.append(f"        location = {ERROR_URI}{status} {{")
         lines.append("            internal;")
-        if answer == 503:
+        if answer in (429, 503):
             lines.append("            add_header Retry-After 1 always;")
         lines.append(f"            return {answer} {_quoted(body)};")
         lines.append("        }")
     return lines
+
+
+def _client_limits(settings: Settings) -> tuple[list[str], list[str]]:
+    """(http-level, server-level) lines of the per-client limits: the client is the connection's address,
+    or, from a trusted balancer, the one its X-Forwarded-For names; loopback is never counted."""
+    api = settings.api
+    http = [
+        "    # Per-client limits (api.client_max_connections, api.client_requests_per_s): an empty key is not",
+        "    # counted, so loopback (the host's own tools and probes) is exempt.",
+        "    geo $inferd_limited {",
+        "        default 1;",
+        *(f"        {network} 0;" for network in LIMIT_EXEMPT),
+        "    }",
+        '    map $inferd_limited $inferd_client { 0 ""; default $binary_remote_addr; }',
+    ]
+    server = [f"        set_real_ip_from {proxy};" for proxy in api.trusted_proxies]
+    if api.trusted_proxies:
+        server += ["        real_ip_header X-Forwarded-For;", "        real_ip_recursive on;"]
+    if api.client_max_connections:
+        http.append(f"    limit_conn_zone $inferd_client zone=inferd_conn:{LIMIT_ZONE};")
+        server += [
+            f"        limit_conn inferd_conn {api.client_max_connections};",
+            "        limit_conn_status 429;",
+        ]
+    if api.client_requests_per_s:
+        rate = api.client_requests_per_s
+        http.append(f"    limit_req_zone $inferd_client zone=inferd_req:{LIMIT_ZONE} rate={rate}r/s;")
+        # A second's worth of burst, served at once (nodelay): a client that pauses and then sends a batch
+        # is not slowed, one that keeps above the rate is refused.
+        server += [
+            f"        limit_req zone=inferd_req burst={rate} nodelay;",
+            "        limit_req_status 429;",
+        ]
+    return http, server
 
 
 def _nginx_user() -> str | None:
@@ -216,6 +266,7 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
     upstream_s = math.ceil(api.request_timeout_s) + UPSTREAM_MARGIN_S
     tls = api.tls_cert_file is not None and api.tls_key_file is not None
     user = _nginx_user()
+    limits_http, limits_server = _client_limits(settings)
     lines = [
         "# Rendered by `inferd run` from the settings (daemon/ops/front_door.py) at each start: edit the settings.",
         "daemon off;",
@@ -255,6 +306,8 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
         f"    client_max_body_size {api.max_body_bytes};",
         f"    client_body_buffer_size {BODY_BUFFER};",
         "",
+        *limits_http,
+        "",
         "    upstream inferd_api {",
         *(
             f"        server {_quoted(f'unix:{api_socket(run_dir, i)}')} max_fails=1 fail_timeout=1s;"
@@ -270,9 +323,12 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
             f"        ssl_certificate {_quoted(str(api.tls_cert_file))};",
             f"        ssl_certificate_key {_quoted(str(api.tls_key_file))};",
             "        ssl_protocols TLSv1.2 TLSv1.3;",
+            f"        ssl_ciphers {TLS12_CIPHERS};",
+            "        ssl_prefer_server_ciphers off;",
             "        ssl_session_cache shared:inferd_tls:10m;",
         ]
     lines += [
+        *limits_server,
         "",
         "        # The whole body is read before the API gets the request (for chunked uploads too, which the",
         "        # API then receives with a Content-Length); answers are buffered here, so a slow reader does",
