@@ -100,6 +100,9 @@ class ModelSettings:
     name: str = ""
     """The name clients use for the model (KServe V2 routes, Triton metric labels); empty: from the file name."""
     version: int = 1
+    allow_legacy_h5: bool = False
+    """Accept a legacy HDF5 (.h5) model: Keras cannot hold such a file to safe_mode, so only the native
+    `.keras` format loads unless the operator says so here."""
 
     @property
     def served_name(self) -> str:
@@ -245,6 +248,24 @@ def read_secret(key: str, path: Path | None) -> str | None:
     return secret
 
 
+MODEL_SUFFIXES = (".keras", ".json")
+"""Model files loaded without an opt-in: Keras's native format (loaded with safe_mode) and a stand-in."""
+LEGACY_SUFFIXES = (".h5", ".hdf5")
+
+
+def model_file_refusal(model: ModelSettings, path: Path) -> str | None:
+    """Why `path` may not be loaded as a model under these settings, or None when it may."""
+    suffix = path.suffix.lower()
+    if suffix in MODEL_SUFFIXES or (suffix in LEGACY_SUFFIXES and model.allow_legacy_h5):
+        return None
+    if suffix in LEGACY_SUFFIXES:
+        return (
+            f"{path} is a legacy HDF5 model, which Keras loads without safe_mode's protection (a Lambda layer "
+            "runs its code); save it as .keras, or set model.allow_legacy_h5 = true if you trust the file"
+        )
+    return f"{path} is not a .keras model file"
+
+
 def check_model_files(settings: Settings) -> None:
     """The model and labels files exist: checked by the commands that serve, before anything starts."""
     for key, path in (("model.path", settings.model.path), ("model.labels", settings.model.labels)):
@@ -253,6 +274,9 @@ def check_model_files(settings: Settings) -> None:
                 f"{key} = {str(path)!r} does not exist; build the embedded default with "
                 "`inferd build-default-model` or point it at your own file"
             )
+    refusal = model_file_refusal(settings.model, settings.model.path)
+    if refusal is not None:
+        raise ConfigError(f"model.path = {str(settings.model.path)!r} is not allowed: {refusal}")
 
 
 def _field_type(section_type: type[Any], name: str) -> Any:
