@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -86,6 +87,8 @@ class RedisSettings:
     password_file: Path | None = None
     managed: bool = True
     maxmemory_mb: int = 0
+    allow_no_password: bool = False
+    """An external Redis over TCP beyond loopback without `password_file`: refused at start unless true."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +248,12 @@ def read_secret(key: str, path: Path | None) -> str | None:
         raise ConfigError(f"{key} = {str(path)!r} is not text: it must hold the secret") from None
     if not secret:
         raise ConfigError(f"{key} = {str(path)!r} is empty: it must hold the secret")
+    mode = path.stat().st_mode
+    if mode & stat.S_IROTH:
+        raise ConfigError(
+            f"{key} = {str(path)!r} is readable by every user of this host (mode {stat.S_IMODE(mode):04o}): "
+            f"make it readable by the appliance's user alone (chmod 600 {str(path)!r})"
+        )
     return secret
 
 
@@ -398,6 +407,15 @@ def gpu_selection_text(gpus: GpuSelection) -> str:
     return ",".join(str(index) for index in gpus) or "none"
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_network(text: str) -> bool:
     try:
         ipaddress.ip_network(text, strict=False)
@@ -493,6 +511,18 @@ def validate(s: Settings) -> None:
         "redis.port",
         s.redis.port,
         "a TCP port, or set redis.socket, when redis.managed is false",
+    )
+    _require(
+        s.redis.managed
+        or s.redis.socket is not None
+        or s.redis.password_file is not None
+        or s.redis.allow_no_password
+        or _is_loopback(s.redis.host),
+        "redis.host",
+        s.redis.host,
+        "a loopback address, or set redis.password_file: an external Redis over the network without a "
+        "password lets anyone who reaches it read and steer the queues (redis.allow_no_password = true "
+        "accepts that)",
     )
     _require(8 <= s.model.input_size <= 4096, "model.input_size", s.model.input_size, "from 8 to 4096")
     _require(s.model.resize in RESIZE_MODES, "model.resize", s.model.resize, f"one of {RESIZE_MODES}")

@@ -134,6 +134,7 @@ def test_oversized_compressed_and_unknown_encodings(v2):
 def test_probes_stay_open_when_a_token_is_set(v2, tmp_path):
     token = tmp_path / "token"
     token.write_text("t0ken\n")
+    token.chmod(0o600)
     client = v2(VectorDispatcher(), auth_token_file=str(token))
     assert client.simulate_get("/v2/health/live").status_code == 200
     assert client.simulate_get("/v2/health/ready").status_code == 200

@@ -16,6 +16,7 @@ TOKEN = "appliance-token-1234"
 def test_predict_needs_the_token_and_refusals_are_counted_as_401(start_appliance, tmp_path, photo_png):
     token_file = tmp_path / "token"
     token_file.write_text(f"{TOKEN}\n")
+    token_file.chmod(0o600)
     # The readiness wait itself shows the probes stay open: it calls /readyz without a token.
     appliance = start_appliance(shards=1, api={"auth_token_file": str(token_file)})
     upload = {"image": ("photo.png", photo_png, "image/png")}
