@@ -90,9 +90,16 @@ class HealthResource:
     on_head = on_get
 
 
+HIDDEN_DETAIL = "failed (the reason is shown with the bearer token, and in the worker's log)"
+"""What /readyz says of a failed shard to a caller without the token: reasons name files and exceptions."""
+
+
 class ReadyResource:
-    def __init__(self, dispatcher: Dispatch) -> None:
+    """Readiness for balancers, open to all; with a token set, the failure reasons only for its holders."""
+
+    def __init__(self, dispatcher: Dispatch, token: str | None = None) -> None:
         self._dispatcher = dispatcher
+        self._token = token
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
@@ -105,6 +112,8 @@ class ReadyResource:
             resp.media = {"ready": False, "reason": "Redis unreachable"}
             return
         live = [shard for shard, state in status.items() if state == "live"]
+        if self._token is not None and not bearer_matches(req, self._token):
+            failed = dict.fromkeys(failed, HIDDEN_DETAIL)
         reason = not_ready_reason(live, drain, failed)
         resp.status = falcon.HTTP_200 if reason is None else falcon.HTTP_503
         resp.media = {
@@ -238,17 +247,22 @@ class BearerAuth:
     (not the data it reads) stay open."""
 
     def __init__(self, token: str) -> None:
-        self._expected = token.encode()
+        self._token = token
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.path in UNAUTHENTICATED_PATHS or is_public(req):
             return
-        scheme, _, given = (req.get_header("Authorization") or "").strip().partition(" ")
-        # The scheme name is case-insensitive (RFC 7235 section 2.1); only the token is secret, so only it
-        # needs the constant-time comparison, and it runs whatever the scheme so timing says nothing.
-        token_ok = hmac.compare_digest(given.strip().encode(), self._expected)
-        if not (token_ok and scheme.lower() == "bearer"):
+        if not bearer_matches(req, self._token):
             raise Unauthorized("missing or wrong bearer token")
+
+
+def bearer_matches(req: falcon.Request, token: str) -> bool:
+    """The request carries `Authorization: Bearer <token>`."""
+    scheme, _, given = (req.get_header("Authorization") or "").strip().partition(" ")
+    # The scheme name is case-insensitive (RFC 7235 section 2.1); only the token is secret, so only it
+    # needs the constant-time comparison, and it runs whatever the scheme so timing says nothing.
+    token_ok = hmac.compare_digest(given.strip().encode(), token.encode())
+    return token_ok and scheme.lower() == "bearer"
 
 
 def _json_error(req: falcon.Request, resp: falcon.Response, status: int, message: str) -> None:
@@ -306,7 +320,7 @@ def create_app(
     multipart.parse_options.max_body_part_buffer_size = settings.api.max_body_bytes
     app.add_route("/", IndexResource(settings))
     app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadyResource(dispatcher))
+    app.add_route("/readyz", ReadyResource(dispatcher, token))
     pending = PendingRequestCollector(client, settings.model, lambda: versions.current().version)
     app.add_route(
         "/metrics", MetricsResource(metrics, client, collectors=[pending, LimitsCollector(settings)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -10,12 +11,12 @@ import numpy as np
 import pytest
 import redis
 
-from daemon.api import create_app
+from daemon.api import HIDDEN_DETAIL, create_app
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
 from daemon.ops.front_door import ARRIVED_HEADER
 from daemon.queue.registry import DrainState
 from daemon.queue.wire import Job, Prediction, Reply
-from daemon.settings import ApiSettings, ModelSettings, Settings
+from daemon.settings import ApiSettings, ModelSettings, Secrets, Settings
 from tests.conftest import TINY_INPUT, encode_image
 
 
@@ -176,3 +177,25 @@ def test_readyz_names_failed_shards_and_their_reasons(app):
     result = client.simulate_get("/readyz")
     assert result.status_code == 503
     assert result.json["reason"] == "no worker is serving: gpu4: tensorflow 2.21.0 sees no GPU"
+
+
+def test_with_a_token_readyz_tells_failure_reasons_only_to_its_holders():
+    settings = Settings(
+        api=ApiSettings(request_timeout_s=7.0), model=ModelSettings(input_size=TINY_INPUT, preprocessing="tf")
+    )
+    settings = dataclasses.replace(settings, secrets=Secrets(auth_token="t0ken"))
+    dispatcher = FakeDispatcher()
+    dispatcher.status = {"gpu4": "failed"}
+    dispatcher.failed = {"gpu4": "cannot load model /srv/models/secret.keras: ValueError: bad"}
+    nowhere = redis.Redis(unix_socket_path="/nonexistent/redis.sock")
+    client = falcon.testing.TestClient(create_app(settings, nowhere, dispatcher))
+    stranger = client.simulate_get("/readyz")
+    assert (
+        stranger.status_code == 503
+        and "/srv/models" not in stranger.text
+        and "ValueError" not in stranger.text
+    )
+    assert stranger.json["failed_shards"] == {"gpu4": HIDDEN_DETAIL}
+    holder = client.simulate_get("/readyz", headers={"Authorization": "Bearer t0ken"})
+    assert holder.status_code == 503 and holder.json["failed_shards"] == dispatcher.failed
+    assert "secret.keras" in holder.json["reason"]
