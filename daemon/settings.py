@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import pwd
 import re
 import stat
 import tomllib
@@ -154,6 +155,9 @@ class DeviceSettings:
 class PathSettings:
     run_dir: Path = Path("var/run")
     log_dir: Path = Path("var/log")
+    service_user: str = ""
+    """Started as root, `inferd run` hands the run and log dirs to this user and becomes it before anything
+    starts, so Redis, nginx, the API and the workers run as it; empty: they run as whoever started it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +411,14 @@ def gpu_selection_text(gpus: GpuSelection) -> str:
     return ",".join(str(index) for index in gpus) or "none"
 
 
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -579,6 +591,12 @@ def validate(s: Settings) -> None:
         f"one of {DISPATCH_POLICIES}",
     )
     _require(s.queue.pixels in PIXEL_PATHS, "queue.pixels", s.queue.pixels, f"one of {PIXEL_PATHS}")
+    _require(
+        s.paths.service_user == "" or _user_exists(s.paths.service_user),
+        "paths.service_user",
+        s.paths.service_user,
+        "empty, or a user of this host (e.g. inferd, made by `make install`, or nobody)",
+    )
     _require(1 <= s.devices.cpu_workers <= 64, "devices.cpu_workers", s.devices.cpu_workers, "from 1 to 64")
     _require(
         s.devices.gpu_memory_limit_mb >= 0,

@@ -251,10 +251,11 @@ def _client_limits(settings: Settings) -> tuple[list[str], list[str]]:
     return http, server
 
 
-def _nginx_user() -> str | None:
+def _nginx_user(settings: Settings) -> str | None:
     """`user` for nginx's workers when it starts as root (they would default to nobody, who cannot reach the
-    0700 run dir); None otherwise, where nginx runs as whoever started it."""
-    if os.geteuid() != 0:
+    0700 run dir); None otherwise, where nginx runs as whoever started it (the service user, when
+    `paths.service_user` is set: the launcher becomes it before nginx starts)."""
+    if os.geteuid() != 0 or settings.paths.service_user:
         return None
     return f"{pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name}"
 
@@ -265,7 +266,7 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
     temp = run_dir / NGINX_DIR
     upstream_s = math.ceil(api.request_timeout_s) + UPSTREAM_MARGIN_S
     tls = api.tls_cert_file is not None and api.tls_key_file is not None
-    user = _nginx_user()
+    user = _nginx_user(settings)
     limits_http, limits_server = _client_limits(settings)
     lines = [
         "# Rendered by `inferd run` from the settings (daemon/ops/front_door.py) at each start: edit the settings.",
