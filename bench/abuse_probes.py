@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import requests
 
-from tests.conftest import encode_image
-from tests.slow_clients import Attack, SlowClients
-from tools.harness import REPO, Appliance, free_port, write_settings
+from testkit.harness import REPO, Appliance, free_port, write_settings
+from testkit.images import encode_image
+from testkit.slow_clients import Attack, SlowClients
 from tools.loadgen import LoadRun, Upload, percentile
 
 TINY_INPUT = 32

@@ -16,7 +16,7 @@ import falcon
 
 from daemon.images.decode import decode_image
 from daemon.settings import Settings, load_settings
-from tools.harness import PYTHON, Service
+from testkit.harness import PYTHON, Service
 
 log = logging.getLogger(__name__)
 

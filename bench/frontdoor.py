@@ -31,7 +31,7 @@ from bench.procs import cpu_seconds
 from bench.soak import appliance_processes
 from daemon.ops.capacity import SHARD_COUNT_ENV, api_threads
 from daemon.settings import load_settings
-from tools.harness import Appliance, free_port
+from testkit.harness import Appliance, free_port
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from bench import offline, sections
 from bench.sections import end_marker, start_marker
 from daemon.settings import load_settings
 from daemon.shard import discover_shards
-from tools.harness import REPO, Appliance, free_port
+from testkit.harness import REPO, Appliance, free_port
 from tools.loadgen import load_uploads, run_load
 from tools.runtime_choice import GpuReading, read_gpus
 

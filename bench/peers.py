@@ -32,8 +32,8 @@ from bench import loadgen
 from bench.procs import cpu_seconds, state
 from daemon.settings import Settings
 from daemon.shard import cpu_threads_per_worker, use_backend
-from tools.harness import PYTHON, Service, free_port, wait_until
-from tools.proctree import tree
+from testkit.harness import PYTHON, Service, free_port, wait_until
+from testkit.proctree import tree
 
 log = logging.getLogger(__name__)
 

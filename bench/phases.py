@@ -28,7 +28,7 @@ from bench.soak import SoakSampler, rss_growth
 from daemon.launcher import redis_maxmemory_mb
 from daemon.settings import Settings, load_settings
 from daemon.shard import discover_shards
-from tools.harness import PYTHON, REPO, Appliance, free_port, redis_server, stop_all
+from testkit.harness import PYTHON, REPO, Appliance, free_port, redis_server, stop_all
 
 log = logging.getLogger(__name__)
 

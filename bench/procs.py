@@ -1,6 +1,6 @@
 """What the benchmark reads about its processes and the machine from /proc (no psutil on the appliance).
 
-Starting and stopping processes is tools.harness's job; process trees are tools.proctree's.
+Starting and stopping processes is testkit.harness's job; process trees are testkit.proctree's.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from daemon.queue.pixel_store import PixelStore
 from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
 from daemon.shard import cpu_shards
-from tools.harness import redis_server
+from testkit.harness import redis_server
 
 CLASSES = 1000
 SECTION = "redis-cost"

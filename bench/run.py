@@ -32,7 +32,7 @@ from bench.procs import machine_busy_s, own_cpu_s
 from bench.report import summary, write_frontdoor_section, write_peers_section, write_report
 from bench.results import BenchResults
 from daemon.settings import gpu_selection_text
-from tools.harness import PYTHON, REPO
+from testkit.harness import PYTHON, REPO
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from daemon.queue.keys import heartbeat_key
 from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
 from daemon.shard import Shard
-from tools.harness import PYTHON, Service, stop_all, write_settings
+from testkit.harness import PYTHON, Service, stop_all, write_settings
 from tools.loadgen import percentile
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import redis
 
 from bench.procs import command_line, rss_bytes
-from tools.proctree import descendants, parent_pids
+from testkit.proctree import descendants, parent_pids
 
 log = logging.getLogger(__name__)
 

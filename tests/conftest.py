@@ -11,7 +11,6 @@ The layers, fastest first:
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import tempfile
@@ -26,8 +25,9 @@ from PIL import Image
 
 from daemon.queue.pixel_store import segment_folder
 from daemon.settings import Settings, load_settings
+from testkit.harness import Appliance, free_port, redis_server, write_settings
+from testkit.images import encode_image
 from tests.tiny_model import build_tiny_model
-from tools.harness import Appliance, free_port, redis_server, write_settings
 
 TINY_INPUT = 32
 
@@ -125,12 +125,6 @@ def start_appliance(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Iterator[C
     yield start
     for appliance in started:
         appliance.stop()
-
-
-def encode_image(array: np.ndarray, fmt: str = "PNG", **save: Any) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt, **save)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """`haproxy_config`: print an HAProxy configuration that spreads /predict over several inferd appliances.
 
-The choices, and why (README "More than one box" says the same to operators):
+The choices, and why (docs/scale-out.md says the same to operators):
 
 - `balance leastconn`: each box batches, so what it can take is how many requests it holds at once, and a box
   with more or faster GPUs answers sooner and so holds fewer; the least-connections box is the one with room.

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_SETTINGS = REPO / "conf" / "settings.toml"
-APP_CONTENTS = ("daemon", "tools", "conf", "systemd", "pyproject.toml", "README.md", "CHANGELOG.md")
+APP_CONTENTS = ("daemon", "tools", "conf", "systemd", "pyproject.toml", "README.md", "docs", "CHANGELOG.md")
 """What of the checkout the service needs (and pip needs to install it); tests, bench and .venv stay out."""
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.harness import PYTHON, Service
+from testkit.harness import PYTHON, Service
 
 WEB_THREADS = 10
 """mod_wsgi's one daemon process with 10 threads, as the old design deployed it."""

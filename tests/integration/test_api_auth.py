@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import encode_image
+from testkit.images import encode_image
 
 TOKEN = "s3cret-token"
 RIGHT = {"Authorization": f"Bearer {TOKEN}"}

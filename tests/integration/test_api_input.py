@@ -28,10 +28,11 @@ from daemon.queue.faces import ShardQueues
 from daemon.queue.pixel_store import segment_folder
 from daemon.settings import Settings, load_settings
 from daemon.shard import cpu_shards
-from tests.conftest import encode_image, tiny_sections
+from testkit.harness import write_settings
+from testkit.images import encode_image
+from tests.conftest import tiny_sections
 from tests.corpus.make_corpus import CASES, FILES, Case
 from tests.tiny_model import TINY_LABELS
-from tools.harness import write_settings
 
 BODY_LIMIT = 256 * 1024
 """api.max_body_bytes for these tests: small, so an over-limit upload is cheap to make, yet above every

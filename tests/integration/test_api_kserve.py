@@ -16,7 +16,8 @@ from daemon.api import create_app
 from daemon.errors import ConfigError, QueueFull
 from daemon.queue.registry import DrainState
 from daemon.queue.wire import ALL_CLASSES, Job, Reply
-from tests.conftest import TINY_INPUT, encode_image
+from testkit.images import encode_image
+from tests.conftest import TINY_INPUT
 from tests.tiny_model import TINY_LABELS
 
 

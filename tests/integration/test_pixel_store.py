@@ -26,10 +26,10 @@ from daemon.queue.pixel_store import PixelStore, room_note, segment_folder
 from daemon.queue.wire import Job, WireError, new_job_id
 from daemon.shard import cpu_shards
 from daemon.worker.inference import run_batch
+from testkit.harness import REPO, wait_until
 from tests.integration.test_dispatcher import register
 from tests.needs import need_program
 from tools import flush_queues
-from tools.harness import REPO, wait_until
 
 SHAPE = (224, 224, 3)
 

@@ -11,8 +11,8 @@ import pytest
 import skimage
 
 from daemon.model.default_model import MODEL_FILENAME, default_weights_path, export_default_model
+from testkit.harness import Appliance, write_settings
 from tests.conftest import tiny_sections
-from tools.harness import Appliance, write_settings
 
 SKIMAGE_DATA = Path(str(skimage.__file__)).parent / "data"
 """scikit-image's sample photos: coffee.png is an espresso, chelsea.png a tabby cat."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import encode_image
+from testkit.images import encode_image
 from tests.tiny_model import TINY_LABELS
 
 pytestmark = pytest.mark.slow

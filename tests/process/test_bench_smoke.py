@@ -16,7 +16,7 @@ from bench.results import BenchResults
 from bench.run import PHASES
 from bench.sections import end_marker, start_marker
 from bench.simulated import SimResult
-from tools.harness import REPO
+from testkit.harness import REPO
 
 
 @pytest.mark.slow

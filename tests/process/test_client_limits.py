@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import requests
 
-from tools.harness import Appliance
+from testkit.harness import Appliance
 
 RATE = 5
 CONNECTIONS = 2

@@ -15,8 +15,8 @@ import yaml
 
 from daemon.metrics.inferd import GpuCollector
 from daemon.metrics.triton import GPU_METRIC_NAMES
+from testkit.harness import REPO
 from tests.fake_nvml import FakeGpu, FakeNvml
-from tools.harness import REPO
 
 pytestmark = pytest.mark.slow
 

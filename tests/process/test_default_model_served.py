@@ -7,7 +7,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import encode_image
+from testkit.images import encode_image
 from tests.process.conftest import SKIMAGE_DATA, default_model_section
 
 pytestmark = pytest.mark.slow

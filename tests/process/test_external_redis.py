@@ -10,8 +10,8 @@ import pytest
 import redis
 import requests
 
+from testkit.harness import Appliance, redis_server
 from tests.conftest import standin_model
-from tools.harness import Appliance, redis_server
 
 pytestmark = pytest.mark.slow
 

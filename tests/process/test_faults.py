@@ -24,10 +24,10 @@ import requests
 from daemon.ops.front_door import instance_workers
 from daemon.queue.keys import processing_key, queue_key
 from daemon.queue.wire import JOB_HEADER, JOB_VERSION_SEGMENT
+from testkit.harness import Appliance, wait_until
+from testkit.proctree import ProcessId, children
 from tests.conftest import standin_model
-from tools.harness import Appliance, wait_until
 from tools.loadgen import LoadResult, LoadRun, RequestRecord, Upload
-from tools.proctree import ProcessId, children
 
 pytestmark = pytest.mark.slow
 

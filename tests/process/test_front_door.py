@@ -3,7 +3,7 @@ arrival stamp, TLS, and a SIGKILL of the API's gunicorn master under load.
 
 Most tests share one appliance (starting one costs tens of seconds on a loaded two-core machine) with a small
 body limit, so an oversized upload is cheap, and a short client timeout, so a stalled body is given up soon.
-The hostile sockets come from tests/slow_clients.py: bounded in count and time, to 127.0.0.1 only.
+The hostile sockets come from testkit/slow_clients.py: bounded in count and time, to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import TINY_INPUT, encode_image, tiny_sections
-from tests.slow_clients import Attack, SlowClients
-from tools.harness import INFERD, Appliance, write_settings
+from testkit.harness import INFERD, Appliance, write_settings
+from testkit.images import encode_image
+from testkit.slow_clients import Attack, SlowClients
+from tests.conftest import TINY_INPUT, tiny_sections
 from tools.loadgen import LoadRun, Upload
 
 pytestmark = pytest.mark.slow

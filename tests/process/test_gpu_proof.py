@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from bench.gpu_proof import SECTION_END, SECTION_START, replace_section
+from testkit.harness import REPO, write_settings
 from tests.conftest import tiny_sections
-from tools.harness import REPO, write_settings
 
 
 def test_replace_section_keeps_the_rest_of_the_document():

@@ -19,8 +19,9 @@ import pytest
 import requests
 
 from daemon.queue.keys import processing_key, queue_key
-from tests.conftest import TINY_INPUT, encode_image
-from tools.harness import Appliance, wait_until
+from testkit.harness import Appliance, wait_until
+from testkit.images import encode_image
+from tests.conftest import TINY_INPUT
 
 pytestmark = pytest.mark.slow
 

@@ -20,10 +20,11 @@ import pytest
 import requests
 
 from daemon.settings import load_settings
-from tests.conftest import TINY_INPUT, encode_image
+from testkit.harness import REPO, free_port, wait_until
+from testkit.images import encode_image
+from tests.conftest import TINY_INPUT
 from tests.needs import need_program
 from tools import install
-from tools.harness import REPO, free_port, wait_until
 
 SKELETON = ("etc/systemd/system", "opt", "usr/bin", "var/lib", "var/log", "run")
 """The folders a real system already has, so that a clean uninstall can leave the root exactly as it was."""

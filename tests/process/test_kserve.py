@@ -10,7 +10,8 @@ import requests
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import TINY_INPUT, encode_image
+from testkit.images import encode_image
+from tests.conftest import TINY_INPUT
 from tests.tiny_model import TINY_LABELS
 
 pytestmark = pytest.mark.slow

@@ -22,9 +22,9 @@ from daemon.model.active_model import ModelRecord, choice_of, write_record
 from daemon.queue.registry import read_shards
 from daemon.queue.wire import ModelChoice
 from daemon.settings import load_settings
+from testkit.harness import PYTHON, REPO, Appliance, write_settings
 from tests.conftest import tiny_sections
 from tests.tiny_model import build_tiny_model
-from tools.harness import PYTHON, REPO, Appliance, write_settings
 from tools.loadgen import LoadResult, LoadRun, Upload
 
 pytestmark = pytest.mark.slow

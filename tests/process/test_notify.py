@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tools.harness import free_port, wait_until
+from testkit.harness import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,9 @@ from PIL import Image
 
 from bench.procs import cpu_seconds
 from daemon.ops.front_door import API_INSTANCES
-from tests.conftest import encode_image
-from tools.harness import Appliance
-from tools.proctree import descendants
+from testkit.harness import Appliance
+from testkit.images import encode_image
+from testkit.proctree import descendants
 
 IMAGES = 40
 SIDE = 7000

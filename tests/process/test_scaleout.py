@@ -27,9 +27,9 @@ import pytest
 import requests
 
 from daemon.ops.run_dir import leftover_processes
+from testkit.harness import REPO, Appliance, free_port, wait_until
 from tests.needs import need_program
 from tools.haproxy_config import Box, Checks, render
-from tools.harness import REPO, Appliance, free_port, wait_until
 from tools.loadgen import LoadResult, LoadRun, Upload
 
 pytestmark = pytest.mark.slow

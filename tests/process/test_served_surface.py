@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from testkit.harness import Appliance, write_settings
 from tests.conftest import standin_model, tiny_sections
 from tests.corpus.make_corpus import CASES
-from tools.harness import Appliance, write_settings
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,10 @@ import requests
 
 from daemon.launcher import become_service_user
 from daemon.settings import PathSettings, Settings
-from tests.conftest import encode_image, tiny_sections
-from tools.harness import Appliance, write_settings
-from tools.proctree import descendants
+from testkit.harness import Appliance, write_settings
+from testkit.images import encode_image
+from testkit.proctree import descendants
+from tests.conftest import tiny_sections
 
 SERVICE_USER = "nobody"
 

@@ -13,10 +13,10 @@ import signal
 import pytest
 
 from daemon.ops.front_door import API_INSTANCES
+from testkit.harness import wait_until
+from testkit.proctree import children
 from tests.conftest import standin_model
-from tools.harness import wait_until
 from tools.loadgen import LoadRun, Upload
-from tools.proctree import children
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tools.harness import REPO, wait_until
+from testkit.harness import REPO, wait_until
 
 pytestmark = pytest.mark.slow
 

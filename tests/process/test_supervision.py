@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from daemon.errors import EXIT_ALREADY_RUNNING
-from tools.harness import INFERD, REPO, Appliance, wait_until
-from tools.proctree import descendants
+from testkit.harness import INFERD, REPO, Appliance, wait_until
+from testkit.proctree import descendants
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ import pytest
 import requests
 
 from daemon.queue.keys import processing_key, queue_key
+from testkit.harness import REPO, wait_until
 from tools.common import EXIT_OK, EXIT_SHARD_DOWN
 from tools.flush_queues import DROP_MESSAGE
-from tools.harness import REPO, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.harness import REPO, Appliance, free_port, write_settings
 from tests.conftest import tiny_sections
-from tools.harness import REPO, Appliance, free_port, write_settings
 
 pytestmark = pytest.mark.slow
 

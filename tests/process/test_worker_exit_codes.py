@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_OK
+from testkit.harness import INFERD, REPO, Appliance, write_settings
 from tests.conftest import tiny_sections
 from tests.tiny_model import build_model_failing_warm_up
-from tools.harness import INFERD, REPO, Appliance, write_settings
 
 pytestmark = pytest.mark.slow
 

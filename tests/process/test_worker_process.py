@@ -15,8 +15,8 @@ import pytest
 from daemon.queue.keys import heartbeat_key, processing_key, queue_key, reply_key
 from daemon.queue.wire import Job, Reply, new_job_id
 from daemon.shard import cpu_shards, cpu_threads_per_worker, encode_shards
+from testkit.harness import PYTHON, Service
 from tests.conftest import TINY_INPUT, standin_model
-from tools.harness import PYTHON, Service
 
 pytestmark = pytest.mark.slow
 

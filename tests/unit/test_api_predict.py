@@ -17,7 +17,8 @@ from daemon.ops.front_door import ARRIVED_HEADER
 from daemon.queue.registry import DrainState
 from daemon.queue.wire import Job, Prediction, Reply
 from daemon.settings import ApiSettings, ModelSettings, Secrets, Settings
-from tests.conftest import TINY_INPUT, encode_image
+from testkit.images import encode_image
+from tests.conftest import TINY_INPUT
 
 
 class FakeDispatcher:

@@ -17,8 +17,8 @@ from bench.peers import Contender, Peer, PeerResult, alone, peer_cpu_by_role
 from bench.report import render_markdown, summary, write_peers_section
 from bench.results import BenchResults
 from bench.sections import end_marker, start_marker
-from tools.harness import Service
-from tools.proctree import tree
+from testkit.harness import Service
+from testkit.proctree import tree
 
 TWO_CHILDREN = (
     "import subprocess, sys, time; "

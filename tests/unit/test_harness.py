@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.harness import Service, wait_until
-from tools.proctree import alive, tree
+from testkit.harness import Service, wait_until
+from testkit.proctree import alive, tree
 
 # A child in a session (so a process group) of its own, as supervisord starts each program.
 START_CHILD = (

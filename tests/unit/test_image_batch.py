@@ -13,7 +13,7 @@ from daemon.errors import BadRequest, DeadlineExceeded, PayloadTooLarge
 from daemon.images.batch import DecodePool, check_request_pixels, declared_pixels
 from daemon.images.decode import decode_image
 from daemon.settings import ModelSettings
-from tests.conftest import encode_image
+from testkit.images import encode_image
 
 SMALL = encode_image(np.full((40, 30, 3), 90, np.uint8))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tools.harness import REPO
+from testkit.harness import REPO
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

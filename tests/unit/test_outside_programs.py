@@ -1,7 +1,7 @@
 """Every outside program a test or the benchmark starts is one `./setup.sh test` installs.
 
-The source of tests/, bench/, tools/ and daemon/ is read with `ast` for the programs it starts: the first
-element of the argv given to subprocess and os.exec*, and shutil.which("...") names. Each must be Python
+The source of tests/, testkit/, bench/, tools/ and daemon/ is read with `ast` for the programs it starts: the
+first element of the argv given to subprocess and os.exec*, and shutil.which("...") names. Each must be Python
 run as sys.executable (its `-m` module from this repository or a dependency `test` installs), a Debian
 package `./setup.sh needs test` lists, a script of a pip package it installs, or part of every Debian system.
 A fresh CI machine would otherwise find the missing program only when the test that starts it fails.
@@ -17,20 +17,20 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
 from pathlib import Path
 
-from tools.harness import REPO
+from testkit.harness import REPO
 
-SCANNED = ("tests", "bench", "tools", "daemon")
-OURS = {"tests", "bench", "tools", "daemon"}
+SCANNED = ("tests", "testkit", "bench", "tools", "daemon")
+OURS = {"tests", "testkit", "bench", "tools", "daemon"}
 PROCESS_CALLS: dict[tuple[str, ...], int] = {
     **{("subprocess", name): 0 for name in ("run", "Popen", "call", "check_call", "check_output")},
     **{("os", name): 0 for name in ("execv", "execvp", "execve", "execvpe", "spawnv", "spawnvp")},
-    ("Service",): 1,  # tools.harness.Service(name, argv, ...)
+    ("Service",): 1,  # testkit.harness.Service(name, argv, ...)
 }
 """Calls that start a program -> the position of their argv (or program) argument."""
 ESSENTIAL = {"nproc", "bash"}
 """Programs of Debian's Essential packages (coreutils, bash), on every Debian and Ubuntu system."""
 OPAQUE = {
-    ("tools/harness.py", "start"): "a Service's own argv: where each Service is made is scanned",
+    ("testkit/harness.py", "start"): "a Service's own argv: where each Service is made is scanned",
     ("tools/install.py", "run"): "operator commands on the real machine; under --root (tests) only printed",
     ("tools/install.py", "check_interpreter"): "the venv's own python",
     ("tests/process/test_install.py", "test_installed_layout_serves_with_stdout_on_a_journal_socket"): (

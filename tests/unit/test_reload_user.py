@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from daemon.settings import load_settings
+from testkit.harness import REPO, write_settings
 from tools.common import EXIT_USAGE
-from tools.harness import REPO, write_settings
 from tools.reload import root_refusal
 
 NOBODY = pwd.getpwnam("nobody").pw_uid

@@ -15,9 +15,9 @@ from typing import ClassVar
 
 import pytest
 
+from testkit.harness import free_port, wait_until
 from tools import stress
 from tools.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from tools.harness import free_port, wait_until
 from tools.loadgen import BOUNDARY, LoadRun, LoadStillRunning, Upload, load_uploads, percentile, run_load
 
 

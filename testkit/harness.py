@@ -27,7 +27,7 @@ import requests
 
 from daemon.queue.pixel_store import segment_folder
 from daemon.settings import load_settings
-from tools.proctree import ProcessId, kill_all, tree
+from testkit.proctree import ProcessId, kill_all, tree
 
 log = logging.getLogger(__name__)
 
