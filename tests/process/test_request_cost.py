@@ -111,6 +111,9 @@ def test_forty_huge_pngs_are_refused_from_their_headers(start_appliance, big_png
         status, took, _ = send_big(appliance.url, big_png)
         big_cpu = read() - cpu_before
         time.sleep(2.0)
+    print(
+        f"big request: {status} in {took:.2f}s, {big_cpu:.2f} API CPU s; /predict p99 {others.p99() * 1000:.0f} ms"
+    )
     assert status == 413 and took < 2.0, (status, took)
     # Parsing the 8.5 MB JSON and forty headers, beside two clients' /predicts: nothing like a decode.
     assert big_cpu < 1.5, f"the API spent {big_cpu:.2f} CPU s on a refused request"
