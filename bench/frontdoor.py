@@ -25,7 +25,7 @@ from typing import Any
 import redis
 import requests
 
-from bench import loadgen
+from bench import wrk
 from bench.decode_only import decode_only_service
 from bench.procs import cpu_seconds
 from bench.soak import appliance_processes
@@ -87,8 +87,8 @@ class FrontDoorPoint:
     """`api.threads` as set: "auto", or the fixed value compared with it."""
     api_threads: int
     """Per API process, as `inferd run` resolved them."""
-    inferd: loadgen.WrkResult
-    ceiling: loadgen.WrkResult
+    inferd: wrk.WrkResult
+    ceiling: wrk.WrkResult
     shard_capacity: float
     """One stand-in shard's images/s at full batches: what the device alone could do."""
     mean_batch: dict[str, float] = field(default_factory=dict)
@@ -164,7 +164,7 @@ def command_usec(client: redis.Redis) -> dict[str, float]:
 
 @dataclass
 class InferdRound:
-    result: loadgen.WrkResult
+    result: wrk.WrkResult
     mean_batch: dict[str, float]
     cpu_ms_per_request: dict[str, float]
     redis_us_per_request: dict[str, float]
@@ -174,11 +174,11 @@ def measure_inferd(appliance: Appliance, photo: Path, clients: int, plan: FrontD
     """One wrk round against inferd, with the CPU each component spent and the batches each shard ran."""
     url = f"{appliance.url}/predict"
     if plan.warmup_s > 0:
-        loadgen.run_wrk(url, photo, clients, plan.warmup_s)
+        wrk.run_wrk(url, photo, clients, plan.warmup_s)
     client = appliance.redis()
     commands_before = command_usec(client)
     cpu_before, batches_before = cpu_by_group(appliance.pid), batch_totals(appliance.url)
-    result = loadgen.measure("inferd", url, "jpeg", photo, clients, plan.seconds, 0.0)
+    result = wrk.measure("inferd", url, "jpeg", photo, clients, plan.seconds, 0.0)
     cpu_after, batches_after = cpu_by_group(appliance.pid), batch_totals(appliance.url)
     commands_after = command_usec(client)
     client.close()
@@ -270,11 +270,11 @@ def measure_level(
     plan: FrontDoorPlan,
 ) -> list[FrontDoorPoint]:
     """Rounds alternating between the ceiling and each appliance; each keeps its best round."""
-    ceilings: list[loadgen.WrkResult] = []
+    ceilings: list[wrk.WrkResult] = []
     rounds: dict[str, list[InferdRound]] = {name: [] for name in appliances}
     for _ in range(plan.rounds):
         ceilings.append(
-            loadgen.measure("decode-only", ceiling_url, "jpeg", photo, clients, plan.seconds, plan.warmup_s)
+            wrk.measure("decode-only", ceiling_url, "jpeg", photo, clients, plan.seconds, plan.warmup_s)
         )
         for name, (appliance, _threads) in appliances.items():
             rounds[name].append(measure_inferd(appliance, photo, clients, plan))

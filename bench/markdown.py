@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench.loadgen import WrkResult
+from bench.wrk import WrkResult
 
 
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:

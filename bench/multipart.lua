@@ -12,7 +12,7 @@ wrk.body = "--" .. boundary .. "\r\n"
   .. data .. "\r\n--" .. boundary .. "--\r\n"
 done = function(summary, latency, requests)
   io.write(string.format("p50_ms %.1f\np99_ms %.1f\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-  -- One machine-readable line for bench/loadgen.py; latencies in milliseconds, duration in seconds.
+  -- One machine-readable line for bench/wrk.py; latencies in milliseconds, duration in seconds.
   local e = summary.errors
   io.write(string.format(
     'bench-json {"requests":%d,"duration_s":%.6f,"connect_errors":%d,"read_errors":%d,"write_errors":%d,'

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import requests
 
-from bench import loadgen
+from bench import wrk
 from bench.procs import cpu_seconds, state
 from daemon.settings import Settings
 from daemon.shard import cpu_threads_per_worker, use_backend
@@ -70,7 +70,7 @@ QUICK_PLAN = PeersPlan(clients=(1, 4), rounds=1, seconds=1.0, warmup_s=0.0)
 class PeerResult:
     """One system's best round at one client count, with the CPU its processes spent per request."""
 
-    result: loadgen.WrkResult
+    result: wrk.WrkResult
     cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
     """By role: api (HTTP parsing, and for inferd the queueing), workers (decode, model, top-k for the
     peer; the model and top-k for inferd), redis, front door, other."""
@@ -240,9 +240,9 @@ def alone(contender: Contender, everyone: list[Contender]) -> Iterator[None]:
 def measure_round(contender: Contender, photo: Path, clients: int, plan: PeersPlan) -> PeerResult:
     """Warm up, then one wrk round, with the CPU seconds each role of the system spent in it."""
     if plan.warmup_s > 0:
-        loadgen.run_wrk(contender.url, photo, clients, plan.warmup_s)
+        wrk.run_wrk(contender.url, photo, clients, plan.warmup_s)
     before = contender.cpu_by_role()
-    result = loadgen.measure(contender.name, contender.url, "jpeg", photo, clients, plan.seconds, 0.0)
+    result = wrk.measure(contender.name, contender.url, "jpeg", photo, clients, plan.seconds, 0.0)
     after = contender.cpu_by_role()
     spent: dict[str, float] = {}
     for pid, (role, seconds) in after.items():

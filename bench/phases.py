@@ -19,12 +19,12 @@ from pathlib import Path
 
 import redis
 
-from bench import frontdoor, loadgen, offline, peers, profile, simulated
+from bench import frontdoor, offline, peers, profile, simulated, wrk
 from bench.decode_only import decode_only_service
-from bench.loadgen import WrkResult
 from bench.old_design import old_design_services
 from bench.results import BenchResults, SoakReport
 from bench.soak import SoakSampler, rss_growth
+from bench.wrk import WrkResult
 from daemon.launcher import redis_maxmemory_mb
 from daemon.settings import Settings, load_settings
 from daemon.shard import discover_shards
@@ -174,7 +174,7 @@ def measure_served(
     """(b) at each client count, then a py-spy profile and (g) the soak, on one running appliance."""
     url = f"{appliance.url}/predict"
     for clients in plan.served_clients:
-        results.served.append(loadgen.measure("inferd", url, "jpeg", photo, clients, d.served_s, d.warmup_s))
+        results.served.append(wrk.measure("inferd", url, "jpeg", photo, clients, d.served_s, d.warmup_s))
     if d.profile_s > 0:
         profile_appliance(results, appliance, url, photo, folder, d.profile_s)
     if d.soak_minutes > 0:
@@ -193,7 +193,7 @@ def profile_appliance(
         name: profile.start_recording(name, pid, seconds, folder / f"profile-{name}.txt")
         for name, pid in targets.items()
     }
-    loadgen.run_wrk(url, photo, 64, seconds + 2)
+    wrk.run_wrk(url, photo, 64, seconds + 2)
     for name, proc in recordings.items():
         summary = profile.finish_recording(name, proc, folder / f"profile-{name}.txt")
         if summary is not None:
@@ -208,7 +208,7 @@ def soak(
     client = appliance.redis()
     sampler = SoakSampler(appliance.pid, client, d.soak_interval_s).start()
     try:
-        raw = loadgen.run_wrk(url, photo, clients, seconds)
+        raw = wrk.run_wrk(url, photo, clients, seconds)
     finally:
         samples = sampler.stop()
         client.close()
@@ -220,7 +220,7 @@ def soak(
         rps=(raw["requests"] - raw["status_errors"]) / raw["duration_s"],
         p50_ms=raw["p50_ms"],
         p99_ms=raw["p99_ms"],
-        errors=loadgen.error_count(raw),
+        errors=wrk.error_count(raw),
         growth=rss_growth(samples, warmup_s),
         samples=samples,
         redis_bound_mb=bound,
@@ -273,9 +273,7 @@ def measure_tiny(
                 for _ in range(plan.tiny_rounds):
                     for system, url in urls.items():
                         rounds[system].append(
-                            loadgen.measure(
-                                system, url, image, photos[image], clients, d.tiny_s, d.tiny_warmup_s
-                            )
+                            wrk.measure(system, url, image, photos[image], clients, d.tiny_s, d.tiny_warmup_s)
                         )
                 results.tiny += [max(runs, key=lambda run: run.rps) for runs in rounds.values()]
 

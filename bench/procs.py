@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from testkit.proctree import read_stat
+
 
 def rss_bytes(pid: int) -> int | None:
     """Resident set size from /proc/<pid>/status, or None once the process is gone."""
@@ -43,19 +45,11 @@ def own_cpu_s() -> float:
 
 def state(pid: int) -> str | None:
     """The scheduler state letter of a process ('R', 'S', 'T' for stopped, ...), None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2 :].split()[0]
+    stat = read_stat(pid)
+    return None if stat is None else stat.state
 
 
 def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU seconds of a process (all its threads) from /proc/<pid>/stat, None once gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name in parentheses may hold spaces: the fields that follow start after its last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stat = read_stat(pid)
+    return None if stat is None else stat.cpu_s

@@ -34,9 +34,9 @@ import numpy.typing as npt
 import redis
 
 from bench import sections
-from bench.loadgen import write_photos
 from bench.procs import machine_busy_s, own_cpu_s
 from bench.run import machine_description
+from bench.wrk import write_photos
 from daemon.dispatcher import Dispatcher
 from daemon.gpu_worker import Worker
 from daemon.images.decode import decode_image
@@ -85,7 +85,7 @@ class CostResult:
 
 
 def photo_pixels(settings: Settings, folder: Path) -> npt.NDArray[np.uint8]:
-    """The benchmark's JPEG (bench.loadgen's photo) decoded and resized as the API does."""
+    """The benchmark's JPEG (bench.wrk's photo) decoded and resized as the API does."""
     data = write_photos(folder)["jpeg"].read_bytes()
     return decode_image(data, settings.model, settings.api.max_image_pixels)
 

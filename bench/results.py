@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.frontdoor import TARGET_JOBS_PER_S, FrontDoorPoint
-from bench.loadgen import WrkResult
 from bench.offline import OfflinePoint
 from bench.peers import PeerResult
 from bench.profile import ProfileSummary
 from bench.simulated import SimResult
 from bench.soak import Growth, SoakSamples
+from bench.wrk import WrkResult
 
 SERVED_TARGET = 0.90
 """Served throughput of the default model at 64 clients, as a share of its best offline throughput."""

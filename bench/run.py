@@ -26,11 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import frontdoor, peers, phases
-from bench.loadgen import write_photos
 from bench.phases import Durations, Plan
 from bench.procs import machine_busy_s, own_cpu_s
 from bench.report import summary, write_frontdoor_section, write_peers_section, write_report
 from bench.results import BenchResults
+from bench.wrk import write_photos
 from daemon.settings import gpu_selection_text
 from testkit.harness import PYTHON, REPO
 

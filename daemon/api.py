@@ -6,7 +6,6 @@ on a shard's queue and waits for the answer within the request's deadline.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -19,13 +18,15 @@ from daemon.dispatcher import Dispatch, Dispatcher
 from daemon.errors import (
     BadRequest,
     InferdError,
-    Overloaded,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
 )
+from daemon.http.auth import bearer_matches
+from daemon.http.deadline import arrival_deadline
 from daemon.http.kserve import add_v2_routes, is_v2_path
 from daemon.http.openapi import OpenApiResource
+from daemon.http.readiness import ReadyResource
 from daemon.http.request_body import check_declared_size
 from daemon.http.status_page import add_status_page_routes, is_public, prefers_html, status_page
 from daemon.images.decode import decode_image
@@ -35,11 +36,9 @@ from daemon.metrics.limits import LimitsCollector
 from daemon.metrics.triton import PendingRequestCollector, TritonMiddleware, TritonRequestMetrics
 from daemon.model.active_model import ServedVersions, with_active_model
 from daemon.ops.capacity import api_pool_size, shard_count_from_env
-from daemon.ops.front_door import ARRIVED_HEADER, deadline_from_arrival
 from daemon.queue.connection import connect
 from daemon.queue.faces import ApiQueues
 from daemon.queue.pixel_store import PixelStore
-from daemon.queue.registry import DrainState
 from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
 
@@ -90,65 +89,6 @@ class HealthResource:
     on_head = on_get
 
 
-HIDDEN_DETAIL = "failed (the reason is shown with the bearer token, and in the worker's log)"
-"""What /readyz says of a failed shard to a caller without the token: reasons name files and exceptions."""
-
-
-class ReadyResource:
-    """Readiness for balancers, open to all; with a token set, the failure reasons only for its holders."""
-
-    def __init__(self, dispatcher: Dispatch, token: str | None = None) -> None:
-        self._dispatcher = dispatcher
-        self._token = token
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        try:
-            status = self._dispatcher.shard_status()
-            failed = self._dispatcher.failures()
-            drain = self._dispatcher.drain_state()
-        except redis.RedisError as exc:
-            log.warning("api: /readyz: Redis unreachable: %s", exc)
-            resp.status = falcon.HTTP_503
-            resp.media = {"ready": False, "reason": "Redis unreachable"}
-            return
-        live = [shard for shard, state in status.items() if state == "live"]
-        if self._token is not None and not bearer_matches(req, self._token):
-            failed = dict.fromkeys(failed, HIDDEN_DETAIL)
-        reason = not_ready_reason(live, drain, failed)
-        resp.status = falcon.HTTP_200 if reason is None else falcon.HTTP_503
-        resp.media = {
-            "ready": reason is None,
-            "live_shards": live,
-            "registered_shards": list(status),
-            "shards": status,
-            "failed_shards": failed,
-        }
-        if drain.shards:
-            resp.media["draining_shards"] = sorted(drain.shards)
-        if reason is not None:
-            resp.media["reason"] = reason
-
-    on_head = on_get
-
-
-def not_ready_reason(live: list[str], drain: DrainState, failed: dict[str, str] | None = None) -> str | None:
-    """Why a balancer should send this box nothing now, or None when it should."""
-    # The drain marks come first: a box on its way out must read as not ready even while its shards live.
-    if drain.unready is not None:
-        return f"draining ({drain.unready}): finishing what it holds, send new work elsewhere"
-    if drain.box is not None:
-        return f"drained ({drain.box}): admits no new work until `inferd undrain`"
-    if not live:
-        if failed:
-            return "no worker is serving: " + "; ".join(
-                f"{shard}: {reason}" for shard, reason in failed.items()
-            )
-        return "no worker has a fresh heartbeat"
-    if all(shard in drain.shards for shard in live):
-        return "every live shard is drained"
-    return None
-
-
 class PredictResource:
     def __init__(self, settings: Settings, dispatcher: Dispatch, metrics: ApiMetrics) -> None:
         self._settings = settings
@@ -156,17 +96,7 @@ class PredictResource:
         self._metrics = metrics
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        # The deadline counts from the request's arrival at the front door, not from when a thread here
-        # got to it: time spent waiting for a free thread is the caller's time too.
-        timeout_s = self._settings.api.request_timeout_s
-        deadline = deadline_from_arrival(
-            req.get_header(ARRIVED_HEADER), timeout_s, time.time(), time.monotonic()
-        )
-        if deadline <= time.monotonic():
-            raise Overloaded(
-                f"the request waited its whole {timeout_s:g}s deadline for a free API thread; retry shortly",
-                retry_after_s=1.0,
-            )
+        deadline = arrival_deadline(req, self._settings.api.request_timeout_s)
         data, form_top = self._read_image(req)
         top = self._top(req, form_top)
         pixels = decode_image(data, self._settings.model, self._settings.api.max_image_pixels, deadline)
@@ -254,15 +184,6 @@ class BearerAuth:
             return
         if not bearer_matches(req, self._token):
             raise Unauthorized("missing or wrong bearer token")
-
-
-def bearer_matches(req: falcon.Request, token: str) -> bool:
-    """The request carries `Authorization: Bearer <token>`."""
-    scheme, _, given = (req.get_header("Authorization") or "").strip().partition(" ")
-    # The scheme name is case-insensitive (RFC 7235 section 2.1); only the token is secret, so only it
-    # needs the constant-time comparison, and it runs whatever the scheme so timing says nothing.
-    token_ok = hmac.compare_digest(given.strip().encode(), token.encode())
-    return token_ok and scheme.lower() == "bearer"
 
 
 def _json_error(req: falcon.Request, resp: falcon.Response, status: int, message: str) -> None:

@@ -1,19 +1,50 @@
-"""One exception tree for the whole appliance; each error knows the HTTP status it maps to."""
+"""One exception tree for the whole appliance, each error knowing the HTTP status it maps to, and the one table
+of exit codes."""
 
 from __future__ import annotations
 
+# The one table of exit codes: the appliance's processes, the operator tools, and supervisord's `exitcodes=`
+# (tests/unit/test_exit_codes.py holds conf/supervisord.conf to WORKER_FINAL_EXITS and every module to this table).
 EXIT_OK = 0
-EXIT_CONFIG = 78
-"""Exit code for "the configuration is wrong" (sysexits EX_CONFIG): supervisord must not retry."""
-EXIT_ALREADY_RUNNING = 75
-"""Exit code of `inferd run` when another appliance holds the run directory (sysexits EX_TEMPFAIL)."""
+EXIT_FAILED = 1
+"""An operator tool ran, but what it checked or did was not all good (a request failed, ...)."""
+EXIT_SHARD_DOWN = 2
+"""A registered shard has no live worker (or no shard is registered at all)."""
+EXIT_REDIS_DOWN = 3
+"""The appliance's Redis could not be reached, so nothing could be checked."""
+EXIT_USAGE = 64
+"""Bad command line (sysexits EX_USAGE); argparse's own 2 would collide with EXIT_SHARD_DOWN."""
 EXIT_STUCK = 70
 """A worker whose model call hung leaves with this (EX_SOFTWARE): supervisord restarts it."""
+EXIT_ALREADY_RUNNING = 75
+"""Exit code of `inferd run` when another appliance holds the run directory (sysexits EX_TEMPFAIL)."""
+EXIT_NOT_ROOT = 77
+"""`make install` without root (sysexits EX_NOPERM)."""
+EXIT_CONFIG = 78
+"""Exit code for "the configuration is wrong" (sysexits EX_CONFIG): supervisord must not retry."""
 EXIT_MODEL_LOAD = 79
 """Exit code for "the model failed to load": retrying cannot help, so supervisord must not retry."""
 EXIT_DEVICE = 80
 """Exit code for "the ML runtime does not see this shard's GPU": a wrong install or driver, not a hiccup,
 so supervisord must not retry."""
+
+EXIT_MEANINGS = {
+    EXIT_OK: "all good",
+    EXIT_FAILED: "the tool ran but found or caused failures",
+    EXIT_SHARD_DOWN: "a shard is down, or no shard is registered",
+    EXIT_REDIS_DOWN: "Redis is unreachable",
+    EXIT_USAGE: "bad command line",
+    EXIT_STUCK: "a worker's model call hung (supervisord restarts it)",
+    EXIT_ALREADY_RUNNING: "another appliance holds the run directory",
+    EXIT_NOT_ROOT: "not root (use sudo, or --root DIR)",
+    EXIT_CONFIG: "the settings file is invalid",
+    EXIT_MODEL_LOAD: "the model failed to load",
+    EXIT_DEVICE: "the ML runtime does not see the shard's GPU",
+}
+"""What each exit code means, for the --help of the tools and for the documentation."""
+WORKER_FINAL_EXITS = (EXIT_OK, EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_DEVICE)
+"""A worker's exits that supervisord must not answer with a restart: conf/supervisord.conf's `exitcodes=`
+of [program:worker]. Anything else (EXIT_STUCK, a crash, a kill) is restarted."""
 
 
 class InferdError(Exception):

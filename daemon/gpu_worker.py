@@ -6,7 +6,7 @@ adopt the work of dead shards now and then}, with teardown in `finally`. First S
 batch in hand and exits 0; a second one leaves at once (claimed jobs stay in the processing list, and the
 next worker to start puts them back on the queue).
 
-Before any of that, `start_serving` makes sure the shard computes where it should: once pinned and with its
+Before any of that, `start_serving` (daemon.worker.startup) makes sure the shard computes where it should: once pinned and with its
 runtime loaded, the worker asks the runtime what it sees (`daemon.worker.device`). A worker that cannot serve (its
 runtime sees no GPU, its model does not load, warm-up runs out of device memory) says why in one log line,
 leaves a "failed" registry entry with that reason for /readyz, /metrics and gpu_status, and exits with a code
@@ -16,13 +16,12 @@ supervisord does not retry.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from types import FrameType
 
 import redis
@@ -42,23 +41,20 @@ from daemon.logs import setup_logging
 from daemon.metrics.inferd import WorkerMetrics
 from daemon.metrics.triton import TritonBatchMetrics
 from daemon.model.active_model import applied, with_active_model
-from daemon.model.classifier import Classifier
-from daemon.model.standin import StandinModel, is_standin
 from daemon.queue.connection import Backoff, connect
 from daemon.queue.faces import ShardQueues
 from daemon.queue.pixel_store import PixelStore
-from daemon.queue.wire import FAILED, STUCK, BatchRecord, Heartbeat, ShardInfo, SwapResult
+from daemon.queue.wire import STUCK, BatchRecord, Heartbeat, ShardInfo, SwapResult
 from daemon.settings import Settings, load_settings
 from daemon.shard import SHARDS_ENV, Shard, decode_shards, discover_shards, pin_process
-from daemon.worker.device import is_out_of_memory, judge_device, limit_gpu_memory, probe_runtime
+from daemon.worker.batching import Batcher
 from daemon.worker.heartbeat import HeartbeatThread
 from daemon.worker.inference import Predictor, run_batch
 from daemon.worker.model_swap import Loaded, Swapper
+from daemon.worker.startup import check_device, refuse, shard_info, start_serving
 
 log = logging.getLogger(__name__)
 
-REFUSAL_REPORT_TRIES = 5
-"""Attempts (with backoff, a few seconds in all) to record a refusal in Redis before exiting regardless."""
 IDLE_BLOCK_S = 1.0
 """Longest blocking wait for a first job, so the stop flag and the sweep are looked at at least this often."""
 SWEEP_INTERVAL_S = 5.0
@@ -88,12 +84,14 @@ class Worker:
         """Where jobs' shared-memory pixels are read from, and orphaned ones swept."""
         self.shard = shard
         self.queues = queues
+        self.batcher = Batcher(queues, settings.batching)
+        """How this shard's batches are formed (daemon.worker.batching)."""
         self.predictor = predictor
         self.handle_signals = handle_signals
         """False when the loop runs in a thread (tests): only the main thread may install handlers."""
         self.prefix = f"{shard.shard_id}:"
         self.input_shape = (settings.model.input_size, settings.model.input_size, 3)
-        info = info or ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, device=shard.name)
+        info = info or replace(shard_info(shard), device=shard.name)
         self.info = replace(info, model_version=settings.model.version)
         """What the registry shows of this shard: the device as its runtime reported it (`start_serving`),
         and the version of the model it computes with."""
@@ -136,7 +134,7 @@ class Worker:
         try:
             while not self.stop_signals:
                 try:
-                    payloads = self.queues.claim_batch(IDLE_BLOCK_S)
+                    payloads = self.batcher.claim_batch(IDLE_BLOCK_S)
                     if payloads:
                         self.execute_batch(payloads)
                     loaded = self.swapper.poll(self.settings.model.version)
@@ -282,88 +280,6 @@ def own_shards(settings: Settings) -> list[Shard]:
     """The shards of this appliance, as the launcher discovered them (or discovered here, run by hand)."""
     encoded = os.environ.get(SHARDS_ENV)
     return decode_shards(encoded) if encoded else discover_shards(settings)
-
-
-def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predictor]:
-    """Load the runtime, check it sees this shard's device, load and warm the model; raises what stops us."""
-    if is_standin(settings.model.path):
-        # No runtime to ask: the stand-in computes nothing, anywhere.
-        standin = StandinModel(settings.model)
-        standin.warm_up(settings.batching.max_batch_size)
-        device = f"stand-in ({settings.model.path.name})"
-        return ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, device=device), standin
-    report = probe_runtime(settings.model.backend)
-    verdict = judge_device(shard, report, settings.devices.cpu_fallback)
-    if not verdict.serve:
-        raise DeviceUnavailable(verdict.reason or "the runtime does not see this shard's device")
-    if verdict.fallback:
-        log.warning("%s: %s", shard.shard_id, verdict.reason)
-    on_gpu = shard.kind == "gpu" and not verdict.fallback
-    memory = (report.memory_total_bytes or shard.memory_total_bytes) if on_gpu else None
-    if on_gpu:
-        limit_gpu_memory(report.backend, settings.devices.gpu_memory_limit_mb, memory)
-    info = ShardInfo(
-        kind=shard.kind,
-        index=shard.index,
-        name=shard.name,
-        reason=verdict.reason,
-        device=verdict.device,
-        fallback=verdict.fallback,
-        backend=report.backend,
-        runtime_version=report.runtime_version,
-        cuda_version=report.cuda_version if on_gpu else None,
-        memory_total_bytes=memory,
-    )
-    classifier = Classifier(settings.model, settings.batching.max_batch_size)
-    try:
-        classifier.warm_up()
-    except Exception as exc:
-        # A model that loads but cannot run a batch will not start working on a retry either.
-        if is_out_of_memory(exc):
-            raise ModelLoadError(
-                f"out of device memory warming up batches of up to {settings.batching.max_batch_size} "
-                f"({type(exc).__name__}): lower batching.max_batch_size or raise devices.gpu_memory_limit_mb"
-            ) from exc
-        log.exception("%s: the model failed its warm-up batch", shard.shard_id)
-        raise ModelLoadError(f"the model failed its warm-up batch: {type(exc).__name__}: {exc}") from exc
-    log.info(
-        "%s: %s %s on %s, batch buckets %s",
-        shard.shard_id,
-        report.backend,
-        report.runtime_version,
-        verdict.device,
-        ",".join(map(str, classifier.buckets)),
-    )
-    return info, classifier
-
-
-def check_device(shard: Shard, settings: Settings) -> int:
-    """Print what this shard would compute on, as one JSON line, for `inferd check`; 80 if it would refuse."""
-    try:
-        report = probe_runtime(settings.model.backend)
-    except DeviceUnavailable as exc:
-        print(json.dumps({"shard": shard.shard_id, "serve": False, "reason": exc.message}))
-        return EXIT_DEVICE
-    verdict = judge_device(shard, report, settings.devices.cpu_fallback)
-    print(json.dumps({"shard": shard.shard_id, **asdict(verdict), "runtime": asdict(report)}))
-    return EXIT_OK if verdict.serve else EXIT_DEVICE
-
-
-def refuse(shard: Shard, queues: ShardQueues, reason: str, code: int) -> int:
-    """Say in one line why this shard cannot serve, leave that in the registry for every surface, exit."""
-    log.error("%s: cannot serve (exit %d): %s", shard.shard_id, code, reason)
-    info = ShardInfo(kind=shard.kind, index=shard.index, name=shard.name, state=FAILED, reason=reason)
-    backoff = Backoff()
-    for _ in range(REFUSAL_REPORT_TRIES):
-        try:
-            queues.mark_failed(info)
-            break
-        except redis.RedisError as exc:
-            log.debug("%s: Redis not reachable to record the failure (%s)", shard.shard_id, exc)
-            backoff.pause()
-    else:
-        log.warning("%s: could not record the failure in Redis; it shows as down, not failed", shard.shard_id)
-    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from daemon.cli import drain as drain_tool
+from daemon.cli import reload as reload_tool
+from daemon.cli.common import settings_or_exit
 from daemon.errors import EXIT_ALREADY_RUNNING, EXIT_CONFIG, EXIT_DEVICE, ConfigError
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import MULTIPROC_ENV
@@ -53,9 +56,6 @@ from daemon.settings import (
     resolve_config_path,
 )
 from daemon.shard import SHARDS_ENV, Shard, discover_shards, encode_shards, use_backend
-from tools import drain as drain_tool
-from tools import reload as reload_tool
-from tools.common import settings_or_exit
 
 log = logging.getLogger(__name__)
 

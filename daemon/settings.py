@@ -2,6 +2,11 @@
 
 Every start-time check lives here: `load_settings` checks the values and reads the secret files, and
 `check_model_files` checks the model's files for the commands that serve (tools load settings without them).
+
+Why past 400 lines: each key's type, default, one-line meaning and allowed range sit together in its
+section's dataclass, next to the one loader and validator that read them, so a new setting is one edit here
+(as gunicorn's config.py keeps each setting whole); about half the lines are those key docstrings. Split by
+section, a key's default and its check would live in two files.
 """
 
 from __future__ import annotations

@@ -24,26 +24,37 @@ class ProcessId(NamedTuple):
     """Start time in clock ticks after boot (/proc/<pid>/stat field 22)."""
 
 
-class _Stat(NamedTuple):
+class ProcStat(NamedTuple):
+    """What /proc/<pid>/stat says of a process (the fields the tests and the benchmark read)."""
+
     state: str
+    """The scheduler state letter: 'R', 'S', 'T' (stopped), 'Z' (zombie), ..."""
     parent: int
     started: int
+    """Clock ticks after boot."""
+    cpu_ticks: int
+    """User plus system time of all its threads, in clock ticks."""
+
+    @property
+    def cpu_s(self) -> float:
+        return self.cpu_ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: int) -> _Stat | None:
+def read_stat(pid: int) -> ProcStat | None:
+    """The one reader of /proc/<pid>/stat here; None once the process is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None  # exited while we looked
     # The command name sits in parentheses and may hold spaces or ')': split after the last one.
     fields = raw.rsplit(")", 1)[1].split()
-    return _Stat(fields[0], int(fields[1]), int(fields[19]))
+    return ProcStat(fields[0], int(fields[1]), int(fields[19]), int(fields[11]) + int(fields[12]))
 
 
-def _all_stats() -> dict[int, _Stat]:
+def _all_stats() -> dict[int, ProcStat]:
     stats = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+        if entry.isdigit() and (stat := read_stat(int(entry))) is not None:
             stats[int(entry)] = stat
     return stats
 
@@ -86,7 +97,7 @@ def alive(processes: set[ProcessId]) -> set[ProcessId]:
     """Those of `processes` still running: same pid and start time, and not a zombie."""
     living = set()
     for process in processes:
-        stat = _stat(process.pid)
+        stat = read_stat(process.pid)
         if stat is not None and stat.started == process.started and stat.state != "Z":
             living.add(process)
     return living
@@ -97,7 +108,7 @@ def kill_all(processes: set[ProcessId], wait_s: float = KILL_WAIT_S) -> set[Proc
     living = alive(processes)
     for process in living:
         # Checked again right before the signal: the pid may have been reused since `alive` looked.
-        stat = _stat(process.pid)
+        stat = read_stat(process.pid)
         if stat is not None and stat.started == process.started:
             with suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGKILL)

@@ -6,7 +6,7 @@ else kept in that Redis; this removes only the queues' contents, and jobs a work
 flight) are left to finish.
 
 `--drain` drops nothing: it stops admitting to the shards (or the box, readiness first) and waits until
-every waiting job is answered; it is `inferd drain` (tools/drain.py), and `inferd undrain` resumes.
+every waiting job is answered; it is `inferd drain` (daemon/cli/drain.py), and `inferd undrain` resumes.
 
 One of the two is required: which one an operator means is not something to guess.
 """
@@ -19,18 +19,8 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from daemon.errors import EXIT_CONFIG, JobDropped
-from daemon.queue.faces import ShardQueues
-from daemon.queue.keys import KEY_PREFIX, processing_key, queue_key
-from daemon.queue.pixel_store import PixelStore
-from daemon.queue.registry import known_shards
-from daemon.settings import Settings
-from tools import drain as drain_tool
-from tools.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_REDIS_DOWN,
-    EXIT_USAGE,
+from daemon.cli import drain as drain_tool
+from daemon.cli.common import (
     ToolArgumentParser,
     connect_redis,
     render_table,
@@ -38,6 +28,12 @@ from tools.common import (
     settings_or_exit,
     unknown_shards,
 )
+from daemon.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE, JobDropped
+from daemon.queue.faces import ShardQueues
+from daemon.queue.keys import KEY_PREFIX, processing_key, queue_key
+from daemon.queue.pixel_store import PixelStore
+from daemon.queue.registry import known_shards
+from daemon.settings import Settings
 
 DROP_MESSAGE = "the job was dropped by an operator (flush_queues) before it ran; retry"
 """What every caller of a dropped job reads in its 503's JSON `error`."""

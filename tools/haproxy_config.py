@@ -31,7 +31,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tools.common import EXIT_OK, EXIT_USAGE, ToolArgumentParser
+from daemon.cli.common import ToolArgumentParser
+from daemon.errors import EXIT_OK, EXIT_USAGE
 
 DEFAULT_BIND = "*:8080"
 DEFAULT_STATS = "127.0.0.1:8404"

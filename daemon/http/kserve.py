@@ -26,10 +26,11 @@ from typing import Any
 import falcon
 import numpy as np
 import numpy.typing as npt
-import redis
 
 from daemon.dispatcher import Dispatch
 from daemon.errors import BadRequest, InferenceFailed, PayloadTooLarge, UnsupportedMediaType
+from daemon.http.deadline import arrival_deadline
+from daemon.http.readiness import readiness
 from daemon.http.request_body import check_declared_size
 from daemon.http.v2_tensors import (
     HEADER_LENGTH,
@@ -117,13 +118,6 @@ class ServedModel:
         }
 
 
-def _live_shards(dispatcher: Dispatch) -> list[str]:
-    try:
-        return [shard for shard, status in dispatcher.shard_status().items() if status == "live"]
-    except redis.RedisError:
-        return []
-
-
 class ServerMetadataResource:
     def __init__(self, version: str) -> None:
         self._body = {"name": "inferd", "version": version, "extensions": list(EXTENSIONS)}
@@ -138,15 +132,15 @@ class ServerLiveResource:
 
 
 class ServerReadyResource:
-    """Ready when a worker has a fresh heartbeat, as /readyz."""
+    """Ready by /readyz's rule (daemon.http.readiness): a drained box is not ready here either."""
 
     def __init__(self, dispatcher: Dispatch) -> None:
         self._dispatcher = dispatcher
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ready = bool(_live_shards(self._dispatcher))
-        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        resp.media = {"ready": ready}
+        found = readiness(self._dispatcher, req.path)
+        resp.status = found.http_status
+        resp.media = {"ready": found.ready}
 
 
 class ModelMetadataResource:
@@ -169,9 +163,9 @@ class ModelReadyResource:
         self, req: falcon.Request, resp: falcon.Response, model_name: str, model_version: str | None = None
     ) -> None:
         self._model.check(model_name, model_version)
-        ready = bool(_live_shards(self._dispatcher))
-        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        resp.media = {"name": self._model.name, "ready": ready}
+        found = readiness(self._dispatcher, req.path)
+        resp.status = found.http_status
+        resp.media = {"name": self._model.name, "ready": found.ready}
 
 
 class ModelInferResource:
@@ -186,7 +180,7 @@ class ModelInferResource:
     def on_post(
         self, req: falcon.Request, resp: falcon.Response, model_name: str, model_version: str | None = None
     ) -> None:
-        deadline = time.monotonic() + self._settings.api.request_timeout_s
+        deadline = arrival_deadline(req, self._settings.api.request_timeout_s)
         self._model.check(model_name, model_version)
         request = parse_infer_request(
             read_body(req, self._settings.api.max_body_bytes), req.get_header(HEADER_LENGTH)

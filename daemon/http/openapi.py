@@ -3,18 +3,44 @@
 Built from the settings, so the limits and the model's name, input size and version it states are the
 running appliance's. The suite validates it (openapi-spec-validator) and fuzzes a real appliance from it
 (schemathesis): every status an endpoint can answer is listed here, and a status that is not is a defect.
+
+Why past 400 lines: most of it is the document itself, written as data in the order a reader of the spec
+meets it; the schemas its paths share are defined once here, so cutting it by route would scatter them.
+Schemas of documents a dataclass produces are derived from it (`dataclass_schema`), not written again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any
 
 import falcon
 
 from daemon.http.status_page import ASSETS
+from daemon.ops.shard_status import ShardStatus
+from daemon.queue.wire import SHARD_STATUSES
 from daemon.settings import Settings
 
 JSON = "application/json"
+
+
+JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
+"""Python annotations -> JSON schema types; any other class (a nested dataclass) is an object."""
+
+
+def dataclass_schema(cls: type, **extra: dict[str, Any]) -> dict[str, Any]:
+    """The schema of `dataclasses.asdict` of `cls`: every field, all present, typed from its annotation;
+    `extra` adds keywords (an enum, a description) to a field's schema."""
+    hints = typing.get_type_hints(cls)
+    properties = {}
+    for field in dataclasses.fields(cls):
+        choices = typing.get_args(hints[field.name]) or (hints[field.name],)
+        kinds = [JSON_TYPES.get(hint, "object") for hint in choices if hint is not type(None)]
+        nullable = type(None) in choices
+        (kind,) = kinds  # one type, optionally None: the dataclasses behind documents stay that plain
+        properties[field.name] = {"type": [kind, "null"] if nullable else kind, **extra.get(field.name, {})}
+    return {"type": "object", "required": list(properties), "properties": properties}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -109,26 +135,11 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "failed": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
             },
         },
-        "Shard": {
-            "type": "object",
-            "required": ["shard", "kind", "device_name", "status", "live", "queue_depth", "in_flight"],
-            "properties": {
-                "shard": {"type": "string"},
-                "kind": {"type": "string"},
-                "device_index": {"type": ["integer", "null"]},
-                "device_name": {"type": "string"},
-                "status": {"enum": ["live", "down", "stuck", "failed"]},
-                "live": {"type": "boolean"},
-                "pid": {"type": ["integer", "null"]},
-                "heartbeat_age_s": {"type": ["number", "null"]},
-                "queue_depth": {"type": "integer"},
-                "in_flight": {"type": "integer"},
-                "images_per_s": {"type": "number"},
-                "mean_batch_size": {"type": ["number", "null"]},
-                "gpu": {"type": ["object", "null"], "description": "NVML's figures for a GPU shard"},
-                "reason": {"type": ["string", "null"]},
-            },
-        },
+        "Shard": dataclass_schema(
+            ShardStatus,
+            status={"enum": list(SHARD_STATUSES)},
+            gpu={"description": "NVML's figures for a GPU shard"},
+        ),
         "TensorMetadata": tensor_meta,
         "ServerMetadata": {
             "type": "object",

@@ -18,8 +18,8 @@ import redis
 
 from daemon.errors import RedisUnavailable
 from daemon.ops.nvml import Nvml
+from daemon.ops.shard_status import collect, shards_json
 from daemon.settings import Settings
-from tools.gpu_status import collect, shards_json
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def status_page() -> StaticFile:
 
 
 class ShardsResource:
-    """`GET /shards`: every shard as `tools/gpu_status --json` shows it (GPU figures from NVML)."""
+    """`GET /shards`: every shard as daemon.ops.shard_status sees it (GPU figures from NVML)."""
 
     def __init__(self, settings: Settings, client: redis.Redis, nvml: Any = None) -> None:
         self._settings = settings

@@ -13,13 +13,12 @@ The record is replaced in one rename, so a reader sees the old record or the new
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.ops.run_dir import read_json_record, write_json_record
 from daemon.queue.wire import ModelChoice, WireError
 from daemon.settings import ModelSettings, Settings
 
@@ -57,15 +56,15 @@ def read_record(settings: Settings) -> ModelRecord | None:
     """The record in the run dir, or None when there is none or it is unreadable (said in the log)."""
     path = record_path(settings)
     try:
-        body = json.loads(path.read_text())
+        body = read_json_record(path)
+        if body is None:
+            return None
         previous = body.get("previous")
         return ModelRecord(
             active=ModelChoice.from_dict(body["active"]),
             settings_model=ModelChoice.from_dict(body["settings_model"]),
             previous=None if previous is None else ModelChoice.from_dict(previous),
         )
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError, KeyError, TypeError, WireError, AttributeError) as exc:
         log.warning("model: ignoring %s, which does not read as a model record: %s", path, exc)
         return None
@@ -77,10 +76,7 @@ def write_record(settings: Settings, record: ModelRecord) -> None:
         "settings_model": record.settings_model.as_dict(),
         "previous": None if record.previous is None else record.previous.as_dict(),
     }
-    path = record_path(settings)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(json.dumps(body, indent=2) + "\n")
-    os.replace(partial, path)
+    write_json_record(record_path(settings), body)
 
 
 def active_record(settings: Settings) -> ModelRecord | None:

@@ -28,6 +28,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from daemon.errors import InferdError
 from daemon.settings import Settings
@@ -163,17 +164,39 @@ class ApplianceRecord:
         return dataclasses.replace(settings, api=api, redis=redis_settings)
 
 
+def write_json_record(path: Path, body: dict[str, Any]) -> None:
+    """Replace the run dir's JSON record at `path` atomically: a reader sees the old record or the new one,
+    never half of one (appliance.json here, model.json in daemon.model.active_model)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(body, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def read_json_record(path: Path) -> dict[str, Any] | None:
+    """The JSON object a record holds, or None when there is no record; raises OSError when it cannot be read
+    and ValueError when it is not a JSON object."""
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    if not isinstance(body, dict):
+        raise ValueError(f"{path} holds {type(body).__name__}, not a JSON object")
+    return body
+
+
 def write_record(run_dir: Path, record: ApplianceRecord) -> None:
-    path = run_dir / RECORD_NAME
-    path.write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
+    write_json_record(run_dir / RECORD_NAME, dataclasses.asdict(record))
 
 
 def read_record(run_dir: Path) -> ApplianceRecord | None:
     """The record of the appliance running on `run_dir`, or None when there is none or it has stopped."""
     try:
-        record = ApplianceRecord(**json.loads((run_dir / RECORD_NAME).read_text()))
+        body = read_json_record(run_dir / RECORD_NAME)
+        record = None if body is None else ApplianceRecord(**body)
     except (OSError, ValueError, TypeError):
-        return None  # absent, unreadable (another user's run dir), or written by another version
+        return None  # unreadable (another user's run dir), or written by another version
+    if record is None:
+        return None
     try:
         os.kill(record.pid, 0)
     except ProcessLookupError:

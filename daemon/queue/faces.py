@@ -1,7 +1,7 @@
 """The two faces of the Redis protocol between the API and the shards, and `inferd reload`'s.
 
 The API's face is `ApiQueues` (submit a job, await its reply, or both in one round trip; liveness); a
-shard's face is `ShardQueues` (claim a batch, commit its answers, requeue or adopt orphans, fail what waits,
+shard's face is `ShardQueues` (claim jobs, commit a batch's answers, requeue or adopt orphans, fail what waits,
 beat); `request_swap` and `await_swap` are `inferd reload`'s. The keys they touch and the invariants they
 keep are in `daemon.queue.keys`; the scripts that make each move atomic in `daemon.queue.scripts`.
 """
@@ -70,8 +70,6 @@ log = logging.getLogger(__name__)
 
 SHARD_LIST_TTL_S = 1.0
 """How long an API process trusts its copy of the registered shard list before reading it again."""
-GATHER_MIN_SLICE_S = 0.001
-"""Shortest pause between looks for more jobs while a batch fills: about three looks per window."""
 SWAP_WAIT_SLICE_S = 1.0
 """Longest single blocking wait of `inferd reload` for a shard's answer."""
 
@@ -233,55 +231,29 @@ class ApiQueues:
 
 # -- a shard's face -----------------------------------------------------------------------------------------
 class ShardQueues:
-    """What one shard's worker needs: claim batches, commit answers, recover orphans, beat, leave.
-
-    A batch fills until `batching.max_batch_size` jobs or `batching.max_wait_ms` after its first job,
-    with the remaining wait recomputed on the monotonic clock for every look (as MLServer does). The wait is
-    only spent when jobs are arriving together (the last batch, or what was already queued, had more than
-    one): a lone caller at low load would pay it in full and gain nothing.
-    """
+    """What one shard's worker needs: claim jobs, commit answers, recover orphans, beat, leave. When a batch
+    is complete is daemon.worker.batching's rule, built on `claim_first` and `claim_waiting`."""
 
     def __init__(self, client: redis.Redis, shard: str, settings: Settings) -> None:
         self.shard = shard
         self._client = client
         self._scripts = Scripts(client)
         self._queue, self._processing = queue_key(shard), processing_key(shard)
-        self.max_batch_size = settings.batching.max_batch_size
-        self.max_wait_s = settings.batching.max_wait_ms / 1000.0
         self._answer_ttl_s = settings.queue.answer_ttl_s
         self._heartbeat_ttl_ms = int(settings.queue.heartbeat_ttl_s * 1000)
-        self._last_batch_size = self.max_batch_size  # assume company until a batch shows otherwise
 
-    def claim_batch(self, idle_timeout_s: float) -> list[bytes]:
-        """Block up to `idle_timeout_s` for a first job, then gather more until size or deadline. Every job
-        claimed sits in the processing list until `commit`."""
-        first = self._blocking_claim(idle_timeout_s)
-        if first is None:
-            return []
-        batch: list[bytes] = [first]
-        deadline = time.monotonic() + self.max_wait_s
-        while len(batch) < self.max_batch_size:
-            batch.extend(
-                self._scripts.claim_waiting(
-                    keys=[self._queue, self._processing], args=[self.max_batch_size - len(batch)]
-                )
-            )
-            remaining = deadline - time.monotonic()
-            alone = len(batch) == 1 and self._last_batch_size == 1
-            if len(batch) >= self.max_batch_size or remaining <= 0 or alone:
-                break
-            # Wait in a few slices rather than with BLMOVE: an idle Redis checks blocked clients' timeouts
-            # only every 1000/hz ms (100 ms by default), which would stretch a 5 ms window twentyfold. Each
-            # look takes every job that arrived meanwhile in one round trip.
-            time.sleep(max(remaining / 2, min(remaining, GATHER_MIN_SLICE_S)))
-        self._last_batch_size = len(batch)
-        return batch
-
-    def _blocking_claim(self, timeout_s: float) -> bytes | None:
+    def claim_first(self, timeout_s: float) -> bytes | None:
+        """Block up to `timeout_s` for the next job and claim it (moved into the processing list, where it stays
+        until `commit`); None when none came. How a batch grows from here is daemon.worker.batching's rule."""
         # Sent raw: Redis takes a fractional timeout here, which redis-py's typed blmove() does not admit.
         command: Any = self._client.execute_command
         job: bytes | None = command("BLMOVE", self._queue, self._processing, "RIGHT", "LEFT", timeout_s)
         return job
+
+    def claim_waiting(self, count: int) -> list[bytes]:
+        """Claim up to `count` jobs already waiting, oldest first, in one round trip (no wait)."""
+        claimed: list[bytes] = self._scripts.claim_waiting(keys=[self._queue, self._processing], args=[count])
+        return claimed
 
     def commit(self, replies: Mapping[str, Reply], record: BatchRecord | None) -> bool:
         """Push every answer, record the batch and release the claims, in one atomic step. False when a

@@ -21,7 +21,7 @@ from daemon.queue.keys import (
     queue_key,
     stats_key,
 )
-from daemon.queue.wire import BatchRecord, Heartbeat, ShardInfo, WireError, as_text
+from daemon.queue.wire import DOWN, LIVE, SERVING, BatchRecord, Heartbeat, ShardInfo, WireError, as_text
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,12 @@ class ShardState:
 
     @property
     def status(self) -> str:
-        """ "live", "down" (no fresh heartbeat), or the state its worker left in the registry ("stuck")."""
+        """LIVE, DOWN (no fresh heartbeat), or the state its worker left in the registry (STUCK, FAILED)."""
         if self.heartbeat is not None:
-            return "live"
-        if self.info is not None and self.info.state != "serving":
+            return LIVE
+        if self.info is not None and self.info.state != SERVING:
             return self.info.state
-        return "down"
+        return DOWN
 
 
 @dataclass(frozen=True, slots=True)

@@ -209,6 +209,11 @@ def _json_object(payload: bytes | str, what: str) -> dict[str, Any]:
 SERVING, FAILED, STUCK = "serving", "failed", "stuck"
 """A registered shard's states: its worker serves (live while its heartbeat is fresh), refused to start, or
 left because its model call hung (supervisord restarts it)."""
+LIVE, DOWN = "live", "down"
+"""A shard's status as /readyz, /shards, /metrics and gpu_status show it: live (a fresh heartbeat), down (none,
+and the registry says it serves), or the registry's FAILED or STUCK."""
+SHARD_STATUSES = (LIVE, DOWN, STUCK, FAILED)
+"""Every status a shard can show, in the order the OpenAPI document lists them."""
 
 
 @dataclass(frozen=True, slots=True)

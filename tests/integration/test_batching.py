@@ -1,4 +1,4 @@
-"""Claiming batches from a real Redis: size and deadline paths, and claims that survive a crash.
+"""Claiming batches from a real Redis (daemon.worker.batching on daemon.queue.faces): size and deadline paths, and claims that survive a crash.
 
 The suite runs on loaded two-core machines: each time bound sits several times above what the claim needs
 and still below what the behaviour it rules out would take.
@@ -12,12 +12,13 @@ import time
 from daemon.queue.faces import ShardQueues
 from daemon.queue.keys import processing_key, queue_key
 from daemon.settings import BatchingSettings, Settings
+from daemon.worker.batching import Batcher
 
 
-def claimer(client, shard: str, max_batch_size: int = 8, max_wait_s: float = 0.0) -> ShardQueues:
-    """A shard's face of the queues with the given batching settings."""
+def claimer(client, shard: str, max_batch_size: int = 8, max_wait_s: float = 0.0) -> Batcher:
+    """A shard's batcher, on its face of the queues, with the given batching settings."""
     batching = BatchingSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_s * 1000)
-    return ShardQueues(client, shard, Settings(batching=batching))
+    return Batcher(ShardQueues(client, shard, Settings(batching=batching)), batching)
 
 
 def fill(client, shard: str, count: int) -> None:
@@ -69,14 +70,14 @@ def test_orphaned_claims_go_back_to_the_front_of_the_queue(redis_client):
     assert crashed.claim_batch(idle_timeout_s=1.0) == [b"job0", b"job1", b"job2"]
     # The worker died here. Its successor puts the claims back, and they run before newer jobs.
     successor = claimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0)
-    assert successor.requeue_orphans() == 3
+    assert successor.queues.requeue_orphans() == 3
     assert successor.claim_batch(idle_timeout_s=1.0) == [b"job0", b"job1", b"job2", b"job3", b"job4"]
 
 
 def test_a_live_shard_adopts_a_dead_shards_claims_and_queue(redis_client):
     fill(redis_client, "cpu1", 4)
     claimer(redis_client, "cpu1", max_batch_size=2, max_wait_s=0.0).claim_batch(idle_timeout_s=1.0)
-    assert claimer(redis_client, "cpu0").adopt("cpu1") == 4
+    assert claimer(redis_client, "cpu0").queues.adopt("cpu1") == 4
     assert redis_client.llen(queue_key("cpu1")) == redis_client.llen(processing_key("cpu1")) == 0
     adopted = claimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0).claim_batch(1.0)
     assert sorted(adopted) == [b"job0", b"job1", b"job2", b"job3"]
@@ -119,7 +120,7 @@ def test_adopted_jobs_keep_their_order_and_run_before_the_live_shards_newer_ones
     fill(redis_client, "cpu1", 5)  # job0 (oldest) .. job4
     claimer(redis_client, "cpu1", max_batch_size=2, max_wait_s=0.0).claim_batch(1.0)  # claims job0, job1
     redis_client.lpush(queue_key("cpu0"), b"live-newer")
-    assert claimer(redis_client, "cpu0").adopt("cpu1") == 5
+    assert claimer(redis_client, "cpu0").queues.adopt("cpu1") == 5
     claimed = claimer(redis_client, "cpu0", max_batch_size=10, max_wait_s=0.0).claim_batch(1.0)
     assert claimed == [b"job0", b"job1", b"job2", b"job3", b"job4", b"live-newer"]
 
@@ -131,17 +132,17 @@ def test_a_frozen_owner_that_wakes_after_adoption_answers_nothing_twice(redis_cl
     frozen = claimer(redis_client, "cpu1", max_batch_size=2)
     assert frozen.claim_batch(1.0) == [b"job0", b"job1"]
     # The owner stalls past its heartbeat; a live shard adopts its batch and its queue.
-    assert claimer(redis_client, "cpu0").adopt("cpu1") == 3
+    assert claimer(redis_client, "cpu0").queues.adopt("cpu1") == 3
     # Woken mid-gather, the owner claims a job that arrived after the adoption, then commits.
     redis_client.lpush(queue_key("cpu1"), b"after")
     assert frozen.claim_batch(1.0) == [b"after"]
     answers = {"a": Reply(shard="cpu1"), "b": Reply(shard="cpu1")}
-    assert frozen.commit(answers, None) is False
+    assert frozen.queues.commit(answers, None) is False
     assert not redis_client.exists("inferd:reply:a") and not redis_client.exists("inferd:reply:b")
     # What it claimed since the adoption goes back to its own queue, not lost; the mark is spent.
     assert redis_client.lrange(queue_key("cpu1"), 0, -1) == [b"after"]
     assert redis_client.llen(processing_key("cpu1")) == 0
-    assert frozen.commit({"c": Reply(shard="cpu1")}, None) is True
+    assert frozen.queues.commit({"c": Reply(shard="cpu1")}, None) is True
     assert redis_client.exists("inferd:reply:c")
 
 
@@ -150,8 +151,8 @@ def test_a_restarted_worker_forgets_an_adoption_meant_for_its_predecessor(redis_
 
     fill(redis_client, "cpu1", 1)
     claimer(redis_client, "cpu1").claim_batch(1.0)
-    claimer(redis_client, "cpu0").adopt("cpu1")  # the predecessor was SIGKILLed with a claim in hand
+    claimer(redis_client, "cpu0").queues.adopt("cpu1")  # the predecessor was SIGKILLed with a claim in hand
     successor = claimer(redis_client, "cpu1")
-    assert successor.requeue_orphans() == 0
-    assert successor.commit({"x": Reply(shard="cpu1")}, None) is True
+    assert successor.queues.requeue_orphans() == 0
+    assert successor.queues.commit({"x": Reply(shard="cpu1")}, None) is True
     assert redis_client.exists("inferd:reply:x")

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE
 from daemon.queue.keys import (
     DRAINING_KEY,
     SHARDS_KEY,
@@ -21,7 +22,6 @@ from daemon.queue.keys import (
 )
 from daemon.queue.wire import Job, Reply, new_job_id
 from tools import flush_queues
-from tools.common import EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN, EXIT_USAGE
 
 
 def push_jobs(client, shard: str, count: int) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from daemon.errors import EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN
 from daemon.gpu_worker import Worker
 from daemon.queue.faces import ShardQueues
 from daemon.queue.keys import heartbeat_key, processing_key, queue_key
@@ -17,7 +18,6 @@ from daemon.queue.wire import BatchRecord
 from daemon.shard import Shard
 from tests.fake_nvml import GIB, H100, FakeNvml
 from tools import gpu_status
-from tools.common import EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN
 
 
 class NeverCalled:

@@ -43,7 +43,7 @@ def reply_of(client, job_id: str) -> Reply:
 
 
 def run_one_batch(worker: Worker) -> None:
-    worker.execute_batch(worker.queues.claim_batch(idle_timeout_s=1.0))
+    worker.execute_batch(worker.batcher.claim_batch(idle_timeout_s=1.0))
 
 
 def test_a_batch_answers_each_caller_once_with_its_own_top_k(worker, redis_client):

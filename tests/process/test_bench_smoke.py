@@ -9,13 +9,13 @@ import sys
 import pytest
 
 from bench.frontdoor import FrontDoorPoint
-from bench.loadgen import WrkResult
 from bench.offline import OfflinePoint
 from bench.report import render_markdown, summary, write_frontdoor_section, write_report
 from bench.results import BenchResults
 from bench.run import PHASES
 from bench.sections import end_marker, start_marker
 from bench.simulated import SimResult
+from bench.wrk import WrkResult
 from testkit.harness import REPO
 
 

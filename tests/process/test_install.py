@@ -87,7 +87,9 @@ def test_install_lays_out_code_settings_and_unit(system_root):
 
     app = system_root / "opt/inferd/app"
     assert (app / "daemon" / "launcher.py").is_file()
-    assert (app / "daemon" / "static" / "status.js").is_file()  # the status page's files are package data
+    assert (
+        app / "daemon" / "http" / "static" / "status.js"
+    ).is_file()  # the status page's files are package data
     # The launcher finds supervisord's config beside its package, so conf/ must travel with daemon/.
     assert (app / "conf" / "supervisord.conf").read_text() == (REPO / "conf" / "supervisord.conf").read_text()
     assert not (app / "tests").exists() and not list(app.rglob("__pycache__"))

@@ -14,7 +14,7 @@ import requests
 
 from daemon.errors import EXIT_ALREADY_RUNNING
 from testkit.harness import INFERD, REPO, Appliance, wait_until
-from testkit.proctree import descendants
+from testkit.proctree import descendants, read_stat
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +29,8 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A zombie is dead for our purpose; it only waits for its (gone) parent to reap it.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    stat = read_stat(pid)
+    return stat is not None and stat.state != "Z"
 
 
 def test_a_killed_workers_queued_jobs_go_to_a_live_shard_at_once(start_appliance, photo_png):

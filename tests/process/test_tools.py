@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from daemon.errors import EXIT_OK, EXIT_SHARD_DOWN
 from daemon.queue.keys import processing_key, queue_key
 from testkit.harness import REPO, wait_until
-from tools.common import EXIT_OK, EXIT_SHARD_DOWN
 from tools.flush_queues import DROP_MESSAGE
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,5 @@
-"""/predict and /readyz against a fake dispatcher: the resources alone, no Redis and no worker."""
+"""/predict, the readiness routes and the arrival deadline against a fake dispatcher: the resources alone, no
+Redis and no worker."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 import redis
 
-from daemon.api import HIDDEN_DETAIL, create_app
+from daemon.api import create_app
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
+from daemon.http.readiness import HIDDEN_DETAIL
 from daemon.ops.front_door import ARRIVED_HEADER
 from daemon.queue.registry import DrainState
 from daemon.queue.wire import Job, Prediction, Reply
@@ -200,3 +202,63 @@ def test_with_a_token_readyz_tells_failure_reasons_only_to_its_holders():
     holder = client.simulate_get("/readyz", headers={"Authorization": "Bearer t0ken"})
     assert holder.status_code == 503 and holder.json["failed_shards"] == dispatcher.failed
     assert "secret.keras" in holder.json["reason"]
+
+
+READY_ROUTES = ("/readyz", "/v2/health/ready", f"/v2/models/{ModelSettings().served_name}/ready")
+"""The three routes a balancer or a KServe client may probe: one rule (daemon.http.readiness) answers all."""
+
+
+@pytest.mark.parametrize(
+    "drain",
+    [
+        DrainState(unready="operator"),
+        DrainState(box="operator"),
+        DrainState(shards=frozenset({"gpu3"})),
+        DrainState(),
+    ],
+)
+def test_every_readiness_route_gives_the_same_answer(app, drain):
+    dispatcher = FakeDispatcher()
+    dispatcher.drain = drain
+    client = app(dispatcher)
+    expected = 200 if not drain.any else 503
+    answers = {path: client.simulate_get(path) for path in READY_ROUTES}
+    assert {path: result.status_code for path, result in answers.items()} == dict.fromkeys(
+        READY_ROUTES, expected
+    )
+    assert all(result.json["ready"] is (expected == 200) for result in answers.values())
+
+
+def test_every_readiness_route_is_503_without_redis(app):
+    dispatcher = FakeDispatcher()
+
+    def unreachable() -> dict[str, str]:
+        raise redis.ConnectionError("no socket")
+
+    dispatcher.shard_status = unreachable  # type: ignore[method-assign]
+    client = app(dispatcher)
+    assert [client.simulate_get(path).status_code for path in READY_ROUTES] == [503, 503, 503]
+
+
+def test_v2_infer_that_waited_out_its_deadline_gets_the_answer_predict_gives(app):
+    """One arrival deadline (daemon.http.deadline): the V2 route counted from its handler's start before."""
+    dispatcher = FakeDispatcher()
+    client = app(dispatcher)
+    late = {ARRIVED_HEADER: f"{time.time() - 8.0:.3f}"}  # 8 s at the front door, of a 7 s budget
+    predict = client.simulate_post("/predict", body=photo(), content_type="image/png", headers=late)
+    size = TINY_INPUT
+    pixels = {
+        "name": "pixels",
+        "datatype": "UINT8",
+        "shape": [1, size, size, 3],
+        "data": [0] * size * size * 3,
+    }
+    v2 = client.simulate_post(
+        f"/v2/models/{ModelSettings().served_name}/infer", json={"inputs": [pixels]}, headers=late
+    )
+    assert (v2.status_code, v2.headers["Retry-After"]) == (
+        predict.status_code,
+        predict.headers["Retry-After"],
+    )
+    assert (v2.status_code, v2.json["error"]) == (503, predict.json["error"])
+    assert dispatcher.jobs == []

@@ -7,18 +7,17 @@ are plain Python trees standing in for a running system, and the figures are wri
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
 from bench import peers, phases
-from bench.loadgen import WrkResult
 from bench.peers import Contender, Peer, PeerResult, alone, peer_cpu_by_role
 from bench.report import render_markdown, summary, write_peers_section
 from bench.results import BenchResults
 from bench.sections import end_marker, start_marker
+from bench.wrk import WrkResult
 from testkit.harness import Service
-from testkit.proctree import tree
+from testkit.proctree import read_stat, tree
 
 TWO_CHILDREN = (
     "import subprocess, sys, time; "
@@ -38,7 +37,7 @@ def system_tree(tmp_path):
 
 def states(root: int) -> list[str]:
     """The /proc state letter of every process in the tree ('T': stopped)."""
-    return [Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] for p in tree(root)]
+    return [stat.state for p in tree(root) if (stat := read_stat(p.pid)) is not None]
 
 
 def no_cpu() -> dict[int, tuple[str, float]]:

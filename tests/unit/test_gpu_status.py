@@ -5,12 +5,17 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import jsonschema
+
+from daemon.errors import EXIT_OK, EXIT_SHARD_DOWN
+from daemon.http.openapi import openapi_document
 from daemon.ops.nvml import GpuReading
+from daemon.ops.shard_status import ShardStatus, shards_json
 from daemon.queue.registry import batch_rates
-from daemon.queue.wire import BatchRecord
+from daemon.queue.wire import DOWN, LIVE, SHARD_STATUSES, BatchRecord
+from daemon.settings import Settings
 from tests.fake_nvml import GIB
-from tools.common import EXIT_OK, EXIT_SHARD_DOWN
-from tools.gpu_status import ShardStatus, exit_code, render_status_table
+from tools.gpu_status import exit_code, render_status_table
 
 
 def records(*batches: tuple[float, int]) -> tuple[BatchRecord, ...]:
@@ -40,7 +45,7 @@ def shard(
     name: str, live: bool, gpu: GpuReading | None = None, index: int | None = None, status: str = ""
 ) -> ShardStatus:
     return ShardStatus(
-        status=status or ("live" if live else "down"),
+        status=status or (LIVE if live else DOWN),
         reason="a batch has been in the model for 12s (limit 10s)" if status == "stuck" else "",
         shard=name,
         kind="gpu" if gpu else "cpu",
@@ -106,3 +111,17 @@ def test_a_failed_shard_shows_failed_with_its_reason_and_a_fallback_says_so():
     assert lines[4] == f"gpu1 FAILED: {reason}"
     assert lines[5].startswith("gpu0 CPU FALLBACK: ")
     assert exit_code([fallback, failed]) == 2
+
+
+def test_the_shards_document_matches_its_openapi_schema():
+    """GET /shards' schema is derived from ShardStatus: a field added there is described without a second edit
+    (the hand-written schema had missed `failed`, `fallback` and `backend`)."""
+    gpu = GpuReading(87, 10 * GIB, 80 * GIB, 61, 312.4)
+    document = shards_json([shard("gpu0", True, gpu, 0), shard("gpu1", False, status="stuck", index=1)], True)
+    schemas = openapi_document(Settings(), "test")["components"]["schemas"]
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": "#/components/schemas/Shards", "components": {"schemas": schemas}}
+    )
+    assert list(validator.iter_errors(document)) == []
+    assert set(schemas["Shard"]["properties"]) == {field.name for field in dataclasses.fields(ShardStatus)}
+    assert schemas["Shard"]["properties"]["status"]["enum"] == list(SHARD_STATUSES)

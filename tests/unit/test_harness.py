@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from testkit.harness import Service, wait_until
-from testkit.proctree import alive, tree
+from testkit.proctree import ProcessId, alive, read_stat, tree
 
 # A child in a session (so a process group) of its own, as supervisord starts each program.
 START_CHILD = (
@@ -50,3 +52,21 @@ def test_a_wait_fails_loudly_with_the_log_when_the_process_exits(tmp_path):
         service.wait_until("never", lambda: False, 30)
     with pytest.raises(AssertionError, match=r"timed out after 0\.3s waiting for nothing"):
         wait_until("nothing", lambda: False, 0.3)
+
+
+def test_the_stat_reader_survives_a_command_name_with_spaces_and_parentheses():
+    """The one /proc/<pid>/stat reader (testkit.proctree.read_stat) that the harness, the benchmark's CPU
+    figures and the tests share: a name such as nginx's "nginx: worker process" cannot shift its fields."""
+    rename = "open('/proc/self/comm', 'w').write('a) b (c'); print(flush=True); import time; time.sleep(600)"
+    child = subprocess.Popen([sys.executable, "-c", rename], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"\n"  # renamed by now
+        assert Path(f"/proc/{child.pid}/comm").read_text() == "a) b (c\n"
+        stat = read_stat(child.pid)
+        assert stat is not None and stat.parent == os.getpid() and stat.state in "RSD"
+        assert stat.started > 0 and stat.cpu_s >= 0.0
+        assert ProcessId(child.pid, stat.started) in tree(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+    assert read_stat(child.pid) is None

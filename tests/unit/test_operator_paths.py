@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from daemon import launcher
+from daemon.cli.common import settings_or_exit
 from daemon.model import default_model
+from daemon.model.active_model import ModelRecord, choice_of, record_path
+from daemon.model.active_model import write_record as write_model_record
 from daemon.ops.run_dir import ApplianceRecord, read_record, write_record
 from daemon.settings import HOME, load_settings
-from tools.common import settings_or_exit
 
 
 def test_the_default_model_is_built_in_its_own_folder_never_beside_the_users_model(monkeypatch, tmp_path):
@@ -54,3 +58,22 @@ def test_a_stopped_appliances_record_is_ignored(config: Path):
     assert settings_or_exit("test", str(config)).api.port == 8000
     (settings.paths.run_dir / "appliance.json").write_text("{not json")
     assert read_record(settings.paths.run_dir) is None
+
+
+def test_both_run_dir_records_are_replaced_whole_never_rewritten_in_place(config: Path):
+    """appliance.json and model.json share one writer (daemon.ops.run_dir.write_json_record): a reader that
+    opened the old record reads all of it, however the new one is written meanwhile. appliance.json was
+    rewritten in place, so a tool could read it half-written."""
+    settings = load_settings(config)
+    run_dir = settings.paths.run_dir
+    write_record(run_dir, ApplianceRecord.of(settings, os.getpid()))
+    with (run_dir / "appliance.json").open() as before:
+        write_record(run_dir, ApplianceRecord.of(settings, os.getppid()))
+        assert json.load(before)["pid"] == os.getpid()
+    assert read_record(run_dir) == ApplianceRecord.of(settings, os.getppid())
+    first, second = choice_of(settings.model), replace(choice_of(settings.model), version=7)
+    write_model_record(settings, ModelRecord(active=first, settings_model=first))
+    with record_path(settings).open() as before:
+        write_model_record(settings, ModelRecord(active=second, settings_model=first))
+        assert json.load(before)["active"] == first.as_dict()
+    assert sorted(path.name for path in run_dir.iterdir()) == ["appliance.json", "model.json"]

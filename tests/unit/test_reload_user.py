@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon.cli.reload import root_refusal
+from daemon.errors import EXIT_USAGE
 from daemon.settings import load_settings
 from testkit.harness import REPO, write_settings
-from tools.common import EXIT_USAGE
-from tools.reload import root_refusal
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 

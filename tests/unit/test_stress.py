@@ -15,9 +15,9 @@ from typing import ClassVar
 
 import pytest
 
+from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from testkit.harness import free_port, wait_until
 from tools import stress
-from tools.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from tools.loadgen import BOUNDARY, LoadRun, LoadStillRunning, Upload, load_uploads, percentile, run_load
 
 

@@ -1,4 +1,5 @@
-"""What the operator tools share: exit codes, settings and Redis from --config, and plain-text tables."""
+"""What the operator commands share (`inferd drain|undrain|reload` and tools/): settings and Redis from
+--config, a parser that lists its exit codes (daemon.errors' table), and plain-text tables."""
 
 from __future__ import annotations
 
@@ -10,33 +11,13 @@ from typing import NoReturn
 
 import redis
 
-from daemon.errors import EXIT_CONFIG, ConfigError
+from daemon.errors import EXIT_CONFIG, EXIT_MEANINGS, EXIT_REDIS_DOWN, EXIT_USAGE, ConfigError
 from daemon.ops.run_dir import read_record
 from daemon.queue.connection import connect
 from daemon.settings import Settings, load_settings
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-"""The tool ran, but what it checked or did was not all good (a request failed, ...)."""
-EXIT_SHARD_DOWN = 2
-"""A registered shard has no live worker (or no shard is registered at all)."""
-EXIT_REDIS_DOWN = 3
-"""The appliance's Redis could not be reached, so nothing could be checked."""
-EXIT_USAGE = 64
-"""Bad command line (sysexits EX_USAGE); argparse's own 2 would collide with EXIT_SHARD_DOWN."""
-
 REDIS_TIMEOUT_S = 2.0
 """Tools fail fast rather than hang when Redis is wedged."""
-
-EXIT_MEANINGS = {
-    EXIT_OK: "all good",
-    EXIT_FAILED: "the tool ran but found or caused failures",
-    EXIT_SHARD_DOWN: "a shard is down, or no shard is registered",
-    EXIT_REDIS_DOWN: "Redis is unreachable",
-    EXIT_USAGE: "bad command line",
-    EXIT_CONFIG: "the settings file is invalid",
-}
-"""What each exit code means, for the --help of the tools that use it."""
 
 
 class ToolArgumentParser(argparse.ArgumentParser):

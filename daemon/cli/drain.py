@@ -14,18 +14,11 @@ from dataclasses import asdict
 
 import redis
 
+from daemon.cli.common import connect_redis, render_table, report_redis_down, unknown_shards
+from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from daemon.ops import drain
 from daemon.queue.registry import known_shards
 from daemon.settings import Settings
-from tools.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    connect_redis,
-    render_table,
-    report_redis_down,
-    unknown_shards,
-)
 
 TIMEOUT_MARGIN_S = 5.0
 """Added to api.request_timeout_s for the default wait: by then every admitted request has its answer."""

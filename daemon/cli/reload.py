@@ -23,12 +23,13 @@ from pathlib import Path
 
 import redis
 
+from daemon.cli.common import connect_redis
+from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN, EXIT_USAGE
 from daemon.model.active_model import ModelRecord, active_record, choice_of, record_path, write_record
 from daemon.queue.faces import await_swap, request_swap
 from daemon.queue.registry import read_shards
 from daemon.queue.wire import ModelChoice, SwapResult
 from daemon.settings import HOME, Settings
-from tools.common import EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN, EXIT_SHARD_DOWN, EXIT_USAGE, connect_redis
 
 DEFAULT_SHARD_TIMEOUT_S = 300.0
 """How long a shard may take to load, warm and check the new model before the reload is rolled back."""

@@ -1,4 +1,5 @@
-"""HTTP load: wrk with bench/multipart.lua posting one real photo, and the test photos themselves.
+"""HTTP load from wrk, the benchmark's C client (bench/multipart.lua posting one real photo), and the test
+photos themselves. tools/loadgen.py is the one load engine of the tools and tests; wrk drives `make bench`.
 
 wrk is C and event-driven, so on two cores it stays far cheaper than the servers it loads; each run is
 preceded by a warm-up run whose figures are thrown away (connections, caches, JIT traces).
@@ -46,6 +47,10 @@ class WrkResult:
     p90_ms: float
     p99_ms: float
     mean_ms: float
+
+
+NO_RESULT = WrkResult("", "", 0, 0.0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
+"""Stands in for a phase's missing point (a bar drawn at zero, a figure shown as 0)."""
 
 
 def write_photos(folder: Path) -> dict[str, Path]:
