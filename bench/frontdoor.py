@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import requests
 
 from bench import wrk
 from bench.decode_only import decode_only_service
 from bench.procs import cpu_seconds
 from bench.soak import appliance_processes
 from daemon.ops.capacity import SHARD_COUNT_ENV, api_threads
+from daemon.ops.local_client import fetch
 from daemon.settings import load_settings
 from testkit.harness import Appliance, free_port
 
@@ -147,9 +147,10 @@ def cpu_by_group(supervisord_pid: int) -> dict[int, tuple[str, float]]:
     return found
 
 
-def batch_totals(url: str) -> dict[str, tuple[float, float]]:
+def batch_totals(appliance: Appliance) -> dict[str, tuple[float, float]]:
     """shard -> (images, batches) so far, from /metrics."""
-    text = requests.get(f"{url}/metrics", timeout=10).text
+    _, body = fetch(f"{appliance.url}/metrics", appliance.tls, timeout_s=10)
+    text = body.decode()
     totals: dict[str, list[float]] = {}
     for kind, shard, value in BATCH_METRIC.findall(text):
         totals.setdefault(shard, [0.0, 0.0])[0 if kind == "sum" else 1] += float(value)
@@ -177,9 +178,9 @@ def measure_inferd(appliance: Appliance, photo: Path, clients: int, plan: FrontD
         wrk.run_wrk(url, photo, clients, plan.warmup_s)
     client = appliance.redis()
     commands_before = command_usec(client)
-    cpu_before, batches_before = cpu_by_group(appliance.pid), batch_totals(appliance.url)
+    cpu_before, batches_before = cpu_by_group(appliance.pid), batch_totals(appliance)
     result = wrk.measure("inferd", url, "jpeg", photo, clients, plan.seconds, 0.0)
-    cpu_after, batches_after = cpu_by_group(appliance.pid), batch_totals(appliance.url)
+    cpu_after, batches_after = cpu_by_group(appliance.pid), batch_totals(appliance)
     commands_after = command_usec(client)
     client.close()
     spent: dict[str, float] = {}

@@ -103,10 +103,10 @@ def measure_served(
     points = []
     try:
         appliance.start(timeout_s=300)
-        run_load(f"{appliance.url}/predict", uploads, concurrency=1, requests=4)  # connections, caches
+        run_load(f"{appliance.url}/predict", uploads, concurrency=1, requests=4, tls=appliance.tls)  # warm-up
         for count in clients:
             summary = run_load(
-                f"{appliance.url}/predict", uploads, concurrency=count, duration_s=seconds
+                f"{appliance.url}/predict", uploads, concurrency=count, duration_s=seconds, tls=appliance.tls
             ).summary()
             points.append(
                 ServedPoint(

@@ -41,7 +41,7 @@ from daemon.dispatcher import Dispatcher
 from daemon.gpu_worker import Worker
 from daemon.images.decode import decode_image
 from daemon.queue.faces import ApiQueues, ShardQueues
-from daemon.queue.pixel_store import PixelStore
+from daemon.queue.pixel_store import PixelStore, create_folder, remove_folder
 from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
 from daemon.shard import cpu_shards
@@ -111,6 +111,8 @@ def measure(
         paths=dataclasses.replace(base.paths, run_dir=work / "run"),
         api=dataclasses.replace(base.api, request_timeout_s=30.0),
     )
+    settings.paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = create_folder(settings)  # as `inferd run` does: the workers below find it in the run dir
     client = redis.Redis(unix_socket_path=str(socket), max_connections=clients + 2 * shards + 8)
     client.flushall()
     pixels = photo_pixels(settings, work / "photos")
@@ -164,6 +166,7 @@ def measure(
 
     run_clients(4 * clients)  # warm: scripts loaded, every client's connection open
     images_before = sum(worker.images_served for worker in workers)
+    batches_before = sum(worker.batches_served for worker in workers)
     client.config_resetstat()
     cpu_before, python_before = redis_cpu_s(client), process_cpu_s()
     seconds = run_clients(jobs)
@@ -171,13 +174,15 @@ def measure(
     stats: dict[str, Any] = client.info("commandstats")
     net: dict[str, Any] = client.info("stats")
     served = sum(worker.images_served for worker in workers) - images_before
+    batches = sum(worker.batches_served for worker in workers) - batches_before
     for worker in workers:
         worker.request_stop()
     for thread in serving:
         thread.join(10)
-    claims = int(stats.get("cmdstat_blmove", {}).get("calls", 0))
     usec = {name.removeprefix("cmdstat_"): float(f["usec"]) / jobs for name, f in stats.items()}
     client.close()
+    if folder is not None:
+        remove_folder(folder)
     return CostResult(
         pixels=pixels_path,
         trips=trips,
@@ -188,7 +193,7 @@ def measure(
         redis_cpu_us_per_job=cpu_s * 1e6 / jobs,
         python_cpu_us_per_job=python_s * 1e6 / jobs,
         command_us_per_job=dict(sorted(usec.items(), key=lambda item: -item[1])),
-        mean_batch=served / max(claims, 1),
+        mean_batch=served / max(batches, 1),
         bytes_in_per_job=float(net["total_net_input_bytes"]) / jobs,
     )
 

@@ -51,6 +51,7 @@ from daemon.worker.batching import Batcher
 from daemon.worker.heartbeat import HeartbeatThread
 from daemon.worker.inference import Predictor, run_batch
 from daemon.worker.model_swap import Loaded, Swapper
+from daemon.worker.pace import BatchPace
 from daemon.worker.startup import check_device, refuse, shard_info, start_serving
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,6 @@ IDLE_BLOCK_S = 1.0
 """Longest blocking wait for a first job, so the stop flag and the sweep are looked at at least this often."""
 SWEEP_INTERVAL_S = 5.0
 """How often a worker looks for dead shards whose claimed or queued jobs it should adopt."""
-STUCK_FLOOR_S = 10.0
-"""Shortest time a batch may run before its worker is taken for stuck, whatever the batches before it took."""
-STUCK_FACTOR = 10.0
-"""A batch running this many times longer than the slowest one so far is stuck (queue.stuck_after_s = 0)."""
 BATCH_TIME_WEIGHT = 0.2
 """Weight of the newest batch in the moving average of batch seconds the heartbeat reports: a few batches
 move it, one slow batch does not."""
@@ -78,7 +75,9 @@ class Worker:
         handle_signals: bool = True,
         info: ShardInfo | None = None,
         pixels: PixelStore | None = None,
+        warm_batch: tuple[int, float] | None = None,
     ) -> None:
+        """`warm_batch`: (jobs, seconds) of a timed warm batch, the pace until real batches are timed."""
         self.settings = settings
         self.pixels = pixels or PixelStore.for_settings(settings)
         """Where jobs' shared-memory pixels are read from, and orphaned ones swept."""
@@ -97,9 +96,15 @@ class Worker:
         and the version of the model it computes with."""
         self.stop_signals = 0
         self.images_served = 0
+        self.batches_served = 0
         self.batch_started: float | None = None
         """When the batch in hand began (monotonic), None between batches: the heartbeat's test of progress."""
-        self.slowest_batch_s = 0.0
+        self.batch_jobs = 0
+        """Jobs in the batch in hand: its expected time grows with them."""
+        self.pace = BatchPace(settings.queue.stuck_after_s)
+        """This shard's recent batch times: when a batch is overdue, and when it is wedged."""
+        if warm_batch is not None:
+            self.pace.record(*warm_batch)
         self.batch_s: float | None = None
         """Moving average of the seconds a batch takes, claim to commit: the API's wait estimate."""
         self._last_sweep = time.monotonic()
@@ -134,7 +139,7 @@ class Worker:
         try:
             while not self.stop_signals:
                 try:
-                    payloads = self.batcher.claim_batch(IDLE_BLOCK_S)
+                    payloads = self.batcher.claim_batch(IDLE_BLOCK_S, self.pace.overdue_rule())
                     if payloads:
                         self.execute_batch(payloads)
                     loaded = self.swapper.poll(self.settings.model.version)
@@ -172,24 +177,26 @@ class Worker:
         if started is not None:
             running = time.monotonic() - started
             if running > self.stuck_after_s():
-                self.leave_stuck(running)
+                self.leave_stuck(running, since=time.time() - running)
         self.queues.beat(self.info, Heartbeat(pid=os.getpid(), batch_s=self.batch_s))
 
     def stuck_after_s(self) -> float:
-        configured = self.settings.queue.stuck_after_s
-        return configured if configured > 0 else max(STUCK_FLOOR_S, STUCK_FACTOR * self.slowest_batch_s)
+        """How long the batch in hand may run before the worker is taken for wedged (`daemon.worker.pace`)."""
+        return self.pace.stuck_after_s(self.batch_jobs)
 
-    def leave_stuck(self, running_s: float) -> None:
-        """Called from the heartbeat thread: say why, take the shard out of dispatch, and leave at once so
-        supervisord restarts us; supervisord's event hands our jobs to a live shard meanwhile."""
+    def leave_stuck(self, running_s: float, since: float) -> None:
+        """Called from the heartbeat thread: say why and since when (unix time the batch began), take the
+        shard out of dispatch, and leave at once so supervisord restarts us; supervisord's event hands our
+        claimed batch to a live shard meanwhile (idle shards have taken what waited behind it already)."""
+        began = time.strftime("%H:%M:%S", time.gmtime(since))
         reason = (
-            f"a batch has been in the model for {running_s:.0f}s (limit {self.stuck_after_s():.0f}s): "
-            "the model call is stuck; restarting the worker"
+            f"stuck since {began} UTC: a batch of {self.batch_jobs} has been in the model for {running_s:.1f}s "
+            f"(limit {self.stuck_after_s():.1f}s): the model call is stuck; restarting the worker"
         )
         log.error("%s %s", self.prefix, reason)
         self.metrics.stuck.labels(self.shard.shard_id).inc()
         try:
-            self.queues.mark_failed(replace(self.info, state=STUCK, reason=reason))
+            self.queues.mark_failed(replace(self.info, state=STUCK, reason=reason, since=round(since, 3)))
         except redis.RedisError as exc:
             log.warning("%s could not record the stuck state: %s", self.prefix, exc)
         # The main thread is inside the model call and cannot be interrupted: only leaving the process frees it.
@@ -197,6 +204,7 @@ class Worker:
 
     def execute_batch(self, payloads: list[bytes]) -> None:
         """Run one claimed batch and commit every reply plus the release of the claims in one atomic step."""
+        self.batch_jobs = len(payloads)
         started = self.batch_started = time.monotonic()
         try:
             outcome = run_batch(
@@ -208,7 +216,6 @@ class Worker:
                 read_segment=self.pixels.read,
             )
         finally:
-            self.slowest_batch_s = max(self.slowest_batch_s, time.monotonic() - started)
             self.batch_started = None
         if outcome.computed:
             self.metrics.record_batch(outcome.computed, outcome.infer_s)
@@ -216,15 +223,25 @@ class Worker:
         record = BatchRecord(finished_at=time.time(), size=outcome.computed) if outcome.computed else None
         if self.queues.commit(outcome.replies, record):
             self.images_served += outcome.computed
+            self.batches_served += 1
         else:
             log.warning(
                 "%s a live shard adopted this batch of %d while we were stalled; it answers them, we do not",
                 self.prefix,
                 len(payloads),
             )
+        if self.batcher.stolen_from is not None:
+            self.metrics.stolen.labels(self.shard.shard_id, self.batcher.stolen_from).inc(self.batcher.stolen)
+            log.debug(
+                "%s took %d job(s) waiting behind %s's overdue batch",
+                self.prefix,
+                self.batcher.stolen,
+                self.batcher.stolen_from,
+            )
         if outcome.computed:
             # Only batches that ran count: skipping expired jobs is nearly free and says nothing of the device.
             elapsed = time.monotonic() - started
+            self.pace.record(outcome.computed, elapsed)
             previous = self.batch_s
             self.batch_s = (
                 elapsed if previous is None else previous + BATCH_TIME_WEIGHT * (elapsed - previous)
@@ -245,6 +262,7 @@ class Worker:
             return
         self.settings = replace(self.settings, model=model)
         self.predictor = loaded.predictor
+        self.pace.forget()  # the old model's batch times say nothing of the new one's
         self.info = replace(self.info, model_version=model.version)
         self.triton_metrics = TritonBatchMetrics(model)
         self.beat()
@@ -314,12 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     client = connect(settings, socket_timeout_s=IDLE_BLOCK_S + 5.0)
     queues = ShardQueues(client, shard.shard_id, settings)
     try:
-        info, classifier = start_serving(shard, settings)
+        info, classifier, warm_batch = start_serving(shard, settings)
     except DeviceUnavailable as exc:
         return refuse(shard, queues, exc.message, EXIT_DEVICE)
     except ModelLoadError as exc:
         return refuse(shard, queues, exc.message, EXIT_MODEL_LOAD)
-    return Worker(settings, shard, queues, classifier, info=info).work()
+    return Worker(settings, shard, queues, classifier, info=info, warm_batch=warm_batch).work()
 
 
 if __name__ == "__main__":

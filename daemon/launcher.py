@@ -45,7 +45,7 @@ from daemon.ops.run_dir import (
     take_lock,
     write_record,
 )
-from daemon.queue.pixel_store import PixelStore, room_note
+from daemon.queue.pixel_store import create_folder, room_note
 from daemon.queue.wire import JOB_HEADER
 from daemon.settings import (
     HOME,
@@ -181,10 +181,11 @@ def run(config: str | None) -> int:
             record_path(settings),
             settings.model.path,
         )
-    # No process of this appliance is alive now, so no segment left in its folder has an owner.
-    cleared = PixelStore.for_settings(settings).clear()
-    if cleared:
-        log.info("inferd: removed %d pixel segment(s) a previous run left in shared memory", cleared)
+    # No process of this appliance is alive now: the previous run's segments have no owner, and this run
+    # gets a fresh folder of its own.
+    folder = create_folder(settings)
+    if folder is not None:
+        log.info("inferd: job pixels in %s", folder)
     shards = discover_shards(settings)
     note = room_note(settings, len(shards))
     if note:

@@ -134,7 +134,11 @@ class QueueSettings:
     heartbeat_ttl_s: float = 5.0
     dispatch: str = "round_robin"
     stuck_after_s: float = 0.0
-    """A batch running longer than this marks its worker stuck (restarted, jobs adopted); 0 derives it."""
+    """A batch running longer than this marks its worker stuck (restarted, jobs adopted); 0 derives it from
+    the shard's recent batch times (`daemon.worker.pace`)."""
+    steal: bool = True
+    """An idle shard takes the jobs waiting behind an overdue shard's batch, and an overdue shard gets new
+    jobs last (`daemon.worker.pace`); false serves every live shard alike, as before."""
     pixels: str = "shared_memory"
     """Where a job's pixels travel: "shared_memory" (a file under `shared_memory_dir`, only a header through
     Redis; a job that does not fit there goes through Redis) or "redis" (every job whole through Redis)."""
@@ -197,12 +201,6 @@ SECTIONS: dict[str, type[Any]] = {
     name: hint for name, hint in typing.get_type_hints(Settings).items() if name not in ("secrets", "source")
 }
 """The file's [sections]: every field of Settings but what is derived at load."""
-
-
-def local_url(api: ApiSettings) -> str:
-    """Where a client on this machine reaches the API: a wildcard bind is reached on loopback."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(api.host, api.host)
-    return f"http://[{host}]:{api.port}" if ":" in host else f"http://{host}:{api.port}"
 
 
 def resolve_config_path(cli_path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:

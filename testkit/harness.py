@@ -8,11 +8,12 @@ gunicorn and model workers would otherwise outlive the test that started them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,7 +26,9 @@ from typing import Any
 import redis
 import requests
 
-from daemon.queue.pixel_store import segment_folder
+from daemon.errors import ConfigError
+from daemon.ops.local_client import client_tls, fetch
+from daemon.queue.pixel_store import remove_folder, segment_folder
 from daemon.settings import load_settings
 from testkit.proctree import ProcessId, kill_all, tree
 
@@ -246,7 +249,6 @@ class Appliance:
         self.config = config
         self.port = port
         self.shards = shards
-        self.url = f"http://127.0.0.1:{port}"
         self.service = Service(
             "appliance",
             [*INFERD, "--config", str(config), "run"],
@@ -255,6 +257,13 @@ class Appliance:
         )
         self.log_path = self.service.log_path
         self.env = self.service.env
+        self.tls: ssl.SSLContext | None = None
+        """With TLS on, what reaches the front door (its own certificate trusted, as the tools do)."""
+        # Settings the appliance will refuse (a bad value, an unreadable certificate) leave it plain: it never
+        # answers, over either scheme.
+        with suppress(ConfigError, OSError, ValueError):
+            self.tls = client_tls(load_settings(config, env=self.env).api)
+        self.url = f"{'http' if self.tls is None else 'https'}://127.0.0.1:{port}"
 
     @property
     def pid(self) -> int:
@@ -267,14 +276,14 @@ class Appliance:
     def redis(self) -> redis.Redis:
         return redis.Redis(unix_socket_path=str(self.run_dir / "redis.sock"))
 
-    def segment_folder(self) -> Path:
-        """Where the appliance keeps job pixels in shared memory (`daemon.queue.pixel_store`)."""
+    def segment_folder(self) -> Path | None:
+        """Where the appliance keeps job pixels in shared memory (`daemon.queue.pixel_store`), once started."""
         return segment_folder(load_settings(self.config, env=self.env))
 
     def pixel_segments(self) -> list[str]:
         """The job pixel segments the appliance holds in shared memory now."""
         folder = self.segment_folder()
-        return sorted(os.listdir(folder)) if folder.is_dir() else []
+        return sorted(os.listdir(folder)) if folder is not None and folder.is_dir() else []
 
     def launch(self) -> Appliance:
         """Start without waiting for readiness (for a test that expects it never to become ready)."""
@@ -285,8 +294,8 @@ class Appliance:
         self.launch().wait_ready(timeout_s)
 
     def live_shards(self) -> list[str]:
-        response = requests.get(f"{self.url}/readyz", timeout=2)
-        shards: list[str] = response.json().get("live_shards", [])
+        _, body = fetch(f"{self.url}/readyz", self.tls, timeout_s=2)
+        shards: list[str] = json.loads(body).get("live_shards", [])
         return shards
 
     def wait_ready(self, timeout_s: float = 90) -> None:
@@ -361,7 +370,9 @@ class Appliance:
         """
         returncode = self.service.stop(timeout_s)
         # Its run dir is a throwaway one: no later start on it would clear what a killed process left.
-        shutil.rmtree(self.segment_folder(), ignore_errors=True)
+        folder = self.segment_folder()
+        if folder is not None:
+            remove_folder(folder)
         if self.service.killed:
             raise AssertionError(f"appliance did not stop within {timeout_s}s (killed):\n{self.output()}")
         if self.service.leftovers:

@@ -12,7 +12,6 @@ The layers, fastest first:
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 import redis
 from PIL import Image
 
-from daemon.queue.pixel_store import segment_folder
+from daemon.queue.pixel_store import create_folder, remove_folder, segment_folder
 from daemon.settings import Settings, load_settings
 from testkit.harness import Appliance, free_port, redis_server, write_settings
 from testkit.images import encode_image
@@ -83,12 +82,17 @@ def make_settings(tmp_path: Path, tiny_model: tuple[Path, Path]) -> Iterator[Cal
     def make(env: dict[str, str] | None = None, **overrides: dict[str, Any]) -> Settings:
         path = write_settings(tmp_path, tiny_sections(tiny_model, **overrides))
         made.append(load_settings(path, env=env or {}))
+        # What `inferd run` does at start: the API and workers built on these settings find their folder.
+        made[-1].paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        create_folder(made[-1])
         return made[-1]
 
     yield make
     for settings in made:
         # Each has its own throwaway run dir, so its shared-memory folder would outlive the test.
-        shutil.rmtree(segment_folder(settings), ignore_errors=True)
+        folder = segment_folder(settings)
+        if folder is not None:
+            remove_folder(folder)
 
 
 @pytest.fixture()

@@ -22,6 +22,10 @@ The choices, and why (docs/scale-out.md says the same to operators):
   `tune.bufsize` is set from `--max-retried-body` (default 1 MiB); a larger upload is still served, but sent
   once, so a box dying under it fails that request.
 - A stats page (`--stats`, default 127.0.0.1:8404): each box's state, checks and queue; `/;csv` for scripts.
+- Boxes whose front door speaks only TLS (`api.tls_cert_file`): `--tls-ca FILE` makes HAProxy speak TLS to
+  them, requests and health checks alike, and verify each box's certificate against FILE (the CA that issued
+  them, or a self-signed certificate itself); without it, HAProxy speaks plain HTTP and a TLS-only box fails
+  every check (its front door answers plain HTTP with 400).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from daemon.cli.common import ToolArgumentParser
 from daemon.errors import EXIT_OK, EXIT_USAGE
@@ -78,9 +83,11 @@ def render(
     maxconn: int,
     max_retried_body: int,
     server_timeout_s: float,
+    tls_ca: Path | None = None,
 ) -> str:
+    tls = "" if tls_ca is None else f" ssl verify required ca-file {tls_ca}"
     servers = "\n".join(
-        f"    server box{number} {box.host}:{box.port} weight {box.weight}"
+        f"    server box{number} {box.host}:{box.port} weight {box.weight}{tls}"
         for number, box in enumerate(boxes, start=1)
     )
     return f"""\
@@ -178,6 +185,13 @@ def build_parser() -> ToolArgumentParser:
         metavar="SECONDS",
         help="above api.request_timeout_s (15)",
     )
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="the boxes speak TLS (api.tls_cert_file): connect and check over TLS, verifying their "
+        "certificates against FILE (their CA, or a self-signed certificate itself)",
+    )
     return parser
 
 
@@ -199,9 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     boxes = [Box(host, port, weight) for (host, port), weight in zip(args.boxes, weights, strict=True)]
     checks = Checks(args.inter_ms, args.fall, args.rise)
+    if args.tls_ca is not None and not args.tls_ca.is_file():
+        parser.error(f"--tls-ca {args.tls_ca}: no such file")
+    tls_ca = None if args.tls_ca is None else args.tls_ca.resolve()
     print(
         render(
-            boxes, args.bind, args.stats, checks, args.maxconn, args.max_retried_body, args.server_timeout
+            boxes,
+            args.bind,
+            args.stats,
+            checks,
+            args.maxconn,
+            args.max_retried_body,
+            args.server_timeout,
+            tls_ca,
         ),
         end="",
     )

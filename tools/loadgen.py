@@ -18,6 +18,7 @@ import math
 import mimetypes
 import resource
 import select
+import ssl
 import threading
 import time
 from collections import Counter
@@ -211,6 +212,7 @@ class LoadRun:
         duration_s: float | None = None,
         timeout_s: float = 30.0,
         headers: Mapping[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if requests is None and duration_s is None:
             raise ValueError("give a number of requests, a duration, or both")
@@ -221,6 +223,8 @@ class LoadRun:
         self._path = f"{path}?{parts.query}" if parts.query else path
         self.url = f"{parts.scheme}://{parts.netloc}{self._path}"
         self._scheme, self._host, self._port = parts.scheme, parts.hostname or "127.0.0.1", parts.port
+        self._tls = tls
+        """For https: whom to trust (None: the system's CAs, with the usual hostname check)."""
         self.uploads, self.concurrency, self.rate = uploads, concurrency, rate
         self.requests, self.duration_s, self.timeout_s = requests, duration_s, timeout_s
         self._headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}", **(headers or {})}
@@ -279,8 +283,11 @@ class LoadRun:
         )
 
     def _connect(self) -> http.client.HTTPConnection:
-        kind = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        return kind(self._host, self._port, timeout=self.timeout_s)
+        if self._scheme == "https":
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.timeout_s, context=self._tls
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
 
     def _send_loop(self) -> None:
         connection = self._connect()
@@ -349,6 +356,7 @@ def run_load(
     duration_s: float | None = None,
     timeout_s: float = 30.0,
     headers: Mapping[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> LoadResult:
     """Run a load to its end (`requests` sent or `duration_s` passed) and return every request's record."""
     run = LoadRun(
@@ -360,5 +368,6 @@ def run_load(
         duration_s=duration_s,
         timeout_s=timeout_s,
         headers=headers,
+        tls=tls,
     )
     return run.start().wait()

@@ -3,6 +3,10 @@
 Closed loop (`-c N`: N clients, each sends its next request when the last is answered, as wrk and hey do)
 or open loop (`--rate R`: requests start on schedule whatever the latency, like the old design's "one
 request every 0.05 s"). It always stops by itself: after `-n` requests, after `-d` seconds, whichever first.
+
+Without `--url` it loads the appliance on this host that `--config` names, over https when its front door
+speaks TLS, trusting that appliance's own certificate (daemon/ops/local_client.py). With `--url https://...`
+it trusts the system's CAs, or the one certificate in `--cacert FILE`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import ssl
 import sys
 import threading
 from dataclasses import asdict
@@ -19,7 +24,7 @@ from urllib.parse import urlsplit
 
 from daemon.cli.common import ToolArgumentParser, settings_or_exit
 from daemon.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from daemon.settings import local_url
+from daemon.ops.local_client import client_tls, local_url, pinned_context
 from tools.loadgen import LoadResult, LoadRun, LoadSummary, load_uploads
 
 DEFAULT_REQUESTS = 200
@@ -138,18 +143,30 @@ def plot(result: LoadResult, path: Path) -> None:
     plt.close(figure)
 
 
-def nothing_answers(url: str) -> str | None:
-    """Why nothing listens at `url`'s host and port, or None when a connection opens.
+def unreachable(url: str, tls: ssl.SSLContext | None) -> str | None:
+    """Why a request to `url` cannot succeed (nothing listens, or its certificate is not trusted), or None
+    when a connection opens (with its TLS handshake, for https).
 
     Checked once before the load: against a closed port every request fails in microseconds, and a run
     would send a hundred thousand of them to say one thing (wrk and hey stop at once too).
     """
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=PREFLIGHT_TIMEOUT_S).close()
+        with socket.create_connection((host, port), timeout=PREFLIGHT_TIMEOUT_S) as sock:
+            if parts.scheme == "https":
+                context = tls or ssl.create_default_context()
+                context.wrap_socket(sock, server_hostname=host).close()
+    except ssl.SSLCertVerificationError as exc:
+        return (
+            f"{url} presents a certificate this client does not trust ({exc.verify_message}): leave out --url "
+            "to load the appliance on this host (its certificate is trusted from --config), or pass "
+            "--cacert with the appliance's api.tls_cert_file"
+        )
+    except ssl.SSLError as exc:
+        return f"the TLS handshake with {url} failed: {exc.reason or exc}"
     except OSError as exc:
-        return exc.strerror or str(exc)
+        return f"nothing answers at {url}: {exc.strerror or exc}"
     return None
 
 
@@ -171,7 +188,16 @@ def build_parser() -> ToolArgumentParser:
     )
     parser.add_argument("images", type=Path, help="an image file, or a folder of them (sent in turn)")
     parser.add_argument(
-        "--url", help="the appliance (http://host:port) or its /predict URL (default: from --config)"
+        "--url",
+        help="the appliance (http[s]://host:port) or its /predict URL (default: the appliance --config names, "
+        "over https with its own certificate trusted when it speaks TLS)",
+    )
+    parser.add_argument(
+        "--cacert",
+        type=Path,
+        metavar="FILE",
+        help="with an https --url: trust the (first) certificate in FILE, e.g. the appliance's "
+        "api.tls_cert_file, whatever name the URL uses, instead of the system's CAs",
     )
     parser.add_argument("--rate", type=float, metavar="R", help="open loop: start R requests per second")
     parser.add_argument(
@@ -213,9 +239,17 @@ def main(argv: list[str] | None = None) -> int:
         uploads = load_uploads(args.images)
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
-    url = args.url
-    if url is None:
-        url = f"{local_url(settings_or_exit(parser.prog, args.config).api)}/predict"
+    if args.cacert is not None and args.url is None:
+        parser.error("--cacert goes with --url: without it, the appliance's own certificate is trusted")
+    if args.url is None:
+        api = settings_or_exit(parser.prog, args.config).api
+        url, tls = f"{local_url(api)}/predict", client_tls(api)
+    else:
+        url = args.url
+        try:
+            tls = None if args.cacert is None else pinned_context(args.cacert)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--cacert {args.cacert}: {exc}")
     requests = args.requests if args.requests or args.duration else DEFAULT_REQUESTS
     run = LoadRun(
         url,
@@ -226,10 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=args.duration or DURATION_CAP_S,
         timeout_s=args.timeout,
         headers=dict(args.header),
+        tls=tls,
     )
-    refused = nothing_answers(run.url)
+    refused = unreachable(run.url, tls)
     if refused is not None:
-        print(f"stress: nothing answers at {run.url}: {refused}", file=sys.stderr)
+        print(f"stress: {refused}", file=sys.stderr)
         return EXIT_FAILED
     with Progress(run, sys.stderr):
         run.start()

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from daemon.metrics.triton import TritonGpuFamilies
 from daemon.ops.nvml import Nvml
 from daemon.queue.registry import read_shards
+from daemon.queue.wire import STUCK
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,12 @@ class WorkerMetrics:
             "inferd_worker_stuck",
             "Workers restarted because a model call ran past queue.stuck_after_s",
             ["shard"],
+            registry=registry,
+        )
+        self.stolen = Counter(
+            "inferd_jobs_stolen",
+            "Jobs this shard took, while idle, from the queue of a shard whose batch was overdue",
+            ["shard", "from_shard"],
             registry=registry,
         )
         self.inference_seconds = Histogram(
@@ -149,6 +156,11 @@ class QueueCollector(Collector):
             "The version of the model the shard computes with (changes shard by shard during `inferd reload`)",
             labels=["shard"],
         )
+        stuck_since = GaugeMetricFamily(
+            "inferd_shard_stuck_since_seconds",
+            "Unix time the batch of a stuck shard went into the model (only while it is stuck)",
+            labels=["shard"],
+        )
         up = GaugeMetricFamily("inferd_redis_up", "1 if Redis answered this scrape")
         try:
             shards = read_shards(self._client)
@@ -169,12 +181,14 @@ class QueueCollector(Collector):
             failed.add_metric(
                 [state.shard, info.reason or "" if info.failed else ""], 1 if info.failed else 0
             )
+            if state.status == STUCK and info.since is not None:
+                stuck_since.add_metric([state.shard], info.since)
             if info.model_version is not None and state.live:
                 model_version.add_metric([state.shard], info.model_version)
             if info.device is not None:
                 fallback = "1" if info.fallback else "0"
                 device.add_metric([state.shard, info.device, info.backend or "", fallback], 1)
-        yield from (up, depth, claimed, live, status, failed, device, model_version)
+        yield from (up, depth, claimed, live, status, failed, device, model_version, stuck_since)
 
 
 class GpuCollector(Collector):

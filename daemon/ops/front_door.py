@@ -7,6 +7,22 @@ API sees it (a gunicorn thread only ever gets a complete request), refuses bodie
 before reading them, terminates TLS when `api.tls_cert_file` and `api.tls_key_file` are set, and answers
 its own errors in the API's JSON shape.
 
+With `api.auth_token_file` set, nginx answers 401 itself to a request that has a body, or a method other
+than GET and HEAD, without the token (`_token_gate`), before it reads a byte of the body: a stranger's upload
+is neither buffered nor spilled, and an `Expect: 100-continue` client is never asked to send it. Bodiless
+GET and HEAD requests go on to the API, which keeps the one rule of which paths are open (the probes, the
+status page's files) and checks the token again, in constant time, for everything else. nginx compares the
+token with a regular expression in a `map`, which every nginx build has (`auth_request`, a subrequest to
+the API per request, is missing from some builds and would cost an API thread per request). A regex match
+can stop at the first wrong byte; over a network, through nginx's own work per request, that difference is
+far below what can be measured, and the API's constant-time check stays the one that decides. The rendered
+config then holds the token: it is written 0600 in the 0700 run dir, readable only by the appliance's user.
+
+Bodies larger than BODY_BUFFER spill to files in `<run_dir>/BODY_DIR`. Under systemd the run dir is
+/run/inferd, on the tmpfs the whole host shares; the unit mounts a tmpfs of its own, bounded and seen only by
+the service, on that folder (systemd/inferd.service, TemporaryFileSystem=), so a flood of uploads can fill
+only inferd's spill space: further uploads get 500 until it drains, and nothing else on the host notices.
+
 The contract with the API, all of it here:
 - nginx listens where clients connect (`api.host`, `api.port`); the API runs as API_INSTANCES gunicorn
   instances on unix sockets in the 0700 run dir (`api_socket`), so nothing but nginx reaches them. When one
@@ -31,6 +47,7 @@ import subprocess
 from pathlib import Path
 
 from daemon.errors import ConfigError
+from daemon.ops.client_limits import client_limit_lines
 from daemon.ops.run_dir import RUN_DIR_ENV
 from daemon.settings import Settings
 
@@ -44,6 +61,8 @@ ARRIVED_HEADER = "X-Inferd-Arrived"
 NGINX_CONF = "nginx.conf"
 NGINX_DIR = "nginx"
 """nginx's prefix in the run dir: its temporary files."""
+BODY_DIR = "body"
+"""Where nginx spills request bodies, in the run dir: under systemd a bounded tmpfs of its own."""
 NGINX_WORKER_PROCESSES = 1
 """One event loop holds tens of thousands of connections and proxies far more requests than the API tier
 decodes; one process also makes `api.max_connections` an exact bound."""
@@ -66,11 +85,6 @@ TLS12_CIPHERS = ":".join(
 )
 """TLS 1.2's ciphers: forward-secret and AEAD only (Mozilla's "intermediate" list without DHE), so no CBC
 mode and no RSA key exchange; TLS 1.3's own suites are all AEAD already."""
-LIMIT_EXEMPT = ("127.0.0.0/8", "::1")
-"""Client addresses the per-client limits never count: the host's own tools, probes and benchmarks (a local
-user can reach the host's resources in many other ways)."""
-LIMIT_ZONE = "10m"
-"""Shared memory of each per-client table: about 80,000 client addresses."""
 
 
 def api_socket(run_dir: Path, instance: int) -> Path:
@@ -183,6 +197,7 @@ def door_errors(settings: Settings) -> dict[int, tuple[int, str]]:
     limit = settings.api.max_body_bytes
     return {
         400: (400, "malformed HTTP request"),
+        401: (401, "missing or wrong bearer token"),
         494: (400, "request headers too large"),
         497: (400, "this port speaks TLS: use https://"),
         408: (408, "the request was not sent in time"),
@@ -212,43 +227,11 @@ def _error_locations(settings: Settings) -> list[str]:
         lines.append("            internal;")
         if answer in (429, 503):
             lines.append("            add_header Retry-After 1 always;")
+        if answer == 401:
+            lines.append("            add_header WWW-Authenticate Bearer always;")
         lines.append(f"            return {answer} {_quoted(body)};")
         lines.append("        }")
     return lines
-
-
-def _client_limits(settings: Settings) -> tuple[list[str], list[str]]:
-    """(http-level, server-level) lines of the per-client limits: the client is the connection's address,
-    or, from a trusted balancer, the one its X-Forwarded-For names; loopback is never counted."""
-    api = settings.api
-    http = [
-        "    # Per-client limits (api.client_max_connections, api.client_requests_per_s): an empty key is not",
-        "    # counted, so loopback (the host's own tools and probes) is exempt.",
-        "    geo $inferd_limited {",
-        "        default 1;",
-        *(f"        {network} 0;" for network in LIMIT_EXEMPT),
-        "    }",
-        '    map $inferd_limited $inferd_client { 0 ""; default $binary_remote_addr; }',
-    ]
-    server = [f"        set_real_ip_from {proxy};" for proxy in api.trusted_proxies]
-    if api.trusted_proxies:
-        server += ["        real_ip_header X-Forwarded-For;", "        real_ip_recursive on;"]
-    if api.client_max_connections:
-        http.append(f"    limit_conn_zone $inferd_client zone=inferd_conn:{LIMIT_ZONE};")
-        server += [
-            f"        limit_conn inferd_conn {api.client_max_connections};",
-            "        limit_conn_status 429;",
-        ]
-    if api.client_requests_per_s:
-        rate = api.client_requests_per_s
-        http.append(f"    limit_req_zone $inferd_client zone=inferd_req:{LIMIT_ZONE} rate={rate}r/s;")
-        # A second's worth of burst, served at once (nodelay): a client that pauses and then sends a batch
-        # is not slowed, one that keeps above the rate is refused.
-        server += [
-            f"        limit_req zone=inferd_req burst={rate} nodelay;",
-            "        limit_req_status 429;",
-        ]
-    return http, server
 
 
 def _nginx_user(settings: Settings) -> str | None:
@@ -260,6 +243,36 @@ def _nginx_user(settings: Settings) -> str | None:
     return f"{pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name}"
 
 
+def token_pattern(token: str) -> str:
+    """A regex (an nginx `map` key) matching the Authorization values the API accepts for `token`: the
+    scheme in any case, the token exactly, blanks around it."""
+    scheme = "".join(f"[{letter.upper()}{letter.lower()}]" for letter in "bearer")
+    literal = "".join(char if char.isalnum() else "\\" + char for char in token)
+    return f"~^{scheme} [ \\t]*{literal}[ \\t]*$"
+
+
+def _token_gate(token: str | None) -> list[str]:
+    """The maps that set $inferd_refused for a request with a body or a method beyond GET and HEAD and
+    without the token (see the module's docstring); nothing when auth is off."""
+    if not token:
+        return []
+    return [
+        "",
+        "    # api.auth_token_file: no token, no body. Answered 401 before a byte of the body is read; bodiless",
+        "    # GET and HEAD go on to the API, which says which paths are open and checks the token itself.",
+        "    map $http_authorization $inferd_token_ok {",
+        "        default 0;",
+        f"        {_quoted(token_pattern(token))} 1;",
+        "    }",
+        '    map "$inferd_token_ok:$request_method:$http_content_length$http_transfer_encoding" $inferd_refused {',
+        "        default 1;",
+        '        "~^1:" 0;',
+        '        "0:GET:" 0;',
+        '        "0:HEAD:" 0;',
+        "    }",
+    ]
+
+
 def render_nginx_conf(settings: Settings, open_files: int) -> str:
     """nginx.conf for the front door: foreground, logging to stderr, every path in the run dir."""
     api, run_dir = settings.api, settings.paths.run_dir
@@ -267,7 +280,7 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
     upstream_s = math.ceil(api.request_timeout_s) + UPSTREAM_MARGIN_S
     tls = api.tls_cert_file is not None and api.tls_key_file is not None
     user = _nginx_user(settings)
-    limits_http, limits_server = _client_limits(settings)
+    limits_http, limits_server = client_limit_lines(settings)
     lines = [
         "# Rendered by `inferd run` from the settings (daemon/ops/front_door.py) at each start: edit the settings.",
         "daemon off;",
@@ -291,7 +304,7 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
         "    charset utf-8;",
         "    server_tokens off;",
         "    access_log off;  # the API counts and times every request in /metrics",
-        f"    client_body_temp_path {_quoted(str(temp / 'body'))};",
+        f"    client_body_temp_path {_quoted(str(run_dir / BODY_DIR))};",
         f"    proxy_temp_path {_quoted(str(temp / 'proxy'))};",
         f"    fastcgi_temp_path {_quoted(str(temp / 'fastcgi'))};",
         f"    uwsgi_temp_path {_quoted(str(temp / 'uwsgi'))};",
@@ -306,6 +319,7 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
         "    reset_timedout_connection on;",
         f"    client_max_body_size {api.max_body_bytes};",
         f"    client_body_buffer_size {BODY_BUFFER};",
+        *_token_gate(settings.secrets.auth_token),
         "",
         *limits_http,
         "",
@@ -328,6 +342,9 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
             "        ssl_prefer_server_ciphers off;",
             "        ssl_session_cache shared:inferd_tls:10m;",
         ]
+    # In each location that proxies, not in the server: there it would refuse the 401's own error page too.
+    gate = ["            if ($inferd_refused) {", "                return 401;", "            }"]
+    gate = gate if settings.secrets.auth_token else []
     lines += [
         *limits_server,
         "",
@@ -349,6 +366,7 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
         *_error_locations(settings),
         "",
         "        location = /predict {",
+        *gate,
         "            # /predict is idempotent (the same image gets the same answer, and an answer nobody collects",
         "            # only costs compute), so a request an API instance dropped when it died is sent to the",
         "            # other one; nginx does that by default only for GET and HEAD.",
@@ -359,11 +377,13 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
         "        # The probes get a short wait of their own: a jammed instance costs them PROBE_TIMEOUT_S, then",
         "        # the other instance answers.",
         "        location ~ ^/(healthz|readyz)$ {",
+        *gate,
         f"            proxy_read_timeout {PROBE_TIMEOUT_S}s;",
         "            proxy_pass http://inferd_api;",
         "        }",
         "",
         "        location / {",
+        *gate,
         "            proxy_pass http://inferd_api;",
         "        }",
         "    }",
@@ -373,9 +393,12 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
 
 
 def write_nginx_conf(settings: Settings, open_files: int) -> Path:
-    """Render nginx.conf into the run dir (0600: it names the TLS key) and make nginx's temporary folder."""
+    """Render nginx.conf into the run dir (0600: it names the TLS key and holds the token) and make nginx's
+    temporary folders."""
     run_dir = settings.paths.run_dir
     (run_dir / NGINX_DIR).mkdir(mode=0o700, exist_ok=True)
+    # Under systemd, BODY_DIR is already there: the unit's own tmpfs, mounted before the launcher runs.
+    (run_dir / BODY_DIR).mkdir(mode=0o700, exist_ok=True)
     conf = run_dir / NGINX_CONF
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -5,8 +5,10 @@ supervisord program speaks for it; the unit says `NotifyAccess=all` because the 
 The launcher starts it only when systemd gave a NOTIFY_SOCKET, and hands the socket to it alone (as
 INFERD_NOTIFY_SOCKET): gunicorn would otherwise say READY=1 as soon as it listens.
 
-- `READY=1` once, when /readyz first answers 200 over HTTP (Redis up, a worker live, the API accepting),
-  not when supervisord has merely started its programs: `systemctl start` returns when the box can serve.
+- `READY=1` once, when /readyz first answers 200 where clients connect (Redis up, a worker live, the API
+  accepting), not when supervisord has merely started its programs: `systemctl start` returns when the box
+  can serve. With TLS on, the probe speaks https to the front door, trusting the configured certificate
+  (daemon/ops/local_client.py says why that, and not a plain health listener).
 - `WATCHDOG=1` every half of WATCHDOG_USEC, but only while Redis answers and at least one shard's worker
   has a fresh heartbeat. supervisord restarts single processes by itself; the watchdog is for what it
   cannot mend (no worker able to start, Redis gone for good), where systemd restarts the whole unit.
@@ -22,19 +24,20 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from types import FrameType
 
 import redis
 
 from daemon.logs import setup_logging
+from daemon.ops.local_client import client_tls, fetch, local_url
 from daemon.queue.connection import connect
 from daemon.queue.registry import batch_rates, read_drain_state, read_shards
-from daemon.settings import Settings, load_settings, local_url
+from daemon.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +101,13 @@ def read_health(client: redis.Redis) -> Health:
     )
 
 
-def api_ready(settings: Settings) -> bool:
-    """Whether the API's /readyz answers 200 now."""
+def api_ready(settings: Settings, tls: ssl.SSLContext | None) -> bool:
+    """Whether the API's /readyz answers 200 now, through the front door as a client reaches it."""
     try:
-        with urllib.request.urlopen(f"{local_url(settings.api)}/readyz", timeout=PROBE_TIMEOUT_S) as answer:
-            return bool(answer.status == 200)
+        status, _ = fetch(f"{local_url(settings.api)}/readyz", tls, PROBE_TIMEOUT_S)
     except (OSError, http.client.HTTPException):
-        return False  # refused while starting, or a 503 (urllib raises HTTPError, an OSError)
+        return False  # refused while starting
+    return status == 200
 
 
 def interval_s(watchdog_usec: str | None) -> float:
@@ -117,10 +120,11 @@ def interval_s(watchdog_usec: str | None) -> float:
 
 def notify_loop(settings: Settings, address: str, period_s: float, stop: threading.Event) -> None:
     client = connect(settings, socket_timeout_s=PROBE_TIMEOUT_S)
+    tls = client_tls(settings.api)
     ready = False
     while not stop.is_set():
         health = read_health(client)
-        if not ready and api_ready(settings):
+        if not ready and api_ready(settings, tls):
             ready = True
             send(address, "READY=1\nSTATUS=" + health.status(ready))
             log.info("notify: /readyz answered 200; told systemd READY=1")

@@ -12,6 +12,7 @@ free but such processes still alive (a previous tree still finishing) waits for 
 left, before starting its own.
 
 The launcher also writes `<run_dir>/appliance.json` (`ApplianceRecord`): where the running appliance answers
+(address, and with TLS the certificate it presents, which local clients trust: daemon/ops/local_client.py)
 and where its Redis is, as its settings and INFERD_* overrides made them, so the tools find an appliance
 started with overrides they were not given (`INFERD_API_PORT=9000 inferd run`, then `tools/stress`).
 """
@@ -135,33 +136,51 @@ class ApplianceRecord:
     config: str
     api_host: str
     api_port: int
+    api_tls_cert_file: str | None
+    """The certificate the front door presents (https), or None (plain HTTP)."""
+    api_tls_key_file: str | None
     redis_socket: str | None
     redis_host: str
     redis_port: int
 
     @classmethod
     def of(cls, settings: Settings, pid: int) -> ApplianceRecord:
-        socket = settings.redis_socket
         return cls(
             pid=pid,
             config=str(settings.source),
             api_host=settings.api.host,
             api_port=settings.api.port,
-            redis_socket=None if socket is None else str(socket),
+            api_tls_cert_file=_optional(settings.api.tls_cert_file),
+            api_tls_key_file=_optional(settings.api.tls_key_file),
+            redis_socket=_optional(settings.redis_socket),
             redis_host=settings.redis.host,
             redis_port=settings.redis.port,
         )
 
     def applied_to(self, settings: Settings) -> Settings:
         """`settings` with the running appliance's addresses in place of the file's."""
-        api = dataclasses.replace(settings.api, host=self.api_host, port=self.api_port)
+        api = dataclasses.replace(
+            settings.api,
+            host=self.api_host,
+            port=self.api_port,
+            tls_cert_file=_path(self.api_tls_cert_file),
+            tls_key_file=_path(self.api_tls_key_file),
+        )
         redis_settings = dataclasses.replace(
             settings.redis,
-            socket=None if self.redis_socket is None else Path(self.redis_socket),
+            socket=_path(self.redis_socket),
             host=self.redis_host,
             port=self.redis_port,
         )
         return dataclasses.replace(settings, api=api, redis=redis_settings)
+
+
+def _optional(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _path(text: str | None) -> Path | None:
+    return None if text is None else Path(text)
 
 
 def write_json_record(path: Path, body: dict[str, Any]) -> None:

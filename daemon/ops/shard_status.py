@@ -13,7 +13,7 @@ import redis
 
 from daemon.ops.nvml import GpuReading, Nvml
 from daemon.queue.registry import ShardState, batch_rates, read_shards
-from daemon.queue.wire import LIVE
+from daemon.queue.wire import LIVE, STUCK
 from daemon.settings import Settings
 
 
@@ -39,6 +39,8 @@ class ShardStatus:
     """Why it failed, or why a GPU shard serves on the CPU (`fallback`)."""
     fallback: bool = False
     backend: str | None = None
+    stuck_since: float | None = None
+    """Unix time the wedged batch of a stuck shard went into the model; None unless stuck."""
 
 
 def collect(
@@ -71,6 +73,7 @@ def _shard_status(state: ShardState, settings: Settings, reader: Nvml, now: floa
         reason=info.reason if info else None,
         fallback=bool(info and info.fallback),
         backend=info.backend if info else None,
+        stuck_since=info.since if info and state.status == STUCK else None,
         pid=state.heartbeat.pid if state.heartbeat is not None else None,
         heartbeat_age_s=age,
         queue_depth=state.queue_depth,

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -28,6 +29,7 @@ from daemon.queue.keys import (
     adopted_key,
     draining_key,
     heartbeat_key,
+    on_time_key,
     processing_key,
     queue_key,
     reply_key,
@@ -63,6 +65,7 @@ from daemon.queue.wire import (
     ShardInfo,
     SwapResult,
     WireError,
+    as_text,
 )
 from daemon.settings import BatchingSettings, QueueSettings, Settings
 
@@ -72,6 +75,15 @@ SHARD_LIST_TTL_S = 1.0
 """How long an API process trusts its copy of the registered shard list before reading it again."""
 SWAP_WAIT_SLICE_S = 1.0
 """Longest single blocking wait of `inferd reload` for a shard's answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class OverdueRule:
+    """When a batch of n jobs becomes overdue: after max(floor_ms, per_job_ms * n) milliseconds. The claim
+    script applies it to the jobs a shard holds, as a mark that expires when the batch is overdue."""
+
+    floor_ms: int = 100
+    per_job_ms: float = 0.0
 
 
 def _ttl(seconds: float) -> int:
@@ -98,6 +110,7 @@ class ApiQueues:
         self._client = client
         self._max_depth = settings.max_depth
         self._policy = settings.dispatch
+        self._steal = settings.steal
         self._max_batch_size = batching.max_batch_size
         self._answer_ttl_s = settings.answer_ttl_s
         self._scripts = Scripts(client)
@@ -172,7 +185,9 @@ class ApiQueues:
         budget_ms = max(0, int((job.deadline - time.monotonic()) * 1000))
         keys: list[str] = [ROTATION_KEY, DRAINING_KEY, reply_key(job.job_id)]
         for shard in shards:
-            keys += [queue_key(shard), heartbeat_key(shard), draining_key(shard)]
+            keys += [
+                key(shard) for key in (queue_key, heartbeat_key, draining_key, processing_key, on_time_key)
+            ]
         args: list[bytes | str | int] = [
             job.encode(),
             self._max_depth,
@@ -180,6 +195,7 @@ class ApiQueues:
             budget_ms,
             self._max_batch_size,
             marker_ttl_s,
+            1 if self._steal else 0,
         ]
         return shards, keys, args, budget_ms
 
@@ -239,8 +255,14 @@ class ShardQueues:
         self._client = client
         self._scripts = Scripts(client)
         self._queue, self._processing = queue_key(shard), processing_key(shard)
+        self._own_claim_keys = [self._queue, self._processing, on_time_key(shard), draining_key(shard)]
+        self.steal = settings.queue.steal
         self._answer_ttl_s = settings.queue.answer_ttl_s
         self._heartbeat_ttl_ms = int(settings.queue.heartbeat_ttl_s * 1000)
+        self._peers: list[str] = []
+        self._peers_read_at = float("-inf")
+        self.stolen_from: str | None = None
+        """The shard whose queue the last `claim_waiting` took from, or None when it took from ours."""
 
     def claim_first(self, timeout_s: float) -> bytes | None:
         """Block up to `timeout_s` for the next job and claim it (moved into the processing list, where it stays
@@ -250,10 +272,29 @@ class ShardQueues:
         job: bytes | None = command("BLMOVE", self._queue, self._processing, "RIGHT", "LEFT", timeout_s)
         return job
 
-    def claim_waiting(self, count: int) -> list[bytes]:
-        """Claim up to `count` jobs already waiting, oldest first, in one round trip (no wait)."""
-        claimed: list[bytes] = self._scripts.claim_waiting(keys=[self._queue, self._processing], args=[count])
-        return claimed
+    def claim_waiting(
+        self, count: int, overdue: OverdueRule | None = None, steal: bool = False
+    ) -> list[bytes]:
+        """Claim up to `count` jobs already waiting, oldest first, in one round trip (no wait). With `steal`
+        (and `queue.steal`), a shard that holds nothing and finds its queue empty takes them instead from the
+        longest queue of an overdue shard (`stolen_from` says which). Whatever we then hold is on time for
+        as long as `overdue` gives a batch of that many."""
+        overdue = overdue or OverdueRule()
+        steal = steal and self.steal
+        keys = list(self._own_claim_keys)
+        for peer in self.peer_shards() if steal else []:
+            keys += [queue_key(peer), processing_key(peer), on_time_key(peer)]
+        args = [count, overdue.floor_ms, overdue.per_job_ms, 1 if steal else 0]
+        victim, *jobs = self._scripts.claim(keys=keys, args=args)
+        self.stolen_from = as_text(victim).removeprefix(queue_key("")) if victim else None
+        return cast(list[bytes], jobs)
+
+    def peer_shards(self) -> list[str]:
+        """The other registered shards, read again every SHARD_LIST_TTL_S."""
+        if time.monotonic() - self._peers_read_at >= SHARD_LIST_TTL_S:
+            self._peers = [shard for shard in registered_shard_ids(self._client) if shard != self.shard]
+            self._peers_read_at = time.monotonic()
+        return self._peers
 
     def commit(self, replies: Mapping[str, Reply], record: BatchRecord | None) -> bool:
         """Push every answer, record the batch and release the claims, in one atomic step. False when a

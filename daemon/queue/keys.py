@@ -8,6 +8,7 @@ Key layout. Every key starts with `inferd:`, so the tools touch ours and nothing
 | `inferd:heartbeat:<shard>` | string: `wire.Heartbeat` | the worker, every `queue.heartbeat_interval_s` | enqueue script (liveness, and `batch_s` for the wait estimate), /readyz, tools | expires after `queue.heartbeat_ttl_s` |
 | `inferd:queue:<shard>` | list of `wire.Job`, newest at the left | the API (`ApiQueues.submit`) | its shard, from the right | `queue.max_depth` |
 | `inferd:processing:<shard>` | list: the jobs of the batch in hand | the shard, in the step that takes them off its queue | the shard (`commit` releases them); a live shard adopts a dead one's | `batching.max_batch_size` |
+| `inferd:on-time:<shard>` | string marker | the shard, in each claim that leaves it holding jobs | the claim and enqueue scripts: a shard holding jobs without it is overdue (its jobs waiting may be stolen, it gets new ones last) | expires when the batch in hand becomes overdue (`daemon.worker.pace`) |
 | `inferd:adopted:<shard>` | string marker | a live shard that adopted this shard's batch | this shard's next `commit` | expires after ADOPTED_MARK_TTL_S |
 | `inferd:reply:<job id>` | list holding one `wire.Reply`, or a refusal marker | the shard, or whoever drops the job; the enqueue script marks a refused job (pipelined submit) | the API's BLPOP (`await_reply`, `submit_and_await`) | expires after `queue.answer_ttl_s` |
 | `inferd:stats:<shard>` | list of `wire.BatchRecord`, newest first | the shard, with each commit | tools/gpu_status | STATS_WINDOW records |
@@ -25,6 +26,8 @@ Invariants:
   the expected wait against the job's deadline in the same atomic step, so a queue never passes
   `queue.max_depth` however many API threads race, nothing is admitted to a drained shard once its mark is
   set (what is already queued still runs), and a job that could not be reached in time is refused instead.
+- A shard takes jobs from its own queue, or (idle, `queue.steal`) from the longest queue of an overdue shard,
+  in the one claim script that moves them into its processing list: a stolen job is claimed once.
 - A shard pushes its batch's answers and releases the claims in one script: all or none. A batch that a live
   shard adopted while its owner was frozen is not answered again by the owner when it wakes (the `adopted`
   marker), so each job is answered once.
@@ -57,6 +60,10 @@ def queue_key(shard: str) -> str:
 
 def processing_key(shard: str) -> str:
     return f"{KEY_PREFIX}processing:{shard}"
+
+
+def on_time_key(shard: str) -> str:
+    return f"{KEY_PREFIX}on-time:{shard}"
 
 
 def adopted_key(shard: str) -> str:

@@ -13,14 +13,17 @@ NO_LIVE_SHARD = -1
 ALL_QUEUES_FULL = -2
 WOULD_MISS_DEADLINE = -3
 DRAINING = -4
-# KEYS: rotation counter, box drain mark, the job's reply key, then (queue, heartbeat, shard drain mark) per
-# shard.
-# ARGV: job bytes, max depth, policy, milliseconds left before the job's deadline, max batch size, and the
-# seconds a refusal marker lives on the reply key (0: none).
+# KEYS: rotation counter, box drain mark, the job's reply key, then (queue, heartbeat, shard drain mark,
+# processing, on-time mark) per shard.
+# ARGV: job bytes, max depth, policy, milliseconds left before the job's deadline, max batch size, the
+# seconds a refusal marker lives on the reply key (0: none), and whether overdue shards are served last (1,
+# with `queue.steal`) or like any other (0).
 # Returns {chosen slot, or NO_LIVE_SHARD, ALL_QUEUES_FULL, WOULD_MISS_DEADLINE or DRAINING; expected wait in ms}.
 # A shard's expected wait is the batches ahead of the job (its own included) times the seconds per batch its
 # worker last reported in its heartbeat (`batch_s`; 0 until it has run a batch): a job that would wait past
 # its deadline goes to a shard where it would not, or is refused with the shortest wait as the retry hint.
+# An overdue shard (it holds jobs and its on-time mark expired: a batch far past its expected time, slow or
+# wedged) gets new jobs only when every live shard is overdue (with `queue.steal`).
 # A refused job gets a marker ('refused') on its reply key when asked for, so that a reply wait sent in the same
 # round trip (`ApiQueues.submit_and_await`) returns at once.
 ENQUEUE_SCRIPT = """
@@ -33,25 +36,33 @@ local function refuse(code, wait)
   return {code, wait}
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return refuse(-4, 0) end
-local shard_count = (#KEYS - 3) / 3
+local shard_count = (#KEYS - 3) / 5
 local max_depth = tonumber(ARGV[2])
 local policy = ARGV[3]
 local budget_ms = tonumber(ARGV[4])
 local max_batch = tonumber(ARGV[5])
 -- Rotate over live, admitting shards only, so a dead or drained shard's turn is not handed to its
 -- neighbour twice.
-local live, drained = {}, 0
+local live, late, drained = {}, {}, 0
 for slot = 0, shard_count - 1 do
-  if redis.call('EXISTS', KEYS[5 + slot * 3]) == 1 then
-    if redis.call('EXISTS', KEYS[6 + slot * 3]) == 1 then drained = drained + 1 else live[#live + 1] = slot end
+  local base = 4 + slot * 5
+  if redis.call('EXISTS', KEYS[base + 1]) == 1 then
+    if redis.call('EXISTS', KEYS[base + 2]) == 1 then
+      drained = drained + 1
+    elseif ARGV[7] == '1' and redis.call('LLEN', KEYS[base + 3]) > 0 and redis.call('EXISTS', KEYS[base + 4]) == 0 then
+      late[#late + 1] = slot
+    else
+      live[#live + 1] = slot
+    end
   end
 end
+if #live == 0 then live = late end
 if #live == 0 then
   if drained > 0 then return refuse(-4, 0) end
   return refuse(-1, 0)
 end
 local function expected_wait_ms(slot, depth)
-  local ok, beat = pcall(cjson.decode, redis.call('GET', KEYS[5 + slot * 3]))
+  local ok, beat = pcall(cjson.decode, redis.call('GET', KEYS[5 + slot * 5]))
   local batch_s = ok and type(beat) == 'table' and tonumber(beat['batch_s']) or 0
   return math.ceil((depth + 1) / max_batch) * batch_s * 1000
 end
@@ -60,7 +71,7 @@ local best_slot, best_depth = -1, max_depth
 local soonest_wait = -1
 for offset = 0, #live - 1 do
   local slot = live[((start + offset) % #live) + 1]
-  local depth = redis.call('LLEN', KEYS[4 + slot * 3])
+  local depth = redis.call('LLEN', KEYS[4 + slot * 5])
   if depth < max_depth then
     local wait = expected_wait_ms(slot, depth)
     if soonest_wait < 0 or wait < soonest_wait then soonest_wait = wait end
@@ -74,18 +85,49 @@ if best_slot < 0 then
   if soonest_wait < 0 then return refuse(-2, 0) end
   return refuse(-3, math.ceil(soonest_wait))
 end
-redis.call('LPUSH', KEYS[4 + best_slot * 3], ARGV[1])
+redis.call('LPUSH', KEYS[4 + best_slot * 5], ARGV[1])
 return {best_slot, 0}
 """
 
-# KEYS: queue, processing. ARGV: how many. Claims up to that many jobs that are already waiting, in one trip.
-CLAIM_WAITING_SCRIPT = """
+# KEYS: queue, processing, on-time mark, drain mark, then (queue, processing, on-time mark) per other shard.
+# ARGV: how many, the overdue rule (floor ms, ms per job held), steal (1 or 0).
+# Returns {the shard queue stolen from or '', then the jobs claimed}. Claims up to that many jobs already
+# waiting on our queue, in one trip. A shard that holds nothing and finds its queue empty (and is not drained)
+# takes them instead from the longest queue of an overdue shard: one holding jobs whose on-time mark has
+# expired. The oldest go first, as their owner would have taken them. Whenever we hold jobs, our own on-time
+# mark is set to expire when a batch of that many becomes overdue.
+CLAIM_SCRIPT = """
+local want = tonumber(ARGV[1])
 local claimed = {}
-for _ = 1, tonumber(ARGV[1]) do
-  local job = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not job then break end
-  claimed[#claimed + 1] = job
+local function take(queue)
+  while #claimed < want do
+    local job = redis.call('LMOVE', queue, KEYS[2], 'RIGHT', 'LEFT')
+    if not job then return end
+    claimed[#claimed + 1] = job
+  end
 end
+local held_before = redis.call('LLEN', KEYS[2])
+take(KEYS[1])
+local victim = ''
+if #claimed == 0 and held_before == 0 and ARGV[4] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
+  local longest, best = 0, nil
+  for i = 5, #KEYS, 3 do
+    if redis.call('LLEN', KEYS[i + 1]) > 0 and redis.call('EXISTS', KEYS[i + 2]) == 0 then
+      local depth = redis.call('LLEN', KEYS[i])
+      if depth > longest then longest, best = depth, i end
+    end
+  end
+  if best then
+    take(KEYS[best])
+    victim = KEYS[best]
+  end
+end
+local held = held_before + #claimed
+if held > 0 then
+  local due_ms = math.max(tonumber(ARGV[2]), math.ceil(tonumber(ARGV[3]) * held))
+  redis.call('SET', KEYS[3], '1', 'PX', due_ms)
+end
+table.insert(claimed, 1, victim)
 return claimed
 """
 
@@ -166,7 +208,7 @@ class Scripts:
 
     def __init__(self, client: redis.Redis) -> None:
         self.enqueue = client.register_script(ENQUEUE_SCRIPT)
-        self.claim_waiting = client.register_script(CLAIM_WAITING_SCRIPT)
+        self.claim = client.register_script(CLAIM_SCRIPT)
         self.requeue = client.register_script(REQUEUE_SCRIPT)
         self.adopt = client.register_script(ADOPT_SCRIPT)
         self.commit = client.register_script(COMMIT_SCRIPT)

@@ -245,6 +245,8 @@ class ShardInfo:
     model_version: int | None = None
     """The version of the model the shard computes with now (`inferd reload` changes it); None before it
     loaded one."""
+    since: float | None = None
+    """When the state began (unix time): for "stuck", when the wedged batch went into the model."""
 
     @property
     def failed(self) -> bool:
@@ -272,6 +274,7 @@ class ShardInfo:
                 cuda_version=_optional_text(body.get("cuda_version")),
                 memory_total_bytes=None if memory is None else int(memory),
                 model_version=None if version is None else int(version),
+                since=None if body.get("since") is None else float(body["since"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"shard registry entry {body!r} is incomplete: {exc}") from None

@@ -1,7 +1,7 @@
 """A shard worker's start: serve where the shard should compute, or say why not and stay down.
 
-`start_serving` loads the runtime pinned to the shard, asks it what it sees (daemon.worker.device), and loads
-and warms the model; `refuse` leaves a "failed" registry entry with the reason for /readyz, /metrics and
+`start_serving` loads the runtime pinned to the shard, asks it what it sees (daemon.worker.device), loads
+and warms the model, and times one warm batch (the shard's pace until real batches are timed); `refuse` leaves a "failed" registry entry with the reason for /readyz, /metrics and
 gpu_status, for an exit code supervisord does not retry (daemon.errors.WORKER_FINAL_EXITS); `check_device`
 is `inferd check`'s probe. `shard_info` is the one place a shard's registry entry is made.
 """
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, replace
 
+import numpy as np
 import redis
 
 from daemon.errors import EXIT_DEVICE, EXIT_OK, DeviceUnavailable, ModelLoadError
@@ -36,14 +38,26 @@ def shard_info(shard: Shard) -> ShardInfo:
     return ShardInfo(kind=shard.kind, index=shard.index, name=shard.name)
 
 
-def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predictor]:
-    """Load the runtime, check it sees this shard's device, load and warm the model; raises what stops us."""
+def timed_warm_batch(predictor: Predictor, settings: Settings) -> tuple[int, float]:
+    """(jobs, seconds) of one warm batch of the largest size: the shard's pace until real batches are timed."""
+    size = settings.model.input_size
+    jobs = settings.batching.max_batch_size
+    started = time.monotonic()
+    predictor.predict(np.zeros((jobs, size, size, 3), dtype=np.uint8))
+    return jobs, time.monotonic() - started
+
+
+def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predictor, tuple[int, float]]:
+    """Load the runtime, check it sees this shard's device, load and warm the model, and time a warm batch
+    (`timed_warm_batch`); raises what stops us."""
     if is_standin(settings.model.path):
-        # No runtime to ask: the stand-in computes nothing, anywhere.
-        standin = StandinModel(settings.model)
+        # No runtime to ask: the stand-in computes nothing, anywhere. Its warm-up is one batch of one, and
+        # does not count towards `hang_after_batches`, as a real batch would.
+        standin = StandinModel(settings.model, shard.shard_id)
+        started = time.monotonic()
         standin.warm_up(settings.batching.max_batch_size)
         device = f"stand-in ({settings.model.path.name})"
-        return replace(shard_info(shard), device=device), standin
+        return replace(shard_info(shard), device=device), standin, (1, time.monotonic() - started)
     report = probe_runtime(settings.model.backend)
     verdict = judge_device(shard, report, settings.devices.cpu_fallback)
     if not verdict.serve:
@@ -67,6 +81,7 @@ def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predicto
     classifier = Classifier(settings.model, settings.batching.max_batch_size)
     try:
         classifier.warm_up()
+        warm_batch = timed_warm_batch(classifier, settings)
     except Exception as exc:
         # A model that loads but cannot run a batch will not start working on a retry either.
         if is_out_of_memory(exc):
@@ -77,14 +92,15 @@ def start_serving(shard: Shard, settings: Settings) -> tuple[ShardInfo, Predicto
         log.exception("%s: the model failed its warm-up batch", shard.shard_id)
         raise ModelLoadError(f"the model failed its warm-up batch: {type(exc).__name__}: {exc}") from exc
     log.info(
-        "%s: %s %s on %s, batch buckets %s",
+        "%s: %s %s on %s, batch buckets %s, a warm batch of %d in %.3fs",
         shard.shard_id,
         report.backend,
         report.runtime_version,
         verdict.device,
         ",".join(map(str, classifier.buckets)),
+        *warm_batch,
     )
-    return info, classifier
+    return info, classifier, warm_batch
 
 
 def check_device(shard: Shard, settings: Settings) -> int:

@@ -8,7 +8,6 @@ still be classified.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from daemon.api import create_app
 from daemon.gpu_worker import IDLE_BLOCK_S, Worker
 from daemon.model.classifier import Classifier
 from daemon.queue.faces import ShardQueues
-from daemon.queue.pixel_store import segment_folder
+from daemon.queue.pixel_store import create_folder, remove_folder
 from daemon.settings import Settings, load_settings
 from daemon.shard import cpu_shards
 from testkit.harness import write_settings
@@ -61,6 +60,7 @@ def served(
         batching={"max_wait_ms": 0},
     )
     settings = load_settings(write_settings(tmp_path_factory.mktemp("api-input"), sections), env={})
+    folder = create_folder(settings)  # as `inferd run` does at start
     client = redis.Redis(unix_socket_path=str(redis_socket))
     queues = ShardQueues(client, "cpu0", settings)
     # Signals stay pytest's: the loop runs in a thread and is stopped through its flag.
@@ -71,7 +71,8 @@ def served(
     worker.request_stop()
     thread.join(timeout=IDLE_BLOCK_S + 5.0)
     client.close()
-    shutil.rmtree(segment_folder(settings), ignore_errors=True)  # its run dir was a throwaway one
+    if folder is not None:
+        remove_folder(folder)  # its run dir was a throwaway one
     assert not thread.is_alive(), "the worker thread did not stop within its idle wait"
 
 

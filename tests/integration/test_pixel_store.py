@@ -1,7 +1,9 @@
 """Pixels in shared memory against real files, a real tmpfs and a real Redis: lifetimes, fallback, isolation.
 
 The full tmpfs is a real one: a 400 KB tmpfs mounted in a private mount namespace (`unshare`), which holds
-two 224x224 jobs and refuses the third with ENOSPC part-way through its write.
+two 224x224 jobs and refuses the third with ENOSPC part-way through its write. The hostile folders are real
+too: owned by `nobody` (os.chown; the suite runs as root where it can), symlinks to a victim's folder, and
+foreign entries inside.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +25,15 @@ from daemon.gpu_worker import Worker
 from daemon.model.classifier import Classifier
 from daemon.queue.faces import ApiQueues, ShardQueues
 from daemon.queue.keys import reply_key
-from daemon.queue.pixel_store import PixelStore, room_note, segment_folder
+from daemon.queue.pixel_store import (
+    FOLDER_RECORD,
+    PixelStore,
+    create_folder,
+    make_folder,
+    remove_folder,
+    room_note,
+    segment_folder,
+)
 from daemon.queue.wire import Job, WireError, new_job_id
 from daemon.shard import cpu_shards
 from daemon.worker.inference import run_batch
@@ -40,23 +51,23 @@ def a_job(shape: tuple[int, int, int] = SHAPE, deadline_in_s: float = 30.0) -> J
 
 
 def test_a_staged_job_crosses_redis_as_a_header_and_its_segment_name(tmp_path):
-    store = PixelStore(tmp_path / "segments")
+    store = PixelStore(make_folder(tmp_path))
     job = a_job()
     staged = store.stage(job)
     assert staged.segment == job.job_id
     payload = staged.encode()
     assert len(payload) == 44 + 32  # against 150,572 with the pixels inline
-    assert oct((tmp_path / "segments").stat().st_mode & 0o777) == "0o700"
+    assert store.folder is not None and oct(store.folder.stat().st_mode & 0o777) == "0o700"
     decoded = Job.decode(payload, store.read)
     assert np.array_equal(decoded.pixels, job.pixels)
     store.release(staged)
-    assert os.listdir(tmp_path / "segments") == []
+    assert os.listdir(store.folder) == []
     with pytest.raises(WireError, match="gone"):
         Job.decode(payload, store.read)
 
 
 def test_a_job_cannot_name_a_file_outside_the_segment_folder(tmp_path):
-    store = PixelStore(tmp_path / "segments")
+    store = PixelStore(make_folder(tmp_path))
     staged = store.stage(a_job())
     hostile = staged.encode()[:44] + b"../../../../etc/passwd".ljust(32, b"/")
     with pytest.raises(WireError, match="not a segment name"):
@@ -78,10 +89,10 @@ def test_a_full_tmpfs_sends_the_job_through_redis_whole_and_keeps_no_partial_seg
 import json, logging, os, time
 import numpy as np
 from pathlib import Path
-from daemon.queue.pixel_store import PixelStore
+from daemon.queue.pixel_store import PixelStore, make_folder
 from daemon.queue.wire import Job, new_job_id
 logging.basicConfig()
-store = PixelStore(Path({str(mount_point / "inferd")!r}))
+store = PixelStore(make_folder(Path({str(mount_point)!r})))
 report = []
 for i in range(5):
     pixels = np.full({SHAPE}, i, dtype=np.uint8)
@@ -114,7 +125,7 @@ def test_two_appliances_on_one_host_keep_their_segments_apart(make_settings, tmp
     first = make_settings(paths={"run_dir": str(tmp_path / "a")}, queue={"shared_memory_dir": str(tmp_path)})
     second = make_settings(paths={"run_dir": str(tmp_path / "b")}, queue={"shared_memory_dir": str(tmp_path)})
     assert segment_folder(first) != segment_folder(second)
-    assert segment_folder(first).parent == segment_folder(second).parent == tmp_path
+    assert {segment_folder(first).parent, segment_folder(second).parent} == {tmp_path}  # type: ignore[union-attr]
     ours, theirs = PixelStore.for_settings(first), PixelStore.for_settings(second)
     kept = ours.stage(a_job())
     theirs.stage(a_job())
@@ -123,10 +134,10 @@ def test_two_appliances_on_one_host_keep_their_segments_apart(make_settings, tmp
 
 
 def test_the_sweep_takes_only_segments_past_the_deadline_and_margin(tmp_path):
-    store = PixelStore(tmp_path / "segments", max_age_s=60)
+    store = PixelStore(make_folder(tmp_path), max_age_s=60)
     old, fresh = store.stage(a_job()), store.stage(a_job())
     an_hour_ago = time.time() - 3600
-    os.utime(store.folder / str(old.segment), (an_hour_ago, an_hour_ago))
+    os.utime(store.folder / str(old.segment), (an_hour_ago, an_hour_ago))  # type: ignore[operator]
     assert store.sweep() == 1
     assert os.listdir(store.folder) == [fresh.segment]
 
@@ -187,7 +198,7 @@ def test_purge_sweeps_orphaned_segments_and_leaves_live_ones(redis_settings, red
     store = PixelStore.for_settings(redis_settings)
     orphan, live = store.stage(a_job()), store.stage(a_job())
     an_hour_ago = time.time() - 3600
-    os.utime(store.folder / str(orphan.segment), (an_hour_ago, an_hour_ago))
+    os.utime(store.folder / str(orphan.segment), (an_hour_ago, an_hour_ago))  # type: ignore[operator]
     flush_queues.flush(redis_client, redis_settings, [], dry_run=False)
     assert os.listdir(store.folder) == [live.segment]
     store.clear()
@@ -210,3 +221,117 @@ def test_the_sweep_reads_age_from_file_times_not_this_process_clock(tmp_path, mo
     monkeypatch.setattr(time, "time", lambda: 1e12)
     assert store.sweep() == 0
     assert os.listdir(store.folder) == [fresh.segment]
+
+
+# -- a folder no one else can touch ------------------------------------------------------------------------
+NOBODY = 65534
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder to another user (os.chown) needs root")
+
+
+def victim_folder(tmp_path: Path) -> tuple[Path, list[str]]:
+    """Someone else's folder with files in it, old enough for any sweep: what must never be deleted."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for name in ("a" * 32, "notes.txt"):
+        (victim / name).write_text("not yours")
+        an_hour_ago = time.time() - 3600
+        os.utime(victim / name, (an_hour_ago, an_hour_ago))
+    return victim, sorted(os.listdir(victim))
+
+
+def test_each_start_makes_a_new_private_folder_and_removes_the_previous_one(make_settings, tmp_path):
+    settings = make_settings(queue={"shared_memory_dir": str(tmp_path)})
+    first = segment_folder(settings)
+    assert first is not None and first.parent == tmp_path
+    PixelStore.for_settings(settings).stage(a_job())
+    second = create_folder(settings)  # the next `inferd run` on this run dir
+    assert second is not None and second != first and segment_folder(settings) == second
+    assert not first.exists(), "the previous run's folder and its segment were removed"
+    info = os.lstat(second)
+    assert info.st_uid == os.geteuid() and oct(info.st_mode & 0o777) == "0o700"
+    assert (settings.paths.run_dir / FOLDER_RECORD).read_text().strip() == second.name
+
+
+def test_a_name_already_taken_is_never_adopted(tmp_path, monkeypatch):
+    need_root()
+    taken = tmp_path / f"inferd-{os.geteuid()}-{'0' * 32}"
+    taken.mkdir(mode=0o777)
+    os.chown(taken, NOBODY, NOBODY)
+    (taken / "planted").write_text("theirs")
+    names = iter(["0" * 32, "1" * 32])
+    monkeypatch.setattr("daemon.queue.pixel_store.secrets.token_hex", lambda size: next(names))
+    folder = make_folder(tmp_path)
+    assert folder.name.endswith("1" * 32)
+    assert os.lstat(folder).st_uid == os.geteuid()
+    assert os.listdir(taken) == ["planted"] and os.lstat(taken).st_uid == NOBODY
+
+
+@pytest.mark.parametrize("impostor", ["symlink", "another user's folder", "a folder open to others"])
+def test_whatever_stands_in_the_folders_place_is_refused_and_nothing_in_it_is_touched(
+    tmp_path, impostor, caplog
+):
+    if impostor == "another user's folder":
+        need_root()
+    victim, before = victim_folder(tmp_path)
+    place = tmp_path / f"inferd-{os.geteuid()}-{'2' * 32}"
+    if impostor == "symlink":
+        place.symlink_to(victim)
+    else:
+        # Their own folder at the name, with their files in it: as much theirs as the victim's.
+        place.mkdir()
+        for name in before:
+            (place / name).write_text("not yours")
+            os.utime(place / name, (time.time() - 3600, time.time() - 3600))
+        os.chmod(place, 0o777 if impostor == "a folder open to others" else 0o700)
+        if impostor == "another user's folder":
+            os.chown(place, NOBODY, NOBODY)
+    store = PixelStore(place, max_age_s=0)
+    job = a_job()
+    assert store.stage(job) is job, "the job goes through Redis whole"
+    assert "go through Redis whole" in caplog.text
+    assert store.sweep() == 0 and store.clear() == 0
+    assert remove_folder(place) == 0
+    assert sorted(os.listdir(victim)) == before and all(
+        (victim / name).read_text() == "not yours" for name in before
+    )
+    assert os.path.lexists(place), "what stood there was left alone"
+    if impostor != "symlink":
+        assert sorted(os.listdir(place)) == before
+
+
+def test_a_foreign_entry_inside_is_left_and_named_once_and_the_store_keeps_serving(tmp_path, caplog):
+    victim, before = victim_folder(tmp_path)
+    store = PixelStore(make_folder(tmp_path), max_age_s=60)
+    folder = store.folder
+    assert folder is not None
+    (folder / "b").mkdir()  # a folder inside, which unlink cannot remove
+    (folder / "b" / "kept").write_text("")
+    (folder / "c").symlink_to(victim / before[0])
+    if os.geteuid() == 0:
+        os.chown(folder / "b", NOBODY, NOBODY)
+    an_hour_ago = time.time() - 3600
+    for name in ("b", "c"):
+        os.utime(folder / name, (an_hour_ago, an_hour_ago), follow_symlinks=False)
+    assert store.sweep() == 1  # the link (not what it points at); the folder inside stays
+    assert store.sweep() == 0
+    assert caplog.text.count("cannot remove b") == 1
+    assert sorted(os.listdir(folder)) == ["b"]
+    assert sorted(os.listdir(victim)) == before
+    staged = store.stage(a_job())
+    assert staged.segment is not None
+    assert np.array_equal(store.read(staged.segment, SHAPE), a_job().pixels)
+
+
+def test_a_record_naming_a_symlink_removes_nothing_at_start(make_settings, tmp_path):
+    settings = make_settings(queue={"shared_memory_dir": str(tmp_path)})
+    victim, before = victim_folder(tmp_path)
+    ours = segment_folder(settings)
+    assert ours is not None
+    remove_folder(ours)
+    ours.symlink_to(victim)  # someone put a link where the previous run's folder was
+    assert create_folder(settings) is not None
+    assert sorted(os.listdir(victim)) == before

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import requests
 
+from daemon.ops.front_door import BODY_DIR
 from daemon.settings import load_settings
 from testkit.harness import REPO, free_port, wait_until
 from testkit.images import encode_image
@@ -138,6 +139,9 @@ def test_unit_names_the_paths_the_installer_lays_down(system_root):
     )
     # A private /dev would hide the NVIDIA device nodes from the workers.
     assert unit.get("PrivateDevices", "no") == "no" and "DevicePolicy" not in unit
+    # The front door's spilled bodies go to a bounded tmpfs of the unit's own, not the host's /run.
+    spill, options = unit["TemporaryFileSystem"].split(":", 1)
+    assert Path(spill) == settings.paths.run_dir / BODY_DIR and "size=" in options
 
 
 def test_uninstall_leaves_the_root_as_it_was_apart_from_settings_until_purge(system_root):

@@ -1,12 +1,16 @@
 """systemd's notify protocol against a real appliance: the test is systemd, holding the NOTIFY_SOCKET.
 
 READY=1 must come only once /readyz answers 200, WATCHDOG=1 keep coming while the box is healthy and stop
-when no worker is left, and STATUS= say how many shards live.
+when no worker is left, and STATUS= say how many shards live; all of it with the front door speaking only TLS
+too, where the tools must reach it as well.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -16,7 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from testkit.harness import free_port, wait_until
+from testkit.harness import REPO, free_port, wait_until
+from testkit.tls import make_certificates
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +121,53 @@ def test_ready_after_readyz_then_watchdog_while_healthy_and_none_without_workers
     assert not after, f"WATCHDOG=1 went on without a live worker: {after}"
     assert "0/2 shard(s) live" in notify_socket.statuses()[-1]
     assert notify_socket.times("READY=1") == [ready_at], "READY=1 was sent more than once"
+
+
+def test_a_tls_only_appliance_tells_systemd_it_is_ready_and_the_tools_reach_it(
+    start_appliance, notify_socket, tmp_path, photo_png
+):
+    # A certificate for the host's name, from a site CA, as an operator would install it: not for 127.0.0.1.
+    certificates = make_certificates(tmp_path / "tls")
+    env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+    api = {"tls_cert_file": str(certificates.chain), "tls_key_file": str(certificates.key)}
+    # Not waited for by the harness: READY=1 itself is the readiness under test.
+    appliance = start_appliance(shards=1, env=env, ready=False, api=api)
+    wait_until(
+        "READY=1 on the notify socket", lambda: bool(notify_socket.times("READY=1")), 90, appliance.output
+    )
+    ready_at = notify_socket.times("READY=1")[0]
+    time.sleep(2)
+    beats = [t for t in notify_socket.times("WATCHDOG=1") if t > ready_at]
+    assert len(beats) >= 2, f"{len(beats)} WATCHDOG=1 in 2 s with WATCHDOG_USEC={WATCHDOG_USEC}"
+    assert any("serving; 1/1 shard(s) live" in status for status in notify_socket.statuses())
+    plain = requests.get(appliance.url.replace("https:", "http:") + "/readyz", timeout=10)
+    assert plain.status_code == 400, "the port speaks only TLS"
+
+    image = tmp_path / "photo.png"
+    image.write_bytes(photo_png)
+    config = str(appliance.config)
+
+    def tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        # Only what an operator in another shell has: the settings file, no certificate in the environment.
+        argv = [sys.executable, "-m", f"tools.{name}", "--config", config, *args]
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+        return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+    def stress(*args: str) -> subprocess.CompletedProcess[str]:
+        return tool("stress", "-n", "5", *args, str(image))
+
+    # The tools that talk to Redis, not HTTP, are untouched by TLS: one stands for them.
+    status = tool("gpu_status")
+    assert status.returncode == 0 and "cpu0" in status.stdout, status.stdout + status.stderr
+
+    found = stress("--json")
+    assert found.returncode == 0, found.stdout + found.stderr
+    summary = json.loads(found.stdout)
+    assert summary["url"] == f"{appliance.url}/predict" and summary["url"].startswith("https://")
+    assert summary["ok"] == 5 and summary["status_counts"] == {"200": 5}
+    # Given the URL by hand, the system's CAs do not know the site's CA: refused before any load, with a hint.
+    by_hand = stress("--url", appliance.url)
+    assert by_hand.returncode == 1
+    assert "does not trust" in by_hand.stderr and "--cacert" in by_hand.stderr, by_hand.stderr
+    pinned = stress("--json", "--url", appliance.url, "--cacert", str(certificates.chain))
+    assert pinned.returncode == 0 and json.loads(pinned.stdout)["ok"] == 5, pinned.stdout + pinned.stderr

@@ -10,12 +10,15 @@ HAProxy saw a failed readiness check rather than a refused connection.
 from __future__ import annotations
 
 import csv
+import http.server
 import io
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ import requests
 
 from daemon.ops.run_dir import leftover_processes
 from testkit.harness import REPO, Appliance, free_port, wait_until
+from testkit.tls import Certificates, make_certificates
 from tests.needs import need_program
 from tools.haproxy_config import Box, Checks, render
 from tools.loadgen import LoadResult, LoadRun, Upload
@@ -44,18 +48,20 @@ GRACE_S = 2.0
 class Proxy:
     """`haproxy -db` on a generated config, in its own process group."""
 
-    def __init__(self, folder: Path, boxes: list[Appliance]) -> None:
+    def __init__(self, folder: Path, ports: list[int], tls_ca: Path | None = None) -> None:
         self.port, self.stats_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = render(
-            [Box("127.0.0.1", box.port, 1) for box in boxes],
+            [Box("127.0.0.1", port, 1) for port in ports],
             bind=f"127.0.0.1:{self.port}",
             stats=f"127.0.0.1:{self.stats_port}",
             checks=CHECKS,
             maxconn=CLIENTS,
             max_retried_body=1 << 20,
             server_timeout_s=15,
+            tls_ca=tls_ca,
         )
+        folder.mkdir(parents=True, exist_ok=True)
         self.config = folder / "haproxy.cfg"
         self.config.write_text(config)
         self.log = folder / "haproxy.log"
@@ -107,7 +113,7 @@ def behind_haproxy(
         return started
 
     first, second = box(), box()
-    proxy = Proxy(folder, [first, second])
+    proxy = Proxy(folder, [first.port, second.port])
     try:
         proxy.wait_status("box1", "UP")
         proxy.wait_status("box2", "UP")
@@ -276,3 +282,53 @@ def test_drain_under_load_answers_what_was_queued_and_moves_new_work_away(slow_p
     after = [r for r in direct_result.records if r.start_s > drain_done_at]
     assert after and all(r.status == 503 and "draining" in (r.error or "") for r in after)
     assert direct_counts["answered_200"] > 0
+
+
+@contextmanager
+def https_box(certificates: Certificates) -> Iterator[int]:
+    """A stand-in box whose front door speaks only TLS (the site CA's certificate for inferd.example): every
+    GET and POST gets 200. HAProxy's side of TLS is what is under test; nginx's is tests/process/test_notify."""
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.do_GET()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificates.chain, certificates.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_tls_only_box_is_checked_and_served_over_tls_given_its_ca(tmp_path):
+    certificates = make_certificates(tmp_path / "tls")
+    with https_box(certificates) as port:
+        plain = Proxy(tmp_path / "plain", [port])
+        try:
+            row = plain.wait_status("box1", "DOWN")
+            print(f"\n[without --tls-ca] box1 {row['status']} {row['check_status']}")
+        finally:
+            plain.stop()
+        tls = Proxy(tmp_path / "tls-proxy", [port], tls_ca=certificates.ca)
+        try:
+            tls.wait_status("box1", "UP")
+            answer = requests.post(f"{tls.url}/predict", data=b"x", timeout=10)
+            assert answer.status_code == 200, tls.output()
+        finally:
+            tls.stop()

@@ -1,4 +1,5 @@
-"""Pixels in shared memory when processes die: no segment outlives its use, and no job loses its pixels.
+"""Pixels in shared memory when processes die, or another local user interferes: no segment outlives its use,
+no job loses its pixels, and nothing outside the appliance's own folder is ever deleted.
 
 A killed gunicorn worker cannot remove the segments of the requests it held: the workers' sweep must,
 once they are older than the request deadline plus ORPHAN_MARGIN_S. (A killed shard's jobs re-run from
@@ -7,8 +8,13 @@ their segments: tests/process/test_faults.py checks that with the lone worker ki
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import stat
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +74,89 @@ def test_segments_left_by_killed_api_workers_are_swept(start_appliance, tmp_path
     again = LoadRun(f"{appliance.url}/predict", [upload], concurrency=1, requests=1, timeout_s=60).start()
     assert [r.status for r in again.wait(60).records] == [200]
     assert appliance.pixel_segments() == []
+
+
+# -- another local user against the shared-memory folder ---------------------------------------------------
+NOBODY = 65534
+AN_HOUR_AGO = time.time() - 3600
+
+
+def predictable_name(run_dir: Path) -> str:
+    """The folder name inferd used before it drew one at random: anyone who knew the run dir could take it."""
+    digest = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    return f"inferd-{os.geteuid()}-{digest}"
+
+
+def planted(folder: Path, owner: int) -> list[str]:
+    """Files an hour old (past any sweep's age) in `folder`, owned by `owner`: none may be deleted."""
+    for name in ("a" * 32, "notes.txt"):
+        (folder / name).write_text("not inferd's")
+        os.chown(folder / name, owner, owner)
+        os.utime(folder / name, (AN_HOUR_AGO, AN_HOUR_AGO))
+    return sorted(os.listdir(folder))
+
+
+def nothing_deleted(theirs: dict[Path, list[str]]) -> None:
+    for where, names in theirs.items():
+        assert sorted(os.listdir(where)) == names, f"files in {where} were deleted"
+        assert all((where / name).read_text() == "not inferd's" for name in names)
+
+
+@pytest.mark.parametrize("attack", ["folder of another user", "symlink in its place", "foreign entry inside"])
+def test_another_user_cannot_stop_the_appliance_or_make_it_delete_their_files(
+    start_appliance, tmp_path, photo_png, attack
+):
+    if os.geteuid() != 0:
+        pytest.skip("playing another local user (os.chown to nobody) needs root")
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    os.chmod(shm, 0o1777)  # as /dev/shm: anyone may create, only the owner may remove
+    run_dir = Path(tempfile.mkdtemp(prefix="inferd-"))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    theirs = {victim: planted(victim, NOBODY)}
+    place = shm / predictable_name(run_dir)
+    if attack == "folder of another user":
+        place.mkdir(mode=0o700)
+        theirs[place] = planted(place, NOBODY)
+        os.chown(place, NOBODY, NOBODY)
+    elif attack == "symlink in its place":
+        place.symlink_to(victim)
+    else:
+        # A folder of ours (a previous run's) with a folder of someone else's inside it.
+        place.mkdir(mode=0o700)
+        (place / "inside").mkdir()
+        theirs[place / "inside"] = planted(place / "inside", NOBODY)
+        os.chown(place / "inside", NOBODY, NOBODY)
+        os.utime(place / "inside", (AN_HOUR_AGO, AN_HOUR_AGO))
+    appliance = start_appliance(
+        shards=1, paths={"run_dir": str(run_dir)}, queue={"shared_memory_dir": str(shm)}
+    )
+    upload = Upload.of("photo.png", photo_png)
+
+    def one_request() -> list[int]:
+        run = LoadRun(f"{appliance.url}/predict", [upload], concurrency=1, requests=1, timeout_s=60)
+        return [r.status for r in run.start().wait(60).records]
+
+    assert one_request() == [200]
+    nothing_deleted(theirs)
+    folder = appliance.segment_folder()
+    assert folder is not None and folder != place, "the appliance made a folder of its own"
+    info = os.lstat(folder)
+    assert stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) == 0o700
+    if attack == "foreign entry inside":
+        # The same inside the folder the running appliance uses: its sweep meets it every few seconds.
+        worker = appliance.pid_of("worker")
+        (folder / "inside").mkdir()
+        theirs[folder / "inside"] = planted(folder / "inside", NOBODY)
+        os.chown(folder / "inside", NOBODY, NOBODY)
+        os.utime(folder / "inside", (AN_HOUR_AGO, AN_HOUR_AGO))
+        (folder / "link").symlink_to(victim / "notes.txt")
+        os.utime(folder / "link", (AN_HOUR_AGO, AN_HOUR_AGO), follow_symlinks=False)
+        wait_until(
+            "a sweep to remove the link", lambda: not os.path.lexists(folder / "link"), 30, appliance.output
+        )
+        assert appliance.pid_of("worker") == worker, "the sweep's error did not crash the worker"
+        assert "cannot remove inside" in appliance.output()
+        assert one_request() == [200]
+    nothing_deleted(theirs)

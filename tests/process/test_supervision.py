@@ -34,8 +34,11 @@ def alive(pid: int) -> bool:
 
 
 def test_a_killed_workers_queued_jobs_go_to_a_live_shard_at_once(start_appliance, photo_png):
-    # A long heartbeat TTL: without supervisord's event, the dead shard would look live for 30 s.
-    appliance = start_appliance(shards=2, queue={"heartbeat_ttl_s": 30.0}, api={"request_timeout_s": 25.0})
+    # A long heartbeat TTL: without supervisord's event, the dead shard would look live for 30 s. Stealing off:
+    # it would route around the frozen shard before the kill, and this test is about the kill.
+    appliance = start_appliance(
+        shards=2, queue={"heartbeat_ttl_s": 30.0, "steal": False}, api={"request_timeout_s": 25.0}
+    )
     victim = appliance.pid_of("worker:worker-0")
     os.kill(victim, signal.SIGSTOP)  # cpu0 stops taking jobs, but its heartbeat key lives on
     with ThreadPoolExecutor(8) as pool:

@@ -12,15 +12,18 @@ import pytest
 from daemon.errors import ConfigError
 from daemon.ops.front_door import (
     ARRIVED_HEADER,
+    BODY_DIR,
     TLS12_CIPHERS,
     api_socket,
     check_tls_files,
     deadline_from_arrival,
     instance_workers,
     render_nginx_conf,
+    token_pattern,
+    write_nginx_conf,
 )
 from daemon.queue.wire import Heartbeat
-from daemon.settings import ApiSettings, PathSettings, Settings
+from daemon.settings import ApiSettings, PathSettings, Secrets, Settings
 
 
 def test_the_deadline_counts_from_the_arrival_stamp():
@@ -90,6 +93,41 @@ def test_unreadable_tls_files_name_their_key(tmp_path):
     with pytest.raises(ConfigError, match=r"api\.tls_key_file = '.*nope\.pem' cannot be read"):
         check_tls_files(missing)
     check_tls_files(dataclasses.replace(missing, api=dataclasses.replace(missing.api, tls_key_file=cert)))
+
+
+def test_without_a_token_there_is_no_gate_and_bodies_spill_in_their_own_folder(tmp_path):
+    conf = render_nginx_conf(settings(tmp_path), 20_000)
+    assert "$inferd_refused" not in conf
+    assert f"client_body_temp_path '{tmp_path / BODY_DIR}';" in conf
+
+
+def test_with_a_token_every_proxying_location_refuses_a_body_without_it(tmp_path):
+    token = "to.k+en/='x\\"
+    authed = dataclasses.replace(settings(tmp_path), secrets=Secrets(auth_token=token))
+    conf = render_nginx_conf(authed, 20_000)
+    # One gate per location that proxies, none in the error pages (which would then refuse themselves).
+    assert conf.count("if ($inferd_refused)") == conf.count("proxy_pass http://inferd_api;") == 3
+    assert '"0:GET:" 0;' in conf and '"0:HEAD:" 0;' in conf and '"~^1:" 0;' in conf
+    assert "add_header WWW-Authenticate Bearer always;" in conf
+    written = write_nginx_conf(authed, 20_000)
+    assert oct(written.stat().st_mode & 0o777) == "0o600", "the config holds the token"
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        ("Bearer to.k+en/='x\\", True),
+        ("bEaReR \t to.k+en/='x\\  ", True),
+        ("Bearer TO.K+EN/='X\\", False),  # the token is case-sensitive, as the API's check
+        ("Bearer to.k+en/='x\\y", False),
+        ("Bearer toXk+en/='x\\", False),  # a dot is a dot, not any character
+        ("Basic to.k+en/='x\\", False),
+    ],
+)
+def test_the_token_pattern_accepts_what_the_api_accepts(header, accepted):
+    # nginx's regex is PCRE; for this pattern's features Python's re reads it the same.
+    pattern = token_pattern("to.k+en/='x\\").removeprefix("~")
+    assert bool(re.match(pattern, header.strip())) is accepted
 
 
 def test_a_heartbeat_carries_the_batch_time_when_known():
