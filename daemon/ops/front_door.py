@@ -78,11 +78,8 @@ OPEN_FILES_RESERVE = 1024
 LISTEN_BACKLOG = 4096
 BODY_BUFFER = "256k"
 """Body bytes nginx keeps in memory per request; bigger bodies go to a temporary file in the run dir."""
-TLS12_CIPHERS = ":".join(
-    f"ECDHE-{key}-{cipher}"
-    for cipher in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305")
-    for key in ("ECDSA", "RSA")
-)
+TLS12_AEAD = ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305")
+TLS12_CIPHERS = ":".join(f"ECDHE-{key}-{aead}" for aead in TLS12_AEAD for key in ("ECDSA", "RSA"))
 """TLS 1.2's ciphers: forward-secret and AEAD only (Mozilla's "intermediate" list without DHE), so no CBC
 mode and no RSA key exchange; TLS 1.3's own suites are all AEAD already."""
 
@@ -203,10 +200,7 @@ def door_errors(settings: Settings) -> dict[int, tuple[int, str]]:
         408: (408, "the request was not sent in time"),
         413: (413, f"the request body is larger than the {limit}-byte limit"),
         414: (414, "the request URI is too long"),
-        429: (
-            429,
-            "too many requests from this client address (api.client_max_connections, api.client_requests_per_s); retry shortly",
-        ),
+        429: (429, "too many requests from this client address; retry shortly"),
         500: (500, "internal error at the front door"),
         502: (503, "the API is not accepting requests (starting or restarting); retry shortly"),
         504: (504, "the API did not answer in time; the appliance is overloaded or stuck"),
@@ -236,8 +230,7 @@ def _error_locations(settings: Settings) -> list[str]:
 
 def _nginx_user(settings: Settings) -> str | None:
     """`user` for nginx's workers when it starts as root (they would default to nobody, who cannot reach the
-    0700 run dir); None otherwise, where nginx runs as whoever started it (the service user, when
-    `paths.service_user` is set: the launcher becomes it before nginx starts)."""
+    0700 run dir); None otherwise: nginx runs as whoever started it (paths.service_user, if set)."""
     if os.geteuid() != 0 or settings.paths.service_user:
         return None
     return f"{pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name}"
