@@ -16,9 +16,11 @@ import falcon
 
 from daemon.images.decode import decode_image
 from daemon.settings import Settings, load_settings
-from testkit.harness import PYTHON, Service
+from testkit.harness import PYTHON, REPO, Service
 
 log = logging.getLogger(__name__)
+
+CONFIG = REPO / "conf" / "settings.toml"
 
 
 class DecodeOnlyResource:
@@ -38,13 +40,23 @@ class DecodeOnlyResource:
         resp.media = {"success": True, "shape": list(pixels.shape), "mean": round(float(pixels.mean()), 3)}
 
 
-def create_app(settings: Settings) -> falcon.App[falcon.Request, falcon.Response]:
+class AnswerAtOnceResource:
+    """The HTTP floor: the upload is read whole, as /predict reads it, and answered without any work."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        size = 0
+        for part in req.get_media():
+            size += len(part.stream.read())
+        resp.media = {"success": True, "bytes": size}
+
+
+def create_app(settings: Settings, decode: bool = True) -> falcon.App[falcon.Request, falcon.Response]:
     app = falcon.App()
     multipart = cast(
         falcon.media.MultipartFormHandler, app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
     )
     multipart.parse_options.max_body_part_buffer_size = settings.api.max_body_bytes
-    app.add_route("/predict", DecodeOnlyResource(settings))
+    app.add_route("/predict", DecodeOnlyResource(settings) if decode else AnswerAtOnceResource())
     return app
 
 
@@ -53,7 +65,19 @@ def get_app() -> falcon.App[falcon.Request, falcon.Response]:
     return create_app(load_settings())
 
 
-def decode_only_service(config: Path, env: dict[str, str], folder: Path) -> Service:
+def get_http_floor_app() -> falcon.App[falcon.Request, falcon.Response]:
+    """Entry point for gunicorn: the same app answering at once (bench/floors.py's HTTP floor)."""
+    return create_app(load_settings(), decode=False)
+
+
+def http_floor_service(env: dict[str, str], folder: Path, config: Path | None = None) -> Service:
+    """`decode_only_service` serving the app that answers at once."""
+    return decode_only_service(config or CONFIG, env, folder, "bench.decode_only:get_http_floor_app()")
+
+
+def decode_only_service(
+    config: Path, env: dict[str, str], folder: Path, app: str = "bench.decode_only:get_app()"
+) -> Service:
     """gunicorn serving this app with inferd's own gunicorn settings (`config` plus INFERD_* in `env`), but
     on TCP at api.port with all of api.workers in one instance: the appliance splits its processes between
     two instances behind its front door, and the ceiling gets as many processes in all."""
@@ -69,6 +93,8 @@ def decode_only_service(config: Path, env: dict[str, str], folder: Path) -> Serv
         f"{settings.api.host}:{settings.api.port}",
         "--workers",
         str(settings.api.workers),
-        "bench.decode_only:get_app()",
+        app,
     ]
-    return Service("decode-only", argv, folder / "decode-only.log", {**env, "INFERD_CONFIG": str(config)})
+    return Service(
+        app.split(":")[1][:-2], argv, folder / "decode-only.log", {**env, "INFERD_CONFIG": str(config)}
+    )

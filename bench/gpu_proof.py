@@ -2,7 +2,8 @@
 
 For a machine without TensorFlow it picks JAX or PyTorch (whichever is installed, JAX first), builds the
 default model if it is missing, then measures (1) the model's offline images/s per batch size on one device
-(`bench.offline`, pinned as a worker pins itself) and (2) the whole appliance, one worker per GPU, at 1, 64 and
+(`bench.offline`, pinned as a worker pins itself), (2) the host CPU per image of the shard's JPEG decoding,
+on the CPU and with nvJPEG on the GPU (`bench.decode_proof`), and (3) the whole appliance, one worker per GPU, at 1, 64 and
 256 clients with the one load engine (`tools.loadgen`, so no wrk is needed): req/s, p50 and p99. It writes
 them with the GPU's name, driver, runtime and date into a section of bench/RESULTS.md that it replaces on each
 run. A worker that does not see its GPU refuses to start (exit 80), so a served figure here is a GPU figure.
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import offline, sections
+from bench.decode_proof import measure_decoders, render_rows
 from bench.sections import end_marker, start_marker
 from daemon.settings import load_settings
 from daemon.shard import discover_shards
@@ -132,6 +134,7 @@ def render_section(
     served: list[ServedPoint],
     model: str,
     quick: bool,
+    decode_rows: list[dict[str, object]] | None = None,
 ) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     gpus = ", ".join(sorted(set(reading.gpus))) if reading.gpus else "none (CPU run)"
@@ -158,6 +161,7 @@ def render_section(
     lines += [
         f"| {s.clients} | {s.rps:.1f} | {s.p50_ms:.1f} | {s.p99_ms:.1f} | {s.requests} |" for s in served
     ]
+    lines += render_rows(decode_rows or [])
     if not reading.gpus:
         lines += [
             "",
@@ -209,8 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     shards, served = measure_served(
         args.config, env, work, photo, QUICK_CLIENTS if args.quick else CLIENTS, 2.0 if args.quick else 20.0
     )
+    decode_rows = measure_decoders(
+        work / "decode", "cpu" if args.cpu else "cuda:0", 1.0 if args.quick else 5.0
+    )
     section = render_section(
-        reading, backend, str(body["device"]), shards, body, served, settings.model.path.name, args.quick
+        reading,
+        backend,
+        str(body["device"]),
+        shards,
+        body,
+        served,
+        settings.model.path.name,
+        args.quick,
+        decode_rows,
     )
     previous = args.results.read_text() if args.results.exists() else ""
     args.results.write_text(replace_section(previous, section))

@@ -25,10 +25,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import frontdoor, peers, phases
+from bench import floors, frontdoor, peers, phases
 from bench.phases import Durations, Plan
 from bench.procs import machine_busy_s, own_cpu_s
-from bench.report import summary, write_frontdoor_section, write_peers_section, write_report
+from bench.report import (
+    summary,
+    write_frontdoor_section,
+    write_own_section,
+    write_peers_section,
+    write_report,
+)
 from bench.results import BenchResults
 from bench.wrk import write_photos
 from daemon.settings import gpu_selection_text
@@ -42,8 +48,21 @@ MODEL_FILE = "efficientnet-lite0.keras"
 LABELS_FILE = "imagenet-labels.txt"
 TINY_INPUT = 32
 """The tiny model's input side, as the tests use it."""
-PHASES = ("offline", "served", "tiny", "simulated", "frontdoor", "peers")
-ALONE = {"frontdoor": write_frontdoor_section, "peers": write_peers_section}
+PHASES = ("offline", "served", "tiny", "simulated", "frontdoor", "peers", "floors")
+
+
+def write_floors_section(results: BenchResults, markdown: Path) -> None:
+    """Section (k), when the floors phase ran (its figures are plain data in the run's meta)."""
+    found = results.meta.get("floors")
+    if found:
+        write_own_section(markdown, floors.SECTION, floors.floors_section(found))
+
+
+ALONE: dict[str, Callable[[BenchResults, Path], None]] = {
+    "frontdoor": write_frontdoor_section,
+    "peers": write_peers_section,
+    "floors": write_floors_section,
+}
 """Phases that, run alone, need no model built here and write only their own section of RESULTS.md."""
 
 QUICK_DURATIONS = Durations(
@@ -306,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
             "peers", results, lambda: phases.measure_peers(results, work / "peers", photos["jpeg"], plan_i)
         )
 
+    if "floors" in wanted:
+        plan_k = floors.QUICK_PLAN if args.quick else floors.FloorsPlan()
+        run_phase(
+            "floors",
+            results,
+            lambda: results.meta.update(floors=floors.measure_floors(work / "floors", photos, plan_k)),
+        )
+
     wall = time.monotonic() - started
     share = others_share(busy0, own0, wall)
     results.meta["wall_s"] = wall
@@ -321,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results.to_json(args.out_dir / "results.json")
         write_report(results, args.out_dir / "RESULTS.md", args.out_dir / "results.png")
+        write_floors_section(results, args.out_dir / "RESULTS.md")
     print(summary(results))
     print(
         f"\nwrote {args.out_dir / 'RESULTS.md'} and {args.out_dir / 'results.png'} in {wall:.0f} s (logs in {work})"

@@ -1,17 +1,24 @@
 """The HTTP API: a Falcon app factory (`create_app`) and the thin `get_app()` gunicorn loads.
 
-`POST /predict` decodes the upload here, once, and hands a compact uint8 job to the dispatcher, which puts it
-on a shard's queue and waits for the answer within the request's deadline.
+`POST /predict` decodes the upload here and hands a compact uint8 job to the dispatcher, or, on a box with
+GPU shards (`api.decode_in`, `decodes_in_shard`), checks only its header and hands over the file for the shard
+to decode; the dispatcher puts the job on a shard's queue and waits for the answer within the request's
+deadline.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Mapping
+from functools import partial
 from typing import Any, cast
 
 import falcon
+import numpy as np
+import numpy.typing as npt
 import redis
 
 from daemon.dispatcher import Dispatch, Dispatcher
@@ -25,11 +32,12 @@ from daemon.errors import (
 from daemon.http.auth import bearer_matches
 from daemon.http.deadline import arrival_deadline
 from daemon.http.kserve import add_v2_routes, is_v2_path
+from daemon.http.multipart import form_fields
 from daemon.http.openapi import OpenApiResource
 from daemon.http.readiness import ReadyResource
 from daemon.http.request_body import check_declared_size
 from daemon.http.status_page import add_status_page_routes, is_public, prefers_html, status_page
-from daemon.images.decode import decode_image
+from daemon.images.decode import decode_image, inspect_upload
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import ApiMetrics, MetricsMiddleware, MetricsResource
 from daemon.metrics.limits import LimitsCollector
@@ -41,6 +49,7 @@ from daemon.queue.faces import ApiQueues
 from daemon.queue.pixel_store import PixelStore
 from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
+from daemon.shard import SHARDS_ENV, decode_shards
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,8 @@ UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v
 """Probes a supervisor or load balancer calls without credentials."""
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 MODEL_VERSION_HEADER = "X-Inferd-Model-Version"
+UPLOAD_FIELDS = frozenset({"image", "top"})
+"""The multipart fields /predict reads; any other is skipped."""
 
 
 class IndexResource:
@@ -90,19 +101,19 @@ class HealthResource:
 
 
 class PredictResource:
-    def __init__(self, settings: Settings, dispatcher: Dispatch, metrics: ApiMetrics) -> None:
+    def __init__(
+        self, settings: Settings, dispatcher: Dispatch, metrics: ApiMetrics, decode_in_shard: bool
+    ) -> None:
         self._settings = settings
         self._dispatcher = dispatcher
         self._metrics = metrics
+        self._decode_in_shard = decode_in_shard
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         deadline = arrival_deadline(req, self._settings.api.request_timeout_s)
         data, form_top = self._read_image(req)
         top = self._top(req, form_top)
-        pixels = decode_image(data, self._settings.model, self._settings.api.max_image_pixels, deadline)
-        job = Job(
-            job_id=new_job_id(), deadline=deadline, enqueued_at=time.monotonic(), top_k=top, pixels=pixels
-        )
+        job = Job(new_job_id(), deadline, time.monotonic(), top, *self._job_input(data, deadline))
         reply = self._dispatcher.dispatch(job)
         self._metrics.queue_wait_seconds.observe(reply.queue_ms / 1000.0)
         resp.set_header("X-Inferd-Shard", reply.shard)
@@ -118,6 +129,18 @@ class PredictResource:
             req.context.model_version = reply.model_version
             resp.set_header(MODEL_VERSION_HEADER, str(reply.model_version))
             resp.media["model_version"] = reply.model_version
+
+    def _job_input(
+        self, data: bytes, deadline: float
+    ) -> tuple[npt.NDArray[np.uint8], None, tuple[int, int] | None]:
+        """The job's pixels, or the file itself (with the size its header gives) for the shard to decode."""
+        max_pixels = self._settings.api.max_image_pixels
+        if not self._decode_in_shard:
+            return decode_image(data, self._settings.model, max_pixels, deadline), None, None
+        # The header alone here (415, 413 and a broken header's 400 at once); the shard decodes the file
+        # and answers a corrupt one with its 400.
+        upload = inspect_upload(data, max_pixels)
+        return np.frombuffer(data, dtype=np.uint8), None, (upload.width, upload.height)
 
     def _read_image(self, req: falcon.Request) -> tuple[bytes, str | None]:
         limit = self._settings.api.max_body_bytes
@@ -135,21 +158,13 @@ class PredictResource:
         )
 
     def _read_multipart(self, req: falcon.Request, limit: int) -> tuple[bytes, str | None]:
-        image: bytes | None = None
-        top: str | None = None
-        try:
-            for part in req.get_media():
-                if part.name == "image" and image is None:
-                    image = _read_bounded(part.stream, limit)
-                elif part.name == "top":
-                    top = part.get_text()
-                else:
-                    part.stream.read()  # drain unknown fields so the parser can go on
-        except falcon.MediaMalformedError as exc:
-            raise BadRequest(f"malformed multipart body: {exc.description}") from None
+        body = _read_bounded(req.bounded_stream, limit, "request body")
+        fields = form_fields(body, req.content_type or "", UPLOAD_FIELDS)
+        image = fields.get("image")
         if image is None:
             raise BadRequest("multipart field 'image' is missing")
-        return image, top
+        top = fields.get("top")
+        return image, None if top is None else top.decode("utf-8", errors="replace")
 
     def _top(self, req: falcon.Request, form_top: str | None) -> int:
         raw = req.get_param("top") or form_top
@@ -165,10 +180,10 @@ class PredictResource:
         return top
 
 
-def _read_bounded(stream: Any, limit: int) -> bytes:
+def _read_bounded(stream: Any, limit: int, what: str = "image") -> bytes:
     data: bytes = stream.read(limit + 1)
     if len(data) > limit:
-        raise PayloadTooLarge(f"the image is larger than the {limit}-byte limit")
+        raise PayloadTooLarge(f"the {what} is larger than the {limit}-byte limit")
     return data
 
 
@@ -215,6 +230,18 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception
     _json_error(req, resp, 500, f"internal error: {type(exc).__name__}")
 
 
+def decodes_in_shard(settings: Settings, env: Mapping[str, str] | None = None) -> bool:
+    """Whether /predict forwards files for the shards to decode (`api.decode_in`). "auto" picks the shards
+    when the launcher's shards include a GPU: there the workers' host cores wait on their devices and nvJPEG
+    can decode. On a CPU box the API decodes: measured there (bench/floors.py), moving the decode to the
+    worker saved no CPU and made its one process the bottleneck (req/s fell by a third), while the API's
+    processes decode side by side."""
+    if settings.api.decode_in != "auto":
+        return settings.api.decode_in == "shard"
+    encoded = (os.environ if env is None else env).get(SHARDS_ENV)
+    return bool(encoded) and any(shard.kind == "gpu" for shard in decode_shards(encoded or "[]"))
+
+
 def create_app(
     settings: Settings, client: redis.Redis, dispatcher: Dispatch | None = None
 ) -> falcon.App[falcon.Request, falcon.Response]:
@@ -222,7 +249,13 @@ def create_app(
     (by default the real one on that client; tests may pass a fake)."""
     if dispatcher is None:
         queues = ApiQueues(client, settings.queue, settings.batching)
-        dispatcher = Dispatcher(queues, settings.api.request_timeout_s, PixelStore.for_settings(settings))
+        dispatcher = Dispatcher(
+            queues,
+            settings.api.request_timeout_s,
+            PixelStore.for_settings(settings),
+            decode_here=partial(decode_image, model=settings.model, max_pixels=settings.api.max_image_pixels),
+            inline_file_limit=settings.model.input_size**2 * 3,
+        )
     token = settings.secrets.auth_token
     metrics = ApiMetrics()
     # Metrics first: its clock starts before auth can refuse, so a 401 is timed and counted like any answer.
@@ -246,7 +279,7 @@ def create_app(
     app.add_route(
         "/metrics", MetricsResource(metrics, client, collectors=[pending, LimitsCollector(settings)])
     )
-    app.add_route("/predict", PredictResource(settings, dispatcher, metrics))
+    app.add_route("/predict", PredictResource(settings, dispatcher, metrics, decodes_in_shard(settings)))
     add_v2_routes(app, settings, dispatcher, VERSION)
     add_status_page_routes(app, settings, client)
     app.add_route("/openapi.json", OpenApiResource(settings, VERSION))

@@ -9,17 +9,25 @@ heartbeat gets nothing; a full queue is a 503 at once, never a wait.
 With pixels in shared memory (`daemon.queue.pixel_store`), the dispatcher owns each job's segment: it writes it
 before the job is queued and removes it once the answer is in, refused or timed out.
 
+A job may carry the upload's file for the shard to decode. When its file cannot go to shared memory (the
+tmpfs full, or `queue.pixels = "redis"`) and is larger than the model input's pixels, the dispatcher decodes it
+here and sends the pixels instead: Redis's memory bound is sized for pixel jobs, never for 20 MB files.
+
 A request of several images (KServe V2 infer) submits every job first and only then awaits the answers, so
 the images spread over the shards and run side by side; the answers come back in the jobs' order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from daemon.errors import DeadlineExceeded
+import numpy as np
+import numpy.typing as npt
+
+from daemon.errors import DeadlineExceeded, InferdError
 from daemon.queue.faces import ApiQueues
 from daemon.queue.pixel_store import PixelStore
 from daemon.queue.registry import DrainState
@@ -43,16 +51,36 @@ class Dispatch(Protocol):
 class Dispatcher:
     """Submits jobs through the API's face of the queues and awaits their answers."""
 
-    def __init__(self, queues: ApiQueues, request_timeout_s: float, pixels: PixelStore | None = None) -> None:
+    def __init__(
+        self,
+        queues: ApiQueues,
+        request_timeout_s: float,
+        pixels: PixelStore | None = None,
+        decode_here: Callable[[bytes], npt.NDArray[np.uint8]] | None = None,
+        inline_file_limit: int = 0,
+    ) -> None:
         self._queues = queues
         self._request_timeout_s = request_timeout_s
         self._pixels = pixels or PixelStore.disabled()
+        self._decode_here = decode_here
+        self._inline_file_limit = inline_file_limit
+        """Largest file a job may carry through Redis itself (the size of the model input's pixels)."""
+
+    def _stage(self, job: Job) -> Job:
+        staged = self._pixels.stage(job)
+        if staged.segment is None and staged.encoded and staged.pixels.nbytes > self._inline_file_limit:
+            if self._decode_here is None:
+                raise InferdError("an image file too large for Redis, and no decoder in this process")
+            return dataclasses.replace(
+                staged, pixels=self._decode_here(staged.pixels.tobytes()), encoded_size=None
+            )
+        return staged
 
     def dispatch(self, job: Job) -> Reply:
         """The job's successful reply; raises the error a shard answered, a 503 if no shard could take the job,
         or a 504 if no answer came before `job.deadline`. The job goes out and its answer is waited for in
         one round trip to Redis."""
-        staged = self._pixels.stage(job)
+        staged = self._stage(job)
         try:
             shard, reply = self._queues.submit_and_await(staged)
             return self._answered(shard, reply)
@@ -66,7 +94,7 @@ class Dispatcher:
         try:
             shards = []
             for job in jobs:
-                staged.append(self._pixels.stage(job))
+                staged.append(self._stage(job))
                 shards.append(self._queues.submit(staged[-1]))
             return [
                 self._answered(shard, self._queues.await_reply(job.job_id, job.deadline - time.monotonic()))

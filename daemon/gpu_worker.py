@@ -37,6 +37,7 @@ from daemon.errors import (
     JobDropped,
     ModelLoadError,
 )
+from daemon.images.shard_decode import BatchDecoder, decoder_for_shard
 from daemon.logs import setup_logging
 from daemon.metrics.inferd import WorkerMetrics
 from daemon.metrics.triton import TritonBatchMetrics
@@ -75,12 +76,17 @@ class Worker:
         handle_signals: bool = True,
         info: ShardInfo | None = None,
         pixels: PixelStore | None = None,
+        decoder: BatchDecoder | None = None,
         warm_batch: tuple[int, float] | None = None,
     ) -> None:
         """`warm_batch`: (jobs, seconds) of a timed warm batch, the pace until real batches are timed."""
         self.settings = settings
         self.pixels = pixels or PixelStore.for_settings(settings)
         """Where jobs' shared-memory pixels are read from, and orphaned ones swept."""
+        self.decoder = decoder or decoder_for_shard(
+            settings.model, settings.api.max_image_pixels, None, os.cpu_count() or 1
+        )
+        """Turns the image files of a batch into model inputs (on the device where it can)."""
         self.shard = shard
         self.queues = queues
         self.batcher = Batcher(queues, settings.batching)
@@ -202,10 +208,13 @@ class Worker:
         # The main thread is inside the model call and cannot be interrupted: only leaving the process frees it.
         os._exit(EXIT_STUCK)
 
+    def _model_starts(self) -> None:
+        self.batch_started = time.monotonic()
+
     def execute_batch(self, payloads: list[bytes]) -> None:
         """Run one claimed batch and commit every reply plus the release of the claims in one atomic step."""
         self.batch_jobs = len(payloads)
-        started = self.batch_started = time.monotonic()
+        started = time.monotonic()
         try:
             outcome = run_batch(
                 payloads,
@@ -214,6 +223,10 @@ class Worker:
                 self.input_shape,
                 self.settings.model.version,
                 read_segment=self.pixels.read,
+                decoder=self.decoder,
+                # The wedge clock starts at the model call: the pace is the model's, and decoding a batch
+                # of large photos in the shard is slow work, not a hung device.
+                model_starts=self._model_starts,
             )
         finally:
             self.batch_started = None
@@ -337,7 +350,15 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(shard, queues, exc.message, EXIT_DEVICE)
     except ModelLoadError as exc:
         return refuse(shard, queues, exc.message, EXIT_MODEL_LOAD)
-    return Worker(settings, shard, queues, classifier, info=info, warm_batch=warm_batch).work()
+    # A GPU shard's worker sees its one GPU as cuda:0 (CUDA_VISIBLE_DEVICES, daemon/shard.py).
+    on_gpu = shard.kind == "gpu" and not info.fallback
+    decoder = decoder_for_shard(
+        settings.model, settings.api.max_image_pixels, "cuda:0" if on_gpu else None, os.cpu_count() or 1
+    )
+    log.info("%s: uploads decode with the %s decoder", shard.shard_id, decoder.name)
+    return Worker(
+        settings, shard, queues, classifier, info=info, decoder=decoder, warm_batch=warm_batch
+    ).work()
 
 
 if __name__ == "__main__":

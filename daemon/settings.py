@@ -39,6 +39,7 @@ PILLOW_PIXEL_CEILING = 178_956_970
 """Twice Pillow's MAX_IMAGE_PIXELS: Pillow raises DecompressionBombError above it in any case."""
 PREPROCESSING_MODES = ("none", "efficientnet_lite", "tf", "torch", "caffe")
 RESIZE_MODES = ("crop", "stretch")
+DECODE_PLACES = ("auto", "api", "shard")
 DISPATCH_POLICIES = ("round_robin", "shortest_queue")
 PIXEL_PATHS = ("shared_memory", "redis")
 MAX_API_THREADS = 1024
@@ -83,6 +84,9 @@ class ApiSettings:
     """Requests per second one client address may send, with a burst of as many again (more: 429); 0: none."""
     trusted_proxies: tuple[str, ...] = ()
     """Balancers (addresses or networks) whose X-Forwarded-For names the client the limits count."""
+    decode_in: str = "auto"
+    """Where /predict's uploads are decoded: "api", "shard", or "auto" (the shard on a box with GPU shards,
+    the API otherwise; daemon/images/shard_decode.py says why)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +478,7 @@ def validate(s: Settings) -> None:
         0 <= s.api.drain_grace_s <= 300, "api.drain_grace_s", s.api.drain_grace_s, "from 0 to 300 seconds"
     )
     _require(s.api.max_top >= 1, "api.max_top", s.api.max_top, "1 or more")
+    _require(s.api.decode_in in DECODE_PLACES, "api.decode_in", s.api.decode_in, f"one of {DECODE_PLACES}")
     _require(
         1 <= s.api.default_top <= s.api.max_top,
         "api.default_top",

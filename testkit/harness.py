@@ -67,9 +67,10 @@ def wait_until(
             # The thing we wait for refuses connections, or answers half-started, until it is up.
             last_error = exc
         time.sleep(POLL_S)
+    # The last error, with its type and traceback, is often the real failure (a refused password, a bad URL).
     raise AssertionError(
-        f"timed out after {timeout_s}s waiting for {what} (last error: {last_error})\n{on_fail()}"
-    )
+        f"timed out after {timeout_s}s waiting for {what} (last error: {last_error!r})\n{on_fail()}"
+    ) from last_error
 
 
 def write_settings(folder: Path, sections: dict[str, dict[str, Any]]) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 TINY_LABELS = [f"class_{i}" for i in range(10)]
 
@@ -50,3 +51,43 @@ if __name__ == "__main__":
 
     # python -m tests.tiny_model FOLDER [INPUT_SIZE]
     print(build_tiny_model(Path(sys.argv[1]), *(int(size) for size in sys.argv[2:3])))
+
+
+def _counts_traces_class() -> type:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="inferd_test")
+    class CountsTraces(keras.layers.Layer):  # type: ignore[misc]
+        """Passes its input through and counts how often its Python `call` runs: once per trace."""
+
+        traces = 0
+
+        def call(self, inputs: Any) -> Any:
+            CountsTraces.traces += 1
+            return inputs
+
+    return CountsTraces
+
+
+def __getattr__(name: str) -> Any:
+    # Built on first use, so that importing this module does not import Keras (and pick its backend).
+    if name == "CountsTraces":
+        globals()[name] = _counts_traces_class()
+        return globals()[name]
+    raise AttributeError(name)
+
+
+def build_counting_model(folder: Path, input_size: int = 32, classes: int = 10) -> tuple[Path, Path]:
+    """A tiny model whose layer `CountsTraces` counts compilations (tests/integration/test_model_buckets.py)."""
+    import keras
+
+    counts_traces = __getattr__("CountsTraces")
+    inputs = keras.Input((input_size, input_size, 3))
+    x = counts_traces(name="counts_traces")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="fc")(x)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path, labels_path = folder / "counting.keras", folder / "labels.txt"
+    keras.Model(inputs, outputs, name="counting").save(model_path)
+    write_labels(labels_path, classes)
+    return model_path, labels_path

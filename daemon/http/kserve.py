@@ -244,7 +244,7 @@ class ModelInferResource:
         assert isinstance(tensor.data, list)
         api, model = self._settings.api, self._settings.model
         # From the headers, before any pixel: a few kilobytes of PNG can declare gigapixels.
-        check_request_pixels(tensor.data, api.max_request_pixels)
+        check_request_pixels(tensor.data, api.max_image_pixels, api.max_request_pixels)
         return self._decode_pool.decode_all(
             tensor.data, lambda data: decode_image(data, model, api.max_image_pixels, deadline), deadline
         )

@@ -12,18 +12,15 @@ Invariants:
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
-from daemon.errors import DeadlineExceeded, PayloadTooLarge
-from daemon.images.decode import CORRUPT_DATA_ERRORS, sniff_format
-from daemon.settings import PILLOW_PIXEL_CEILING
+from daemon.errors import DeadlineExceeded, InferdError, PayloadTooLarge
+from daemon.images.decode import inspect_upload
 
 DECODE_THREADS = 2
 """Images one API process decodes at once for V2 requests. Pillow releases the GIL while it inflates and
@@ -32,27 +29,21 @@ resizes, so two threads use two cores; more would let one request starve /predic
 Pixels = npt.NDArray[np.uint8]
 
 
-def declared_pixels(data: bytes) -> int:
-    """Width x height as the file's header states it, read without decoding a pixel; 0 when the header
-    cannot be read (the decoder then refuses the file with its reason)."""
-    claimed = sniff_format(data)
-    if claimed is None:
-        return 0
+def declared_pixels(data: bytes, max_image_pixels: int) -> int:
+    """Width x height as the file's header states it, read without decoding a pixel; 0 when the header is
+    refused (the decoder then refuses the file with its reason)."""
     try:
-        with Image.open(io.BytesIO(data), formats=(claimed,)) as image:
-            width, height = image.size
-    except Image.DecompressionBombError:
-        return PILLOW_PIXEL_CEILING + 1  # Pillow's own ceiling: more than one image may ever have
-    except CORRUPT_DATA_ERRORS:  # UnidentifiedImageError among them, an OSError
+        upload = inspect_upload(data, max_image_pixels)
+    except InferdError:
         return 0
-    return max(0, width) * max(0, height)
+    return upload.width * upload.height
 
 
-def check_request_pixels(blobs: Sequence[bytes], max_request_pixels: int) -> None:
+def check_request_pixels(blobs: Sequence[bytes], max_image_pixels: int, max_request_pixels: int) -> None:
     """413 when the images' headers declare more pixels in all than one request may decode."""
     total = 0
     for data in blobs:
-        total += declared_pixels(data)
+        total += declared_pixels(data, max_image_pixels)
         if total > max_request_pixels:
             raise PayloadTooLarge(
                 f"the {len(blobs)} images declare more than the {max_request_pixels} pixels one request may "

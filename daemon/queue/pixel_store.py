@@ -243,8 +243,9 @@ class PixelStore:
             )
 
     # -- a worker's side --------------------------------------------------------------------------------
-    def read(self, segment: str, shape: tuple[int, int, int]) -> npt.NDArray[np.uint8]:
-        """The pixels of a segment, in `shape`; PixelsGone when it was removed, WireError when it is wrong."""
+    def read(self, segment: str, shape: tuple[int, int, int] | None) -> npt.NDArray[np.uint8]:
+        """The pixels of a segment, in `shape` (None: its bytes as written, an image file still encoded);
+        PixelsGone when it was removed, WireError when it is wrong."""
         if not SEGMENT_NAME.fullmatch(segment):
             raise WireError(f"{segment!r} is not a segment name")
         try:
@@ -254,6 +255,8 @@ class PixelStore:
             raise PixelsGone(f"pixels segment {segment} is gone: its caller gave up on it") from None
         except OSError as exc:
             raise WireError(f"cannot read pixels segment {segment}: {exc.strerror or exc}") from None
+        if shape is None:
+            return pixels
         height, width, channels = shape
         if pixels.size != height * width * channels:
             raise WireError(f"pixels segment {segment} holds {pixels.size} bytes, the job says {shape}")

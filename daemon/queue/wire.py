@@ -3,7 +3,9 @@
 A job is a fixed 44-byte header followed by the already resized uint8 pixels (150,528 bytes for
 224x224x3), a quarter of the float32 array the old design shipped and without base64 or JSON around it
 (version 1); or, when the pixels wait in a shared-memory segment (`daemon.queue.pixel_store`), the header followed
-by the segment's name, 32 hex digits (version 2): 76 bytes through Redis instead of 150,572.
+by the segment's name, 32 hex digits (version 2): 76 bytes through Redis instead of 150,572. A job may
+instead carry the upload's file bytes, still encoded, for the shard to decode (versions 3, inline, and 4, in
+a segment; `daemon.images.shard_decode`): its header's height and width are the file's own, channels 0.
 Replies, registry entries, heartbeats and batch records are small JSON objects; a reply to a job that asked
 for every class (`top_k = ALL_CLASSES`, the KServe V2 `probabilities` output) carries the float32 vector in
 base64 (4 KB for 1000 classes) instead of the ranked predictions /predict gets, whose reply is unchanged. Nothing read from Redis is
@@ -38,6 +40,9 @@ JOB_VERSION = 1
 """A job carrying its pixels."""
 JOB_VERSION_SEGMENT = 2
 """A job naming the shared-memory segment that holds its pixels."""
+JOB_VERSION_ENCODED, JOB_VERSION_ENCODED_SEGMENT = 3, 4
+"""A job carrying its image file for the shard to decode, or naming the segment that holds the file."""
+JOB_VERSIONS = (JOB_VERSION, JOB_VERSION_SEGMENT, JOB_VERSION_ENCODED, JOB_VERSION_ENCODED_SEGMENT)
 SEGMENT_NAME = re.compile(r"[0-9a-f]{32}")
 """What a segment name may be: never a path, so a job cannot point a worker at any other file."""
 ALL_CLASSES = 0
@@ -61,8 +66,9 @@ class PixelsGone(WireError):
     """A job whose shared-memory pixels were removed: its caller gave up (timed out) and took them along."""
 
 
-SegmentReader = Callable[[str, tuple[int, int, int]], npt.NDArray[np.uint8]]
-"""Reads a named segment's pixels in the shape given; raises PixelsGone or WireError."""
+SegmentReader = Callable[[str, tuple[int, int, int] | None], npt.NDArray[np.uint8]]
+"""Reads a named segment's pixels in the shape given (None: its bytes as they are, an encoded file); raises
+PixelsGone or WireError."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +81,23 @@ class Job:
     pixels: npt.NDArray[np.uint8]
     segment: str | None = None
     """The shared-memory segment holding a copy of `pixels`: then only its name crosses Redis."""
+    encoded_size: tuple[int, int] | None = None
+    """(width, height) from the header when `pixels` holds the image file, to decode (clamped on the wire)."""
+
+    @property
+    def encoded(self) -> bool:
+        return self.encoded_size is not None
 
     def encode(self) -> bytes:
-        height, width, channels = self.pixels.shape
+        if self.encoded_size is not None:
+            (width, height), channels = (min(side, 0xFFFF) for side in self.encoded_size), 0
+            version = JOB_VERSION_ENCODED if self.segment is None else JOB_VERSION_ENCODED_SEGMENT
+        else:
+            height, width, channels = self.pixels.shape
+            version = JOB_VERSION if self.segment is None else JOB_VERSION_SEGMENT
         header = JOB_HEADER.pack(
             JOB_MAGIC,
-            JOB_VERSION if self.segment is None else JOB_VERSION_SEGMENT,
+            version,
             channels,
             self.top_k,
             height,
@@ -95,31 +112,36 @@ class Job:
 
     @classmethod
     def decode(cls, payload: bytes, read_segment: SegmentReader | None = None) -> Job:
-        """Parse a job; a version-2 job's pixels are read with `read_segment`."""
+        """Parse a job; a version-2 or 4 job's pixels or file are read with `read_segment`."""
         if len(payload) < JOB_HEADER.size:
             raise WireError(f"job of {len(payload)} bytes is shorter than its header")
         magic, version, channels, top_k, height, width, deadline, enqueued_at, raw_id = (
             JOB_HEADER.unpack_from(payload)
         )
-        if magic != JOB_MAGIC or version not in (JOB_VERSION, JOB_VERSION_SEGMENT):
-            raise WireError(f"not an inferd job of version 1 or 2 (magic {magic!r}, version {version})")
-        if version == JOB_VERSION_SEGMENT:
-            segment = bytes(payload[JOB_HEADER.size :]).decode("ascii", errors="replace")
-            if not SEGMENT_NAME.fullmatch(segment):
-                raise WireError(f"job names segment {segment[:64]!r}, which is not a segment name")
+        if magic != JOB_MAGIC or version not in JOB_VERSIONS:
+            raise WireError(f"not an inferd job of version 1 to 4 (magic {magic!r}, version {version})")
+        job_id = raw_id.hex()
+        encoded = version in (JOB_VERSION_ENCODED, JOB_VERSION_ENCODED_SEGMENT)
+        size = (width, height) if encoded else None
+        if version in (JOB_VERSION_SEGMENT, JOB_VERSION_ENCODED_SEGMENT):
+            segment = cls._segment_name(payload)
             if read_segment is None:
                 raise WireError("the job's pixels are in shared memory, and this reader has none")
-            pixels = read_segment(segment, (height, width, channels))
-            return cls(raw_id.hex(), deadline, enqueued_at, top_k, pixels, segment)
-        expected = height * width * channels
-        if len(payload) - JOB_HEADER.size != expected:
-            raise WireError(
-                f"job carries {len(payload) - JOB_HEADER.size} pixel bytes, header says {expected}"
-            )
-        pixels = np.frombuffer(payload, dtype=np.uint8, offset=JOB_HEADER.size).reshape(
-            height, width, channels
-        )
-        return cls(raw_id.hex(), deadline, enqueued_at, top_k, pixels)
+            pixels = read_segment(segment, None if encoded else (height, width, channels))
+            return cls(job_id, deadline, enqueued_at, top_k, pixels, segment, size)
+        data = np.frombuffer(payload, dtype=np.uint8, offset=JOB_HEADER.size)
+        if encoded:
+            return cls(job_id, deadline, enqueued_at, top_k, data, encoded_size=size)
+        if data.size != height * width * channels:
+            raise WireError(f"job carries {data.size} pixel bytes, header says {height * width * channels}")
+        return cls(job_id, deadline, enqueued_at, top_k, data.reshape(height, width, channels))
+
+    @staticmethod
+    def _segment_name(payload: bytes) -> str:
+        segment = bytes(payload[JOB_HEADER.size :]).decode("ascii", errors="replace")
+        if not SEGMENT_NAME.fullmatch(segment):
+            raise WireError(f"job names segment {segment[:64]!r}, which is not a segment name")
+        return segment
 
     @staticmethod
     def peek_id(payload: bytes) -> str:

@@ -2,7 +2,9 @@
 
 Triage first: a job that does not parse, or whose pixels do not fit the model, is answered with an error;
 a job whose caller has passed its deadline is skipped (the caller already has its 504, and computing it would
-only waste the device). The rest go through the model in one call; if that call fails, every one of them is
+only waste the device). Jobs that carry an image file are decoded here, by the shard's decoder
+(`daemon.images.shard_decode`), straight into the batch the model reads; an image that cannot be decoded is
+answered with its own 400, 413 or 415 and the rest go on. The rest go through the model in one call; if that call fails, every one of them is
 answered with the failure at once rather than left to time out (as MLServer fails a whole batch).
 """
 
@@ -18,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from daemon.errors import InferenceFailed
+from daemon.errors import InferdError, InferenceFailed
 from daemon.model.classifier import top_k
 from daemon.queue.wire import ALL_CLASSES, Job, PixelsGone, Reply, SegmentReader, WireError
 
@@ -31,6 +33,14 @@ class Predictor(Protocol):
     labels: list[str]
 
     def predict(self, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]: ...
+
+
+class BatchDecoder(Protocol):
+    """What a batch needs to turn image files into model inputs (`daemon.images.shard_decode`'s decoders)."""
+
+    def decode_batch(
+        self, files: Sequence[npt.NDArray[np.uint8]]
+    ) -> list[npt.NDArray[np.uint8] | InferdError]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +63,12 @@ def run_batch(
     model_version: int | None = None,
     clock: Callable[[], float] = time.monotonic,
     read_segment: SegmentReader | None = None,
+    decoder: BatchDecoder | None = None,
+    model_starts: Callable[[], None] | None = None,
 ) -> BatchOutcome:
     """Triage the claimed jobs and classify the ones worth computing; every caller still waiting gets a reply.
-    Jobs whose pixels wait in shared memory are read with `read_segment`."""
+    Jobs whose pixels wait in shared memory are read with `read_segment`; image files are decoded with
+    `decoder`."""
     started = clock()
     replies: dict[str, Reply] = {}
     live: list[Job] = []
@@ -75,15 +88,23 @@ def run_batch(
             continue
         if job.deadline <= started:
             continue
-        if job.pixels.shape != input_shape:
+        if not job.encoded and job.pixels.shape != input_shape:
             error = InferenceFailed(f"job pixels {job.pixels.shape} != model input {input_shape}")
             replies[job.job_id] = Reply.failure(shard, error)
             continue
         live.append(job)
+    live, batch = _assemble(
+        live,
+        input_shape,
+        decoder,
+        lambda job, error: replies.update({job.job_id: Reply.failure(shard, error)}),
+    )
     if not live:
         return BatchOutcome(replies)
     try:
-        probabilities = predictor.predict(np.stack([job.pixels for job in live]))
+        if model_starts is not None:
+            model_starts()
+        probabilities = predictor.predict(batch)
         most = max(job.top_k for job in live)
         ranked = top_k(probabilities, predictor.labels, most) if most else [()] * len(live)
     except Exception as exc:
@@ -106,3 +127,32 @@ def run_batch(
             model_version=model_version,
         )
     return BatchOutcome(replies, computed=len(live), infer_s=infer_s, queue_s=sum(queue_s))
+
+
+def _assemble(
+    jobs: list[Job],
+    input_shape: tuple[int, int, int],
+    decoder: BatchDecoder | None,
+    refuse: Callable[[Job, InferdError], None],
+) -> tuple[list[Job], npt.NDArray[np.uint8]]:
+    """The jobs that have a model input, and their batch: pixels copied in, image files decoded (each failure
+    handed to `refuse`)."""
+    encoded = [job for job in jobs if job.encoded]
+    inputs: dict[str, npt.NDArray[np.uint8]] = {}
+    if encoded:
+        if decoder is None:
+            results: list[npt.NDArray[np.uint8] | InferdError] = [
+                InferenceFailed("this worker has no image decoder") for _ in encoded
+            ]
+        else:
+            results = decoder.decode_batch([job.pixels for job in encoded])
+        for job, result in zip(encoded, results, strict=True):
+            if isinstance(result, InferdError):
+                refuse(job, result)
+            else:
+                inputs[job.job_id] = result
+    kept = [job for job in jobs if not job.encoded or job.job_id in inputs]
+    batch = np.empty((len(kept), *input_shape), dtype=np.uint8)
+    for row, job in enumerate(kept):
+        batch[row] = inputs.get(job.job_id, job.pixels)
+    return kept, batch

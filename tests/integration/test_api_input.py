@@ -1,4 +1,5 @@
-"""Every corpus file and every odd request shape through POST /predict, answered by a real worker.
+"""Every corpus file and every odd request shape through POST /predict, answered by a real worker, with the
+upload decoded in the API and in the shard (`api.decode_in`).
 
 The API is the real Falcon app on the session's redis-server; the worker is the real `Worker` loop on the
 tiny model, run in a thread of this process (once per module, so the model loads once). Each hostile
@@ -8,6 +9,7 @@ still be classified.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,12 +78,18 @@ def served(
     assert not thread.is_alive(), "the worker thread did not stop within its idle wait"
 
 
-@pytest.fixture()
-def api(served: Served, redis_client: redis.Redis) -> falcon.testing.TestClient:
+@pytest.fixture(params=["api", "shard"], ids=lambda place: f"decode-in-{place}")
+def api(
+    served: Served, redis_client: redis.Redis, request: pytest.FixtureRequest
+) -> falcon.testing.TestClient:
     # Each test starts on a flushed Redis: register the worker again at once rather than at its next beat.
     served.worker.beat()
     assert served.thread.is_alive(), "the worker thread has died"
-    return falcon.testing.TestClient(create_app(served.settings, redis_client))
+    # Whichever process decodes (api.decode_in), every upload gets the same answer.
+    settings = dataclasses.replace(
+        served.settings, api=dataclasses.replace(served.settings.api, decode_in=request.param)
+    )
+    return falcon.testing.TestClient(create_app(settings, redis_client))
 
 
 def post_multipart(api: falcon.testing.TestClient, fields: dict[str, Any], query: str = "") -> Any:

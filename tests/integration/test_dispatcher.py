@@ -72,7 +72,7 @@ def test_a_drained_shard_gets_nothing_and_a_drained_box_refuses_with_retry_after
     drain.close_admission(redis_client, drain.OPERATOR, ["cpu0"])
     with pytest.raises(Draining) as error:
         dispatcher.submit(a_job())  # live shards, all drained: "draining", not "no live worker"
-    assert error.value.status == 503 and error.value.retry_after_s
+    assert error.value.status == 503 and error.value.retry_after_s == 5.0  # README: Retry-After: 5
     drain.undrain(redis_client, None)
     assert dispatcher.submit(a_job()) in ("cpu0", "cpu1")
     drain.close_admission(redis_client, drain.OPERATOR, None)
@@ -160,3 +160,39 @@ def test_a_job_goes_to_a_shard_that_can_reach_it_in_time(redis_settings, redis_c
     register(redis_client, "gpu2")
     dispatcher = queues_for(redis_settings, redis_client)  # a fresh one: the shard list is cached for 1 s
     assert "gpu2" in {dispatcher.submit(a_job(deadline_in_s=1.0)) for _ in range(6)}
+
+
+def a_file_job(data: bytes) -> Job:
+    return Job(
+        new_job_id(),
+        time.monotonic() + 0.5,
+        time.monotonic(),
+        5,
+        np.frombuffer(data, dtype=np.uint8),
+        encoded_size=(64, 48),
+    )
+
+
+def test_a_file_too_large_for_redis_is_decoded_here_and_a_small_one_travels_whole(
+    redis_settings, redis_client
+):
+    register(redis_client, "cpu0")
+    decoded: list[int] = []
+
+    def decode_here(data: bytes) -> np.ndarray:
+        decoded.append(len(data))
+        return np.zeros((4, 4, 3), dtype=np.uint8)
+
+    # No shared memory (queue.pixels = "redis", or a full tmpfs): the file would go through Redis itself.
+    dispatcher = Dispatcher(
+        queues_for(redis_settings, redis_client), 0.5, None, decode_here, inline_file_limit=48
+    )
+    for size in (48, 49):
+        with pytest.raises(DeadlineExceeded):  # no worker answers: only what reached the queue matters here
+            dispatcher.dispatch(a_file_job(bytes(size)))
+    small, large = (
+        Job.decode(payload) for payload in reversed(redis_client.lrange(queue_key("cpu0"), 0, -1))
+    )
+    assert small.encoded and small.pixels.nbytes == 48
+    assert not large.encoded and large.pixels.shape == (4, 4, 3)
+    assert decoded == [49]

@@ -39,7 +39,7 @@ from daemon.shard import cpu_shards
 from daemon.worker.inference import run_batch
 from testkit.harness import REPO, wait_until
 from tests.integration.test_dispatcher import register
-from tests.needs import need_program
+from tests.needs import need, need_program
 from tools import flush_queues
 
 SHAPE = (224, 224, 3)
@@ -81,8 +81,11 @@ def test_a_full_tmpfs_sends_the_job_through_redis_whole_and_keeps_no_partial_seg
     mount_point = tmp_path / "tmpfs"
     mount_point.mkdir()
     probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip(f"unprivileged mount namespaces are off here: {probe.stderr.strip()}")
+    need(
+        probe.returncode == 0,
+        f"unprivileged mount namespaces are off here: {probe.stderr.strip()}",
+        "sysctl kernel.unprivileged_userns_clone=1, or a container run with --privileged",
+    )
     # Runs inside the namespace, where the 400 KB tmpfs is: stage five jobs, report what crossed.
     script = tmp_path / "stage.py"
     script.write_text(f"""
@@ -228,8 +231,7 @@ NOBODY = 65534
 
 
 def need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("giving a folder to another user (os.chown) needs root")
+    need(os.geteuid() == 0, "giving a folder to another user (os.chown) needs root", "run the tests as root")
 
 
 def victim_folder(tmp_path: Path) -> tuple[Path, list[str]]:

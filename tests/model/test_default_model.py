@@ -117,3 +117,68 @@ def test_cli_rebuilds_files_older_than_the_weights(
     assert "wrote" in capsys.readouterr().out
     assert (exported / MODEL_FILENAME).stat().st_mtime > default_weights_path().stat().st_mtime
     assert sorted(p.name for p in exported.iterdir()) == sorted([MODEL_FILENAME, LABELS_FILENAME])
+
+
+LITE0_BLOCK_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1)
+"""EfficientNet-B0's published strides, block by block (Lite0 has the same 16 blocks); kernels and widths are
+read from the checkpoint's own shapes."""
+README_LOGIT_AGREEMENT = 2e-5
+"""The README: "logits agree with the checkpoint run in PyTorch to 2e-5" (float32 rounding over 16 blocks; this
+box measured 5.7e-6 on the photo and 9.5e-6 on noise)."""
+
+
+def _torch_logits(images: np.ndarray) -> np.ndarray:
+    """The checkpoint run by PyTorch itself (torch.load, NCHW convolutions, TF "same" padding, BN eps 1e-3):
+    nothing of daemon/model/ is used, so a wrong transpose, name or padding there shows as a difference."""
+    import torch
+    import torch.nn.functional as F
+
+    sd = torch.load(default_weights_path(), map_location="cpu", weights_only=True)
+
+    def conv(x: torch.Tensor, name: str, stride: int = 1, groups: int = 1) -> torch.Tensor:
+        weight = sd[f"{name}.weight"]
+        size, kernel = x.shape[-1], weight.shape[-1]
+        total = max((-(-size // stride) - 1) * stride + kernel - size, 0)  # TF "same": extra at bottom/right
+        x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
+        return F.conv2d(x, weight, stride=stride, groups=groups)
+
+    def bn(x: torch.Tensor, name: str) -> torch.Tensor:
+        mean, var, weight, bias = (
+            sd[f"{name}.{part}"] for part in ("running_mean", "running_var", "weight", "bias")
+        )
+        return F.batch_norm(x, mean, var, weight, bias, training=False, eps=1e-3)
+
+    def relu6(x: torch.Tensor) -> torch.Tensor:
+        return F.hardtanh(x, 0.0, 6.0)
+
+    with torch.no_grad():
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        x = relu6(bn(conv(x, "_conv_stem", 2), "_bn0"))
+        for index, stride in enumerate(LITE0_BLOCK_STRIDES):
+            prefix = f"_blocks.{index}."
+            h = x
+            if f"{prefix}_expand_conv.weight" in sd:
+                h = relu6(bn(conv(h, prefix + "_expand_conv"), prefix + "_bn0"))
+            h = relu6(bn(conv(h, prefix + "_depthwise_conv", stride, groups=h.shape[1]), prefix + "_bn1"))
+            h = bn(conv(h, prefix + "_project_conv"), prefix + "_bn2")
+            x = h + x if stride == 1 and h.shape == x.shape else h
+        x = relu6(bn(conv(x, "_conv_head"), "_bn1"))
+        return F.linear(x.mean(dim=(2, 3)), sd["_fc.weight"], sd["_fc.bias"]).numpy()
+
+
+def test_logits_agree_with_the_checkpoint_run_in_pytorch(loaded: keras.Model) -> None:
+    need_module("torch", "the test extra's PyTorch CPU build")
+    rng = np.random.default_rng(1)
+    images = np.concatenate(
+        [_preprocess(COFFEE)[np.newaxis], rng.uniform(-1, 1, size=(1, 224, 224, 3)).astype(np.float32)]
+    )
+    pooled = keras.Model(loaded.inputs, loaded.get_layer("avg_pool").output).predict(images, verbose=0)
+    kernel, bias = loaded.get_layer("fc").get_weights()
+    keras_logits = pooled @ kernel + bias
+    torch_logits = _torch_logits(images)
+    difference = np.abs(keras_logits - torch_logits).max(axis=1)
+    print(
+        f"\n[default model vs PyTorch] max |logit difference|: photo {difference[0]:.2g}, noise {difference[1]:.2g}"
+    )
+    assert difference.max() <= README_LOGIT_AGREEMENT
+    assert np.argmax(torch_logits[0]) == np.argmax(keras_logits[0])

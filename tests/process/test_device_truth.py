@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -101,7 +100,11 @@ def test_the_appliance_shows_the_failed_gpu_shard_on_readyz_metrics_and_gpu_stat
         assert "FAILED" in row.split()
         assert f"gpu0 FAILED: {reason}" in status.stdout
 
-        time.sleep(3)  # had supervisord meant to retry, it would have started the worker again by now
+        # "expected" is supervisord's decision not to restart (autorestart=unexpected): logged as it decides.
+        appliance.wait_until(
+            "supervisord to take exit 80 as final",
+            lambda: "exited: worker-0 (exit status 80; expected)" in appliance.output(),
+        )
         assert appliance.log_path.read_text(errors="replace").count("spawned: 'worker-0'") == 1
         assert "worker:worker-0                  EXITED" in appliance.supervisorctl("status")
     finally:

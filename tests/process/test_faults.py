@@ -23,7 +23,7 @@ import requests
 
 from daemon.ops.front_door import instance_workers
 from daemon.queue.keys import processing_key, queue_key
-from daemon.queue.wire import JOB_HEADER, JOB_VERSION_SEGMENT
+from daemon.queue.wire import JOB_HEADER, JOB_VERSION_ENCODED_SEGMENT, JOB_VERSION_SEGMENT
 from testkit.harness import Appliance, wait_until
 from testkit.proctree import ProcessId, children
 from tests.conftest import standin_model
@@ -104,7 +104,12 @@ def test_redis_stop_and_restart(start_appliance, photo_png):
     assert down.headers["Retry-After"]
     ready = requests.get(f"{appliance.url}/readyz", timeout=5)
     assert ready.status_code == 503 and ready.json()["ready"] is False
-    time.sleep(3)
+    wait_until(
+        "five requests sent while Redis is down to be answered",
+        lambda: sum(1 for r in run.records() if r.start_s > fault_at) >= 5,
+        30,
+        appliance.output,
+    )
     restarted_at = run.elapsed_s()
     appliance.supervisorctl("start", "redis")
     recovered_at = first_ok_after(run, restarted_at, 30)
@@ -145,11 +150,11 @@ def wait_all_held_with_a_batch_claimed(
 
 
 def segments_named(payloads: list[bytes]) -> list[str]:
-    """The shared-memory segments these jobs name (a job carrying its pixels names none)."""
+    """The shared-memory segments these jobs name (pixels or an image file; a job carrying them names none)."""
     return [
         bytes(payload[JOB_HEADER.size :]).decode()
         for payload in payloads
-        if JOB_HEADER.unpack_from(payload)[1] == JOB_VERSION_SEGMENT
+        if JOB_HEADER.unpack_from(payload)[1] in (JOB_VERSION_SEGMENT, JOB_VERSION_ENCODED_SEGMENT)
     ]
 
 

@@ -23,10 +23,12 @@ import numpy as np
 import pytest
 import requests
 
-from testkit.harness import INFERD, Appliance, write_settings
+from testkit.harness import Appliance, wait_until, write_settings
 from testkit.images import encode_image
 from testkit.slow_clients import Attack, SlowClients
 from tests.conftest import TINY_INPUT, tiny_sections
+from tests.needs import need
+from tests.process.test_worker_exit_codes import run_inferd
 from tools.loadgen import LoadRun, Upload
 
 pytestmark = pytest.mark.slow
@@ -89,7 +91,9 @@ def exchange(port: int, data: bytes, read_s: float) -> tuple[float, bytes]:
 def test_slow_and_silent_clients_do_not_delay_a_request_or_a_probe(appliance):
     attack = Attack(slow_headers=60, slow_bodies=60, silent=300)
     with SlowClients(appliance.port, attack, duration_s=120) as clients:
-        time.sleep(1.0)  # every hostile socket is open and dribbling
+        wait_until(
+            "the hostile sockets to be open", lambda: clients.open_count() >= 400, 30, appliance.output
+        )
         predicts = [seconds(lambda: predict(appliance.url)) for _ in range(5)]
         probes = [seconds(lambda: requests.get(f"{appliance.url}/healthz", timeout=30)) for _ in range(5)]
         still_open = clients.open_count()
@@ -106,8 +110,11 @@ def test_slow_and_silent_clients_do_not_delay_a_request_or_a_probe(appliance):
 
 def test_two_thousand_idle_keepalive_connections_do_not_stop_service(appliance):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard < 3000:
-        pytest.skip(f"the open-files hard limit ({hard}) cannot hold 2,000 client sockets")
+    need(
+        hard >= 3000,
+        f"the open-files hard limit ({hard}) cannot hold 2,000 client sockets",
+        "raise it: ulimit -Hn",
+    )
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 3000), hard))
     try:
         with SlowClients(appliance.port, Attack(idle_keepalive=2000), duration_s=60) as clients:
@@ -196,14 +203,15 @@ def test_a_sigkilled_gunicorn_master_costs_no_request(appliance):
         duration_s=20,
         timeout_s=30,
     ).start()
-    time.sleep(4)
+    appliance.wait_until("the load to be answered", lambda: run.completed() >= 16, 60)
     master = appliance.pid_of("api")
     os.kill(master, signal.SIGKILL)
+    killed_at = run.elapsed_s()
     appliance.wait_restarted("api", master)
     result = run.wait(90)
     statuses = Counter(record.status for record in result.records)
     print(f"\n[kill -9 gunicorn master] {dict(statuses)}")
-    after = [r for r in result.records if r.start_s > 5]
+    after = [r for r in result.records if r.start_s > killed_at]
     assert after, "no request was sent after the kill: the test proved nothing"
     assert statuses == {200: len(result.records)}, [r.error for r in result.records if r.status != 200][:5]
 
@@ -261,19 +269,31 @@ def test_tls_on_the_api_port(tmp_path, tiny_model):
         tls.stop()
 
 
-def test_a_tls_setting_without_its_pair_or_an_unreadable_key_stops_the_start(tmp_path, tiny_model):
-    cert, _ = make_certificate(tmp_path)
+def test_a_tls_setting_without_its_pair_an_unreadable_key_or_a_refused_certificate_stops_the_start(
+    tmp_path, tiny_model
+):
+    cert, key = make_certificate(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key = make_certificate(other)
+    not_a_certificate = tmp_path / "not-a-cert.pem"
+    not_a_certificate.write_text(
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    )
     cases = [
-        ({"tls_cert_file": str(cert)}, "api.tls_key_file"),
-        ({"tls_cert_file": str(cert), "tls_key_file": str(tmp_path / "missing.pem")}, "api.tls_key_file"),
+        ({"tls_cert_file": str(cert)}, "api.tls_key_file", "check"),
+        (
+            {"tls_cert_file": str(cert), "tls_key_file": str(tmp_path / "missing.pem")},
+            "api.tls_key_file",
+            "check",
+        ),
+        # Readable files that nginx itself refuses (`nginx -t` as the start prepares the front door): a key of
+        # another certificate, a certificate that is not one.
+        ({"tls_cert_file": str(cert), "tls_key_file": str(other_key)}, str(other_key), "run"),
+        ({"tls_cert_file": str(not_a_certificate), "tls_key_file": str(key)}, str(not_a_certificate), "run"),
     ]
-    for api, key_named in cases:
+    for api, named, command in cases:
         config = write_settings(tmp_path, tiny_sections(tiny_model, api=api))
-        result = subprocess.run(
-            [*INFERD, "--config", str(config), "check"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 78, result.stderr
-        assert key_named in result.stderr, result.stderr
+        result = run_inferd(config, command, timeout_s=120)
+        assert result.returncode == 78, (api, command, result.stderr)
+        assert named in result.stderr, result.stderr  # the key, or the file nginx refused

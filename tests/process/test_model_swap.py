@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from daemon.model.active_model import ModelRecord, choice_of, write_record
+from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_REDIS_DOWN
+from daemon.model.active_model import ModelRecord, choice_of, read_record, write_record
+from daemon.queue.keys import swap_key
 from daemon.queue.registry import read_shards
 from daemon.queue.wire import ModelChoice
 from daemon.settings import load_settings
@@ -168,7 +170,8 @@ def test_a_broken_model_is_refused_and_the_old_one_serves_on(
         ("shard timeout", timed_out, "no answer within"),
     ):
         print(f"{name}: exit {done.returncode}: {done.stderr.strip()}")
-        assert done.returncode != 0, done.stdout + done.stderr
+        # The README: a refused reload exits 1.
+        assert done.returncode == EXIT_FAILED, done.stdout + done.stderr
         assert reason in done.stderr
     # The broken files never reached a shard: the separate check refused them.
     assert "nothing was changed" in refused_file.stderr and "nothing was changed" in refused_labels.stderr
@@ -236,3 +239,48 @@ def test_a_start_whose_chosen_model_is_gone_stops_with_exit_78(tmp_path, tiny_mo
     )
     assert result.returncode == 78, result.stdout + result.stderr
     assert f"the model file {gone.path} that `inferd reload` chose" in result.stderr
+
+
+def test_a_reload_skips_a_down_shard_counts_on_from_the_served_version_and_survives_losing_redis(
+    start_appliance, second_model
+) -> None:
+    appliance = start_appliance(shards=2)
+    assert "stopped" in appliance.supervisorctl("stop", "worker:worker-1")
+    settings = load_settings(appliance.config, env=appliance.env)
+
+    done = reload(appliance, *second_model)  # no --version: the one served (1) plus one
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert "cpu1: down; it loads version 2 when it starts" in done.stdout
+    assert "cpu0: serving version 2" in done.stdout
+    assert "started" in appliance.supervisorctl("start", "worker:worker-1")
+    appliance.wait_until(
+        "cpu1 to start on version 2", lambda: versions_in_registry(appliance) == {"cpu0": 2, "cpu1": 2}, 90
+    )
+
+    # Redis goes while cpu0 (frozen once the model is checked, so it cannot answer) is asked to swap to 3.
+    frozen = appliance.pid_of("worker:worker-0")
+    tool = subprocess.Popen(
+        [PYTHON, "-m", "daemon.launcher", *reload_args(appliance, *second_model, "--timeout", "60")],
+        cwd=REPO,
+        env=appliance.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert tool.stdout is not None
+    checked = tool.stdout.readline()
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        assert checked.startswith("checked "), checked
+        client = appliance.redis()
+        appliance.wait_until("the swap request to cpu0", lambda: bool(client.exists(swap_key("cpu0"))), 30)
+        assert "redis: stopped" in appliance.supervisorctl("stop", "redis")
+        out, err = tool.communicate(timeout=60)
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert tool.returncode == EXIT_REDIS_DOWN, out + err
+    assert "lost Redis while cpu0 swapped" in err and "version 3 reached no shard" in err, err
+    record = read_record(settings)
+    assert record is not None and record.active.version == 2  # restarted workers load what was served
+    assert "started" in appliance.supervisorctl("start", "redis")
+    appliance.wait_ready(90)

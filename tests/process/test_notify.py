@@ -1,8 +1,8 @@
 """systemd's notify protocol against a real appliance: the test is systemd, holding the NOTIFY_SOCKET.
 
 READY=1 must come only once /readyz answers 200, WATCHDOG=1 keep coming while the box is healthy and stop
-when no worker is left, and STATUS= say how many shards live; all of it with the front door speaking only TLS
-too, where the tools must reach it as well.
+when no worker is left or Redis is gone, and STATUS= say how many shards live; all of it with the front door
+speaking only TLS too, where the tools must reach it as well.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
         self.messages: list[tuple[float, str]] = []
+        self.datagrams: list[tuple[float, list[str]]] = []
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._receive, daemon=True)
         self._thread.start()
@@ -49,10 +50,16 @@ class NotifySocket:
             except TimeoutError:
                 continue
             arrived = time.monotonic()
-            self.messages.extend((arrived, line) for line in data.decode().splitlines())
+            lines = data.decode().splitlines()
+            self.datagrams.append((arrived, lines))
+            self.messages.extend((arrived, line) for line in lines)
 
     def times(self, line: str) -> list[float]:
         return [arrived for arrived, text in list(self.messages) if text == line]
+
+    def since(self, start: float) -> list[list[str]]:
+        """The datagrams that arrived after `start`, each as its lines: one is one tick of the notifier."""
+        return [lines for arrived, lines in list(self.datagrams) if arrived > start]
 
     def statuses(self) -> list[str]:
         return [text for _, text in list(self.messages) if text.startswith("STATUS=")]
@@ -71,7 +78,7 @@ def notify_socket() -> Iterator[NotifySocket]:
     listener.close()
 
 
-def test_ready_after_readyz_then_watchdog_while_healthy_and_none_without_workers(
+def test_ready_after_readyz_then_watchdog_while_healthy_and_none_without_workers_or_redis(
     start_appliance, notify_socket
 ):
     port = free_port()
@@ -105,22 +112,72 @@ def test_ready_after_readyz_then_watchdog_while_healthy_and_none_without_workers
     late = [(asked - ready_at, status) for asked, status in probes if asked > ready_at and status != 200]
     assert not late, f"/readyz was not 200 after READY=1 was sent: {late}"
 
-    time.sleep(3)
-    beats = [t for t in notify_socket.times("WATCHDOG=1") if t > ready_at]
-    assert len(beats) >= 4, f"{len(beats)} WATCHDOG=1 in 3 s with WATCHDOG_USEC={WATCHDOG_USEC}"
-    assert any("serving; 2/2 shard(s) live" in status for status in notify_socket.statuses())
+    wait_until(
+        "four WATCHDOG=1 within 3 s of READY=1 (WATCHDOG_USEC=1 s: one every 0.5 s)",
+        lambda: len([t for t in notify_socket.times("WATCHDOG=1") if t > ready_at]) >= 4,
+        3,
+        appliance.output,
+    )
+    wait_until(
+        "STATUS= to say both shards serve",
+        lambda: any("serving; 2/2 shard(s) live" in status for status in notify_socket.statuses()),
+        30,
+        appliance.output,
+    )
 
     stopped = appliance.supervisorctl("stop", "worker:*")
     assert "stopped" in stopped, stopped
-    stopped_at = time.monotonic()
-    time.sleep(3)
-    # One ping may have been read before the stop and sent just after it: half a period of grace.
-    after = [
-        t - stopped_at for t in notify_socket.times("WATCHDOG=1") if t > stopped_at + WATCHDOG_USEC / 2e6
-    ]
-    assert not after, f"WATCHDOG=1 went on without a live worker: {after}"
-    assert "0/2 shard(s) live" in notify_socket.statuses()[-1]
+    without_watchdog_ping(notify_socket, "0/2 shard(s) live", appliance)
     assert notify_socket.times("READY=1") == [ready_at], "READY=1 was sent more than once"
+
+    # Back to health, then Redis gone: the workers still run, but nobody can tell whether they serve.
+    started = appliance.supervisorctl("start", "worker:*")
+    assert "started" in started, started
+    resumed = time.monotonic()
+    wait_until(
+        "WATCHDOG=1 again once the workers are back",
+        lambda: any("WATCHDOG=1" in lines for lines in notify_socket.since(resumed)),
+        60,
+        appliance.output,
+    )
+    stopped = appliance.supervisorctl("stop", "redis")
+    assert "stopped" in stopped, stopped
+    without_watchdog_ping(notify_socket, "Redis unreachable", appliance)
+
+
+TICKS_WITHOUT_PING = 6
+"""Notifier ticks (0.5 s apart) that must pass without WATCHDOG=1: systemd's limit would be long gone by then."""
+
+
+def without_watchdog_ping(notify_socket: NotifySocket, status: str, appliance) -> None:
+    """Once the notifier says `status`, wait for TICKS_WITHOUT_PING of its ticks: none may carry WATCHDOG=1."""
+    asked = time.monotonic()
+    said: list[float] = []
+
+    def says_it() -> bool:
+        said[:] = [
+            t
+            for t, lines in list(notify_socket.datagrams)
+            if t > asked and any(line.startswith("STATUS=") and status in line for line in lines)
+        ]
+        return bool(said)
+
+    wait_until(
+        f"the notifier to say {status!r}",
+        says_it,
+        30,
+        lambda: f"last statuses: {notify_socket.statuses()[-3:]}\n{appliance.output()}",
+    )
+    # Ticks before this one may have read the health just before the change: they are not counted.
+    first = said[0] - 1e-6
+    wait_until(
+        f"{TICKS_WITHOUT_PING} notifier ticks after it said {status!r}",
+        lambda: len(notify_socket.since(first)) >= TICKS_WITHOUT_PING,
+        TICKS_WITHOUT_PING * WATCHDOG_USEC / 2e6 + 10,
+        appliance.output,
+    )
+    pinged = [lines for lines in notify_socket.since(first) if "WATCHDOG=1" in lines]
+    assert not pinged, f"WATCHDOG=1 went on after the notifier said {status!r}: {pinged}"
 
 
 def test_a_tls_only_appliance_tells_systemd_it_is_ready_and_the_tools_reach_it(
@@ -136,10 +193,18 @@ def test_a_tls_only_appliance_tells_systemd_it_is_ready_and_the_tools_reach_it(
         "READY=1 on the notify socket", lambda: bool(notify_socket.times("READY=1")), 90, appliance.output
     )
     ready_at = notify_socket.times("READY=1")[0]
-    time.sleep(2)
-    beats = [t for t in notify_socket.times("WATCHDOG=1") if t > ready_at]
-    assert len(beats) >= 2, f"{len(beats)} WATCHDOG=1 in 2 s with WATCHDOG_USEC={WATCHDOG_USEC}"
-    assert any("serving; 1/1 shard(s) live" in status for status in notify_socket.statuses())
+    wait_until(
+        "two WATCHDOG=1 within 2 s of READY=1",
+        lambda: len([t for t in notify_socket.times("WATCHDOG=1") if t > ready_at]) >= 2,
+        2,
+        appliance.output,
+    )
+    wait_until(
+        "STATUS= to say the shard serves",
+        lambda: any("serving; 1/1 shard(s) live" in status for status in notify_socket.statuses()),
+        30,
+        appliance.output,
+    )
     plain = requests.get(appliance.url.replace("https:", "http:") + "/readyz", timeout=10)
     assert plain.status_code == 400, "the port speaks only TLS"
 

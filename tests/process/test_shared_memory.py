@@ -19,9 +19,12 @@ from pathlib import Path
 import pytest
 
 from daemon.ops.front_door import API_INSTANCES
+from daemon.queue.keys import queue_key
+from daemon.queue.wire import JOB_HEADER
 from testkit.harness import wait_until
 from testkit.proctree import children
-from tests.conftest import standin_model
+from tests.conftest import TINY_INPUT, standin_model
+from tests.needs import need
 from tools.loadgen import LoadRun, Upload
 
 pytestmark = pytest.mark.slow
@@ -76,6 +79,35 @@ def test_segments_left_by_killed_api_workers_are_swept(start_appliance, tmp_path
     assert appliance.pixel_segments() == []
 
 
+def test_with_queue_pixels_redis_jobs_cross_redis_whole_and_are_answered(
+    start_appliance, tmp_path, photo_png
+):
+    """`queue.pixels = "redis"`, through the API and a worker: no segment is written, each queued job carries
+    its pixels in Redis, and every caller gets its answer."""
+    appliance = start_appliance(
+        shards=1,
+        model={"path": standin_model(tmp_path, BATCH_MS)},
+        batching={"max_wait_ms": 0, "max_batch_size": 1},
+        queue={"pixels": "redis"},
+    )
+    client = appliance.redis()
+    upload = Upload.of("photo.png", photo_png)
+    run = LoadRun(f"{appliance.url}/predict", [upload], concurrency=3, requests=3, timeout_s=60).start()
+    queued: list[bytes] = []
+
+    def jobs_waiting() -> bool:
+        queued[:] = client.lrange(queue_key("cpu0"), 0, -1)
+        return len(queued) >= 1
+
+    wait_until("a job waiting in cpu0's queue", jobs_waiting, 20, appliance.output)
+    whole = JOB_HEADER.size + TINY_INPUT * TINY_INPUT * 3  # a segment's name instead would be 76 bytes
+    assert [len(job) for job in queued] == [whole] * len(queued)
+    assert appliance.pixel_segments() == []
+    result = run.wait(60)
+    assert [r.status for r in result.records] == [200] * 3
+    assert appliance.pixel_segments() == []
+
+
 # -- another local user against the shared-memory folder ---------------------------------------------------
 NOBODY = 65534
 AN_HOUR_AGO = time.time() - 3600
@@ -106,8 +138,11 @@ def nothing_deleted(theirs: dict[Path, list[str]]) -> None:
 def test_another_user_cannot_stop_the_appliance_or_make_it_delete_their_files(
     start_appliance, tmp_path, photo_png, attack
 ):
-    if os.geteuid() != 0:
-        pytest.skip("playing another local user (os.chown to nobody) needs root")
+    need(
+        os.geteuid() == 0,
+        "playing another local user (os.chown to nobody) needs root",
+        "run the tests as root",
+    )
     shm = tmp_path / "shm"
     shm.mkdir()
     os.chmod(shm, 0o1777)  # as /dev/shm: anyone may create, only the owner may remove

@@ -15,8 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from prometheus_client import CollectorRegistry, generate_latest
 
-from testkit.harness import REPO, wait_until
+from daemon.errors import EXIT_STUCK
+from daemon.metrics.inferd import QueueCollector
+from daemon.queue.keys import heartbeat_key
+from daemon.queue.registry import read_shards
+from testkit.harness import PYTHON, REPO, Service, wait_until
+from tests.process.test_worker_process import push_job
 
 pytestmark = pytest.mark.slow
 
@@ -60,19 +66,12 @@ def test_a_hung_model_is_reported_stuck_its_caller_answered_and_the_shard_recove
 
         wait_until("/readyz to report cpu0 stuck", reported_stuck, 15, appliance.output)
         assert seen["ready"] is False and seen["live_shards"] == []
-        status = subprocess.run(
-            [sys.executable, "-m", "tools.gpu_status", "--config", str(appliance.config), "--json"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        shard = json.loads(status.stdout)["shards"][0]
-        # The restarted worker may already beat again; either way the tool never calls a stuck shard live.
-        assert shard["status"] in ("stuck", "live", "down")
         result = answer.result()
     assert result.status_code == 504  # its caller is answered at its deadline, not left hanging
     assert "the model call is stuck" in appliance.output()
+    assert (
+        "exited: worker-0 (exit status 70; not expected)" in appliance.output()
+    )  # so supervisord restarts it
     assert metric(appliance.url, 'inferd_worker_stuck_total{shard="cpu0"}') >= 1
     # Once the job's deadline has passed the restarted worker skips it, stops hanging, and serves again.
     wait_until("cpu0 to be live again", lambda: appliance.live_shards() == ["cpu0"], 30, appliance.output)
@@ -95,3 +94,39 @@ def test_jobs_held_by_a_stuck_worker_are_all_answered(start_appliance, tmp_path,
         metric(appliance.url, f'inferd_worker_stuck_total{{shard="{shard}"}}') for shard in ("cpu0", "cpu1")
     )
     assert stuck >= 1
+
+
+def test_a_hung_worker_exits_70_and_every_reader_calls_its_shard_stuck(
+    make_settings, redis_socket, redis_client, tmp_path
+):
+    """No supervisord here to restart it: the state the worker leaves is read as the operator would."""
+    settings = make_settings(
+        redis={"managed": False, "socket": str(redis_socket)},
+        model={"path": standin(tmp_path, hang_after_batches=0)},
+        queue={"stuck_after_s": 1.5},
+        batching={"max_wait_ms": 0},
+    )
+    argv = [PYTHON, "-m", "daemon.gpu_worker", "--config", str(settings.source), "--shard-index", "0"]
+    worker = Service("worker", argv, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until("cpu0 to beat", lambda: bool(redis_client.exists(heartbeat_key("cpu0"))), 60)
+        push_job(redis_client)
+        code = worker.wait_exit(30)
+    finally:
+        worker.stop()
+    assert code == EXIT_STUCK, worker.output()
+    assert "the model call is stuck; restarting the worker" in worker.output()
+
+    assert [state.status for state in read_shards(redis_client)] == ["stuck"]
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(redis_client))
+    exposition = generate_latest(registry).decode()
+    assert 'inferd_shard_status{shard="cpu0",status="stuck"} 1.0' in exposition, exposition
+    status = subprocess.run(
+        [sys.executable, "-m", "tools.gpu_status", "--config", str(settings.source), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert json.loads(status.stdout)["shards"][0]["status"] == "stuck", status.stdout + status.stderr

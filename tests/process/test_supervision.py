@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from daemon.errors import EXIT_ALREADY_RUNNING
+from daemon.ops.run_dir import LEFTOVER_GRACE_S
 from testkit.harness import INFERD, REPO, Appliance, wait_until
 from testkit.proctree import descendants, read_stat
 
@@ -68,11 +69,18 @@ def test_a_killed_supervisord_takes_its_programs_along_and_a_new_launcher_recove
     assert len(tree) >= 4  # redis, the listener, gunicorn (master and workers), the worker
     os.kill(first.pid, signal.SIGKILL)
     assert first.wait_exit(10) is not None
-    # Started at once, while the old programs may still be finishing: it waits for them, then serves.
+    # They leave by themselves (the parent-death signal), before a new launcher's cleanup (which would signal
+    # them itself after LEFTOVER_GRACE_S) could have a say: nobody else signals them here.
+    wait_until(
+        "the killed supervisord's programs to leave by themselves",
+        lambda: not [pid for pid in tree if alive(pid)],
+        LEFTOVER_GRACE_S - 5,
+        first.output,
+    )
     second = Appliance(first.folder, first.config, first.port, first.run_dir, first.shards, first.env)
     try:
         second.start(timeout_s=120)
-        assert not [pid for pid in tree if alive(pid)], "programs of the killed supervisord survived"
+        assert "of a previous appliance" not in second.output()  # nothing was left for its cleanup
         assert post(second, photo_png).status_code == 200
     finally:
         second.stop()

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -83,7 +82,11 @@ def test_supervisord_leaves_a_worker_that_cannot_load_stopped(tmp_path, tiny_mod
             lambda: "worker:worker-0                  EXITED" in appliance.supervisorctl("status"),
             90,
         )
-        time.sleep(3)  # had supervisord meant to retry, it would have started the worker again by now
+        # "expected" is supervisord's decision not to restart (autorestart=unexpected): logged as it decides.
+        appliance.wait_until(
+            "supervisord to take exit 79 as final",
+            lambda: "exited: worker-0 (exit status 79; expected)" in appliance.output(),
+        )
         status = appliance.supervisorctl("status")
         assert "worker:worker-0                  EXITED" in status, status
         assert appliance.output().count("spawned: 'worker-0'") == 1

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import redis
 
-from daemon.api import create_app
+from daemon.api import create_app, decodes_in_shard
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
 from daemon.http.readiness import HIDDEN_DETAIL
 from daemon.ops.front_door import ARRIVED_HEADER
 from daemon.queue.registry import DrainState
 from daemon.queue.wire import Job, Prediction, Reply
 from daemon.settings import ApiSettings, ModelSettings, Secrets, Settings
+from daemon.shard import SHARDS_ENV, Shard, encode_shards
 from testkit.images import encode_image
 from tests.conftest import TINY_INPUT
 
@@ -55,9 +56,9 @@ class FakeDispatcher:
 
 @pytest.fixture()
 def app():
-    def build(dispatcher: FakeDispatcher) -> falcon.testing.TestClient:
+    def build(dispatcher: FakeDispatcher, decode_in: str = "auto") -> falcon.testing.TestClient:
         settings = Settings(
-            api=ApiSettings(request_timeout_s=7.0, default_top=2),
+            api=ApiSettings(request_timeout_s=7.0, default_top=2, decode_in=decode_in),
             model=ModelSettings(input_size=TINY_INPUT, preprocessing="tf"),
         )
         # The client is never used: /metrics is not asked for, and the dispatcher is the fake.
@@ -79,8 +80,28 @@ def test_predict_hands_one_decoded_job_to_the_dispatcher_and_shows_its_answer(ap
     assert result.json == {"success": True, "predictions": [{"label": "cat", "probability": 0.9}]}
     assert result.headers["X-Inferd-Shard"] == "gpu3" and result.headers["X-Inferd-Batch-Size"] == "7"
     (job,) = dispatcher.jobs
-    assert job.pixels.shape == (TINY_INPUT, TINY_INPUT, 3) and job.top_k == 2
+    assert job.pixels.shape == (TINY_INPUT, TINY_INPUT, 3) and job.top_k == 2 and not job.encoded
     assert started + 7.0 <= job.deadline <= time.monotonic() + 7.0  # the deadline is the request's
+
+
+def test_with_decode_in_shard_the_checked_file_is_handed_over_as_it_came(app):
+    dispatcher = FakeDispatcher()
+    upload = photo()
+    result = app(dispatcher, decode_in="shard").simulate_post(
+        "/predict", body=upload, content_type="image/png"
+    )
+    assert result.status_code == 200
+    (job,) = dispatcher.jobs
+    assert job.encoded_size == (80, 50) and job.pixels.tobytes() == upload and job.top_k == 2
+
+
+@pytest.mark.parametrize(("kinds", "expected"), [(None, False), (["cpu"], False), (["cpu", "gpu"], True)])
+def test_auto_decodes_in_the_shard_only_on_a_box_with_gpu_shards(kinds: list[str] | None, expected: bool):
+    shards = [Shard(f"{kind}{index}", kind, index, kind.upper()) for index, kind in enumerate(kinds or [])]
+    env = {} if kinds is None else {SHARDS_ENV: encode_shards(shards)}
+    assert decodes_in_shard(Settings(), env) is expected
+    forced = Settings(api=ApiSettings(decode_in="api" if expected else "shard"))
+    assert decodes_in_shard(forced, env) is not expected
 
 
 def test_the_deadline_counts_from_the_front_doors_arrival_stamp(app):

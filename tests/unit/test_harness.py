@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,17 @@ def test_a_wait_fails_loudly_with_the_log_when_the_process_exits(tmp_path):
         service.wait_until("never", lambda: False, 30)
     with pytest.raises(AssertionError, match=r"timed out after 0\.3s waiting for nothing"):
         wait_until("nothing", lambda: False, 0.3)
+
+
+def test_a_wait_that_times_out_shows_the_error_its_polls_hit():
+    """The errors a wait rides over while the thing starts are kept: the last one is the failure's cause."""
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))  # bound, never listening: every connect is refused
+    port = refused.getsockname()[1]
+    with refused, pytest.raises(AssertionError) as failure:
+        wait_until("a port that refuses", lambda: bool(socket.create_connection(("127.0.0.1", port))), 0.3)
+    assert "last error: ConnectionRefusedError(111, 'Connection refused')" in str(failure.value)
+    assert isinstance(failure.value.__cause__, ConnectionRefusedError)
 
 
 def test_the_stat_reader_survives_a_command_name_with_spaces_and_parentheses():

@@ -24,16 +24,16 @@ def big_png(side: int) -> bytes:
 
 
 def test_declared_pixels_come_from_the_header():
-    assert declared_pixels(SMALL) == 1200
-    assert declared_pixels(b"not an image") == 0
-    assert declared_pixels(SMALL[:20]) == 0  # a broken header: the decoder says why, later
+    assert declared_pixels(SMALL, 10**6) == 1200
+    assert declared_pixels(b"not an image", 10**6) == 0
+    assert declared_pixels(SMALL[:20], 10**6) == 0  # a broken header: the decoder says why, later
 
 
 def test_a_request_over_the_pixel_budget_is_refused_before_decoding():
     blobs = [big_png(2000)] * 5  # 20 MP in all, a few kilobytes each
-    check_request_pixels(blobs, 20_000_000)
+    check_request_pixels(blobs, 10**7, 20_000_000)
     with pytest.raises(PayloadTooLarge, match=r"api\.max_request_pixels"):
-        check_request_pixels(blobs, 19_999_999)
+        check_request_pixels(blobs, 10**7, 19_999_999)
 
 
 def test_images_come_back_in_order():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +19,7 @@ from typing import ClassVar
 import pytest
 
 from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from testkit.harness import free_port, wait_until
+from testkit.harness import REPO, free_port, wait_until
 from tools import stress
 from tools.loadgen import BOUNDARY, LoadRun, LoadStillRunning, Upload, load_uploads, percentile, run_load
 
@@ -247,3 +250,51 @@ def test_nothing_listening_stops_at_once_with_one_line_and_sends_nothing(tmp_pat
     captured = capsys.readouterr()
     assert captured.out == ""  # no report of thousands of refused requests
     assert captured.err.strip() == f"stress: nothing answers at {url}/predict: Connection refused"
+
+
+def stress_process(server: str, image: Path, *args: str) -> subprocess.Popen[str]:
+    """tools/stress as an operator runs it, in a process of its own (a Ctrl-C reaches it alone)."""
+    return subprocess.Popen(
+        [str(REPO / "tools" / "stress"), str(image), "--url", server, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_the_first_ctrl_c_stops_sending_and_reports_what_was_measured(server, tmp_path):
+    PredictLike.delay_s = 0.02
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"fake")
+    proc = stress_process(server, image, "-d", "60", "-c", "2", "--json")
+    try:
+        wait_until("ten answers", lambda: PredictLike.served >= 10, 30)
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert time.monotonic() - interrupted < 10, "Ctrl-C did not stop a 60 s run"
+    assert proc.returncode == EXIT_OK, stderr
+    summary = json.loads(stdout)
+    assert summary["requests"] == PredictLike.served >= 10  # what was sent was all answered and counted
+    assert summary["status_counts"] == {"200": summary["requests"]} and summary["elapsed_s"] < 60
+
+
+def test_a_duration_over_600_s_never_runs_over_600_s(server, tmp_path):
+    """The README: "-d seconds (600 s at most)". Asked for 601 s, stress must not take it (it may refuse at once,
+    or hold the run to 600 s); a short check: it exits at once, refusing, and names the limit."""
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"fake")
+    proc = stress_process(server, image, "-d", "601", "-c", "1")
+    try:
+        _, stderr = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("stress -d 601 was still running after 20 s: it took the 601 s") from None
+    assert proc.returncode == EXIT_USAGE and "600" in stderr, stderr
+    assert PredictLike.served == 0
