@@ -8,12 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from daemon.cli.reload import root_refusal
 from daemon.errors import EXIT_USAGE
 from daemon.settings import load_settings
 from testkit.harness import REPO, write_settings
+from tests.needs import need
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 
@@ -26,8 +25,8 @@ def settings_with_run_dir(tmp_path: Path, owner: int | None) -> Path:
     return write_settings(tmp_path, {"paths": {"run_dir": str(run_dir), "log_dir": str(tmp_path / "log")}})
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 def test_root_is_refused_where_the_appliance_runs_as_another_user(tmp_path):
+    need(os.geteuid() == 0, "chown to another user needs root", "run the tests as root")
     config = settings_with_run_dir(tmp_path, NOBODY)
     refusal = root_refusal(load_settings(config, env={}), 0)
     assert refusal is not None and "refusing to run as root" in refusal and "sudo -u nobody" in refusal
