@@ -13,7 +13,6 @@ import fcntl
 import json
 import logging
 import os
-import pwd
 import shutil
 import stat
 import subprocess
@@ -53,6 +52,7 @@ from daemon.ops.run_dir import (
     take_lock,
     write_record,
 )
+from daemon.ops.service_user import become_service_user
 from daemon.queue.pixel_store import create_folder, room_note
 from daemon.queue.wire import JOB_HEADER
 from daemon.settings import (
@@ -262,29 +262,6 @@ def run(config: str | None) -> int:
             "where that user can read it (`make install` does), or leave paths.service_user empty"
         ) from None
     return 0  # not reached
-
-
-def become_service_user(settings: Settings) -> None:
-    """Started as root with `paths.service_user` set: give the run and log dirs to that user and become it,
-    so supervisord and everything it starts run without root. As root without it, say what that means."""
-    if os.geteuid() != 0:
-        return
-    name = settings.paths.service_user
-    if not name:
-        log.warning(
-            "inferd: running as root: Redis, nginx, the API and the workers all run as root; set "
-            "paths.service_user (e.g. nobody, or the inferd user `make install` makes) to run them as that user"
-        )
-        return
-    user = pwd.getpwnam(name)
-    for folder in (settings.paths.run_dir, settings.paths.log_dir):
-        for path in (folder, *folder.rglob("*")):
-            os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
-    os.setgroups([])
-    os.setgid(user.pw_gid)
-    os.setuid(user.pw_uid)
-    os.environ.update({"HOME": user.pw_dir, "USER": name, "LOGNAME": name})
-    log.info("inferd: running as %s (uid %d), not root", name, user.pw_uid)
 
 
 def start_device_probes(shards: list[Shard]) -> list[subprocess.Popen[str]]:

@@ -52,7 +52,7 @@ OPAQUE = {
         "./setup.sh and .venv/bin/inferd, this repository's own"
     ),
     (
-        "tests/process/test_install.py",
+        "tests/process/tools/test_install.py",
         "test_a_staged_venv_names_the_final_paths_so_the_tree_can_be_moved_into_place",
     ): "the base python that made the test's venv, and that venv's pip",
     ("tools/runtime_choice.py", "_run"): (

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import pwd
 
-from daemon.launcher import become_service_user
+from daemon.ops.service_user import become_service_user
 from daemon.settings import PathSettings, Settings
 from tests.needs import need
 
