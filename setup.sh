@@ -16,7 +16,8 @@ programs_for() {
     echo "setpriv util-linux"            # programs die with a killed supervisord (daemon/ops/run_dir.py)
     echo "nginx nginx-light|nginx"       # the front door (nginx-light is gone from newer releases)
     case "$1" in
-        test) echo "wrk wrk"                          # the benchmark's load (tests/process/test_bench_smoke.py)
+        test) echo "wrk wrk"                          # the benchmark's load (tests/process/bench/test_bench_smoke.py)
+              echo "git git"                          # the benchmark names the commit it measured (bench/floors.py)
               echo "openssl openssl"                  # the TLS tests make a self-signed certificate
               echo "systemd-analyze systemd"          # `systemd-analyze verify` of the unit file
               echo "promtool prometheus"              # `promtool check rules` of conf/prometheus/inferd-alerts.yml
@@ -24,7 +25,8 @@ programs_for() {
               echo "haproxy haproxy"                  # the balancer before two appliances (test_scaleout.py)
               echo "chromium chromium"                # a real browser for the status page (test_status_page.py)
               echo "chromedriver chromium-driver" ;;  # ... driven by selenium through Debian's own driver
-        bench) echo "wrk wrk" ;;
+        bench) echo "wrk wrk"
+               echo "git git" ;;                      # RESULTS.md names the commit it measured (bench/floors.py)
     esac
 }
 extras_for() {

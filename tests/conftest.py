@@ -7,6 +7,11 @@ The layers, fastest first:
   TestClient, and in-process workers on the tiny generated Keras model.
 - tests/model: the real embedded default model.
 - tests/process: the real supervisord, gunicorn and worker processes, signalled and their exit codes checked.
+
+Inside each layer the folders mirror daemon/: tests/<layer>/<package>/ holds the tests of daemon/<package>/
+(and of tools/, bench/ and testkit/ under their own names); the tests of the entry and base modules (api,
+dispatcher, gpu_worker, shard, launcher, settings, errors, logs) and of the whole appliance sit at the
+layer's top.
 """
 
 from __future__ import annotations

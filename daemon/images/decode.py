@@ -137,8 +137,10 @@ def _decode_jpeg_fast(data: bytes, model: ModelSettings, max_pixels: int) -> npt
     if pixels is None:
         return None
     decoded = Image.frombuffer("RGBX", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGBX", 0, 1)
-    resized = np.asarray(_resize(decoded, model))[:, :, :3]
-    return _as_model_input(orient(resized, orientation), model)
+    resized = _resize(decoded, model)
+    # Pillow packs RGBX to RGB in a tenth of the time numpy takes to copy a strided [:, :, :3] view.
+    rgb = np.frombuffer(resized.tobytes("raw", "RGB"), np.uint8).reshape(resized.height, resized.width, 3)
+    return _as_model_input(orient(rgb, orientation), model)
 
 
 def sniff_format(data: bytes) -> str | None:

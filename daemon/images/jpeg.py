@@ -96,14 +96,19 @@ def _orientation_of(segment: bytes) -> int:
 def orient(pixels: npt.NDArray[np.uint8], orientation: int) -> npt.NDArray[np.uint8]:
     """The picture as a viewer shows it. Centre crop and resize commute with these turns and flips, so they
     are applied to the small model input rather than to the decoded photo."""
-    turned = {
-        1: pixels,
-        2: pixels[:, ::-1],
-        3: pixels[::-1, ::-1],
-        4: pixels[::-1],
-        5: pixels.transpose(1, 0, 2),
-        6: np.rot90(pixels, k=-1),
-        7: pixels.transpose(1, 0, 2)[::-1, ::-1],
-        8: np.rot90(pixels, k=1),
-    }[orientation]
-    return turned
+    # Only the one view asked for: np.rot90 is not free, and this runs for every JPEG.
+    if orientation == 2:
+        return pixels[:, ::-1]
+    if orientation == 3:
+        return pixels[::-1, ::-1]
+    if orientation == 4:
+        return pixels[::-1]
+    if orientation == 5:
+        return pixels.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(pixels, k=-1)
+    if orientation == 7:
+        return pixels.transpose(1, 0, 2)[::-1, ::-1]
+    if orientation == 8:
+        return np.rot90(pixels, k=1)
+    return pixels

@@ -1,1 +1,2 @@
-"""Running the appliance: the run dir, the front door's config, capacity, systemd notify, the shard watch, draining, NVML."""
+"""Running the appliance: the run dir and its records, the front door's config, capacity, systemd notify, the
+shard watch, draining, NVML, the shard status behind GET /shards and gpu_status."""

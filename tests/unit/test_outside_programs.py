@@ -33,10 +33,10 @@ OPAQUE = {
     ("testkit/harness.py", "start"): "a Service's own argv: where each Service is made is scanned",
     ("tools/install.py", "run"): "operator commands on the real machine; under --root (tests) only printed",
     ("tools/install.py", "check_interpreter"): "the venv's own python",
-    ("tests/process/test_install.py", "test_installed_layout_serves_with_stdout_on_a_journal_socket"): (
+    ("tests/process/tools/test_install.py", "test_installed_layout_serves_with_stdout_on_a_journal_socket"): (
         "the unit's ExecStart: the installed venv's python"
     ),
-    ("tests/process/test_tools.py", "tool"): "tools/<name>, this repository's own wrappers",
+    ("tests/process/tools/test_tools.py", "tool"): "tools/<name>, this repository's own wrappers",
     ("bench/profile.py", "start_recording"): 'py-spy, found by py_spy() (shutil.which("py-spy") is scanned)',
     (
         "daemon/ops/front_door.py",

@@ -29,9 +29,9 @@ def test_quick_benchmark_runs_every_phase_and_writes_the_report(tmp_path):
         "bench.run",
         "--quick",
         # The peers phase needs the bench-peers extra, which `./setup.sh test` does not install: its own
-        # tests (tests/unit/test_bench_peers.py) cover it, and a box that has it runs no slower here.
+        # tests (tests/unit/bench/test_peers.py) cover it, and a box that has it runs no slower here.
         "--phases",
-        # The floors phase has its own smoke test (tests/process/test_bench_floors.py).
+        # The floors phase has its own smoke test (tests/process/bench/test_floors.py).
         ",".join(phase for phase in PHASES if phase not in ("peers", "floors")),
         "--out-dir",
         str(out),

@@ -1,4 +1,4 @@
-"""gpu_status without Redis: rates, the table and exit codes (NVML readings: tests/unit/test_nvml.py)."""
+"""gpu_status without Redis: rates, the table and exit codes (NVML readings: tests/unit/ops/test_nvml.py)."""
 
 from __future__ import annotations
 
