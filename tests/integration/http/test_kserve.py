@@ -4,6 +4,7 @@ the images reaching the dispatcher as one job each, and errors in the protocol's
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -130,6 +131,30 @@ def test_oversized_compressed_and_unknown_encodings(v2):
         ).status_code
         == 415
     )
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_request_is_answered_as_the_plain_one(v2, encoding):
+    # docs/kserve.md: gzip and deflate request bodies work (deflate is zlib framing, as tritonclient sends it).
+    import gzip
+    import zlib
+
+    compress = gzip.compress if encoding == "gzip" else zlib.compress
+    body = json.dumps(pixels_request([4, 1])).encode()
+    plain = v2(VectorDispatcher()).simulate_post("/v2/models/shapes/infer", body=body)
+    dispatcher = VectorDispatcher()
+    packed = v2(dispatcher).simulate_post(
+        "/v2/models/shapes/infer", body=compress(body), headers={"Content-Encoding": encoding}
+    )
+    assert plain.status_code == 200, plain.text
+    assert packed.status_code == 200, packed.text
+    assert packed.json == plain.json
+    assert [int(job.pixels[0, 0, 0]) for job in dispatcher.batches[0]] == [4, 1]
+    # A bomb stops at the limit once inflated, whichever the encoding.
+    bomb = compress(b" " * 5000 + b"{}")
+    small = v2(VectorDispatcher(), max_body_bytes=2048)
+    answer = small.simulate_post("/v2/models/shapes/infer", body=bomb, headers={"Content-Encoding": encoding})
+    assert answer.status_code == 413
 
 
 def test_probes_stay_open_when_a_token_is_set(v2, tmp_path):
