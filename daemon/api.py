@@ -8,7 +8,6 @@ deadline.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from daemon.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from daemon.http.auth import bearer_matches
 from daemon.http.deadline import arrival_deadline
 from daemon.http.kserve import add_v2_routes, is_v2_path
 from daemon.http.multipart import form_fields
@@ -113,7 +113,7 @@ class PredictResource:
         deadline = arrival_deadline(req, self._settings.api.request_timeout_s)
         data, form_top = self._read_image(req)
         top = self._top(req, form_top)
-        job = Job(new_job_id(), deadline, time.monotonic(), top, *self._job_input(data))
+        job = Job(new_job_id(), deadline, time.monotonic(), top, *self._job_input(data, deadline))
         reply = self._dispatcher.dispatch(job)
         self._metrics.queue_wait_seconds.observe(reply.queue_ms / 1000.0)
         resp.set_header("X-Inferd-Shard", reply.shard)
@@ -130,11 +130,13 @@ class PredictResource:
             resp.set_header(MODEL_VERSION_HEADER, str(reply.model_version))
             resp.media["model_version"] = reply.model_version
 
-    def _job_input(self, data: bytes) -> tuple[npt.NDArray[np.uint8], None, tuple[int, int] | None]:
+    def _job_input(
+        self, data: bytes, deadline: float
+    ) -> tuple[npt.NDArray[np.uint8], None, tuple[int, int] | None]:
         """The job's pixels, or the file itself (with the size its header gives) for the shard to decode."""
         max_pixels = self._settings.api.max_image_pixels
         if not self._decode_in_shard:
-            return decode_image(data, self._settings.model, max_pixels), None, None
+            return decode_image(data, self._settings.model, max_pixels, deadline), None, None
         # The header alone here (415, 413 and a broken header's 400 at once); the shard decodes the file
         # and answers a corrupt one with its 400.
         upload = inspect_upload(data, max_pixels)
@@ -190,16 +192,12 @@ class BearerAuth:
     (not the data it reads) stay open."""
 
     def __init__(self, token: str) -> None:
-        self._expected = token.encode()
+        self._token = token
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.path in UNAUTHENTICATED_PATHS or is_public(req):
             return
-        scheme, _, given = (req.get_header("Authorization") or "").strip().partition(" ")
-        # The scheme name is case-insensitive (RFC 7235 section 2.1); only the token is secret, so only it
-        # needs the constant-time comparison, and it runs whatever the scheme so timing says nothing.
-        token_ok = hmac.compare_digest(given.strip().encode(), self._expected)
-        if not (token_ok and scheme.lower() == "bearer"):
+        if not bearer_matches(req, self._token):
             raise Unauthorized("missing or wrong bearer token")
 
 
@@ -276,7 +274,7 @@ def create_app(
     multipart.parse_options.max_body_part_buffer_size = settings.api.max_body_bytes
     app.add_route("/", IndexResource(settings))
     app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadyResource(dispatcher))
+    app.add_route("/readyz", ReadyResource(dispatcher, token))
     pending = PendingRequestCollector(client, settings.model, lambda: versions.current().version)
     app.add_route(
         "/metrics", MetricsResource(metrics, client, collectors=[pending, LimitsCollector(settings)])

@@ -52,6 +52,7 @@ from daemon.ops.run_dir import (
     take_lock,
     write_record,
 )
+from daemon.ops.service_user import become_service_user
 from daemon.queue.pixel_store import create_folder, room_note
 from daemon.queue.wire import JOB_HEADER
 from daemon.settings import (
@@ -248,10 +249,18 @@ def run(config: str | None) -> int:
             "inferd: Redis will warn that memory overcommit is off; that matters for its background saves to "
             "disk, which this Redis never makes (no persistence)"
         )
+    become_service_user(settings)
     # supervisord itself, run by daemon/ops/supervise.py so that the last line at a stop is ours.
     supervisord = [sys.executable, "-m", "daemon.ops.supervise", "--nodaemon", "-c", str(SUPERVISORD_CONF)]
     sys.stdout.flush()
-    os.execv(sys.executable, supervisord)
+    try:
+        os.execv(sys.executable, supervisord)
+    except PermissionError:
+        # Only after become_service_user: the checkout or its Python lies in a folder that user cannot enter.
+        raise ConfigError(
+            f"paths.service_user = {settings.paths.service_user!r} cannot run {sys.executable}: install inferd "
+            "where that user can read it (`make install` does), or leave paths.service_user empty"
+        ) from None
     return 0  # not reached
 
 

@@ -12,8 +12,11 @@ section, a key's default and its check would live in two files.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import pwd
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -68,6 +71,10 @@ class ApiSettings:
     request_timeout_s: float = 10.0
     max_body_bytes: int = 20_000_000
     max_image_pixels: int = 50_000_000
+    """Per image: a 50 MP phone photo (8160x6120) or a 45 MP full-frame camera's still fits; more is refused."""
+    max_request_pixels: int = 400_000_000
+    """Per request (KServe V2 batches), summed from the files' headers before any decode: 8 such photos, or
+    33 of a phone's usual 12 MP."""
     default_top: int = 5
     max_top: int = 100
     auth_token_file: Path | None = None
@@ -76,6 +83,12 @@ class ApiSettings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     drain_grace_s: float = 3.0
+    client_max_connections: int = 256
+    """Requests one client address may have in progress at the front door at once (more: 429); 0: no limit."""
+    client_requests_per_s: int = 1000
+    """Requests per second one client address may send, with a burst of as many again (more: 429); 0: none."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Balancers (addresses or networks) whose X-Forwarded-For names the client the limits count."""
     decode_in: str = "auto"
     """Where /predict's uploads are decoded: "api", "shard", or "auto" (the shard on a box with GPU shards,
     the API otherwise; daemon/images/shard_decode.py says why)."""
@@ -89,6 +102,8 @@ class RedisSettings:
     password_file: Path | None = None
     managed: bool = True
     maxmemory_mb: int = 0
+    allow_no_password: bool = False
+    """An external Redis over TCP beyond loopback without `password_file`: refused at start unless true."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +118,9 @@ class ModelSettings:
     name: str = ""
     """The name clients use for the model (KServe V2 routes, Triton metric labels); empty: from the file name."""
     version: int = 1
+    allow_legacy_h5: bool = False
+    """Accept a legacy HDF5 (.h5) model: Keras cannot hold such a file to safe_mode, so only the native
+    `.keras` format loads unless the operator says so here."""
 
     @property
     def served_name(self) -> str:
@@ -155,6 +173,9 @@ class DeviceSettings:
 class PathSettings:
     run_dir: Path = Path("var/run")
     log_dir: Path = Path("var/log")
+    service_user: str = ""
+    """Started as root, `inferd run` hands the run and log dirs to this user and becomes it before anything
+    starts, so Redis, nginx, the API and the workers run as it; empty: they run as whoever started it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +264,31 @@ def read_secret(key: str, path: Path | None) -> str | None:
         raise ConfigError(f"{key} = {str(path)!r} is not text: it must hold the secret") from None
     if not secret:
         raise ConfigError(f"{key} = {str(path)!r} is empty: it must hold the secret")
+    mode = path.stat().st_mode
+    if mode & stat.S_IROTH:
+        raise ConfigError(
+            f"{key} = {str(path)!r} is readable by every user of this host (mode {stat.S_IMODE(mode):04o}): "
+            f"make it readable by the appliance's user alone (chmod 600 {str(path)!r})"
+        )
     return secret
+
+
+MODEL_SUFFIXES = (".keras", ".json")
+"""Model files loaded without an opt-in: Keras's native format (loaded with safe_mode) and a stand-in."""
+LEGACY_SUFFIXES = (".h5", ".hdf5")
+
+
+def model_file_refusal(model: ModelSettings, path: Path) -> str | None:
+    """Why `path` may not be loaded as a model under these settings, or None when it may."""
+    suffix = path.suffix.lower()
+    if suffix in MODEL_SUFFIXES or (suffix in LEGACY_SUFFIXES and model.allow_legacy_h5):
+        return None
+    if suffix in LEGACY_SUFFIXES:
+        return (
+            f"{path} is a legacy HDF5 model, which Keras loads without safe_mode's protection (a Lambda layer "
+            "runs its code); save it as .keras, or set model.allow_legacy_h5 = true if you trust the file"
+        )
+    return f"{path} is not a .keras model file"
 
 
 def check_model_files(settings: Settings) -> None:
@@ -254,6 +299,9 @@ def check_model_files(settings: Settings) -> None:
                 f"{key} = {str(path)!r} does not exist; build the embedded default with "
                 "`inferd build-default-model` or point it at your own file"
             )
+    refusal = model_file_refusal(settings.model, settings.model.path)
+    if refusal is not None:
+        raise ConfigError(f"model.path = {str(settings.model.path)!r} is not allowed: {refusal}")
 
 
 def _field_type(section_type: type[Any], name: str) -> Any:
@@ -335,6 +383,12 @@ def _coerce(key: str, target: Any, value: Any, base: Path) -> Any:
             raise ConfigError(f"{key} = {value!r} is not allowed: expected a number") from None
     if target == tuple[int, ...]:
         return _gpu_selection(key, value)
+    if target == tuple[str, ...]:
+        # A TOML list, or "a, b" from the environment.
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected a list of strings")
+        return tuple(item.strip() for item in items if item.strip())
     if not isinstance(value, str | int):
         raise ConfigError(f"{key} = {value!r} is not allowed: expected a string")
     return str(value)
@@ -378,6 +432,31 @@ def gpu_selection_text(gpus: GpuSelection) -> str:
     return ",".join(str(index) for index in gpus) or "none"
 
 
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
     if not condition:
         raise ConfigError(f"{key} = {value!r} is not allowed: {allowed}")
@@ -404,6 +483,12 @@ def validate(s: Settings) -> None:
         f"from 1 to {PILLOW_PIXEL_CEILING} (Pillow refuses larger images whatever we allow)",
     )
     _require(
+        s.api.max_image_pixels <= s.api.max_request_pixels <= 100 * PILLOW_PIXEL_CEILING,
+        "api.max_request_pixels",
+        s.api.max_request_pixels,
+        f"from api.max_image_pixels ({s.api.max_image_pixels}) to {100 * PILLOW_PIXEL_CEILING}",
+    )
+    _require(
         0 <= s.api.drain_grace_s <= 300, "api.drain_grace_s", s.api.drain_grace_s, "from 0 to 300 seconds"
     )
     _require(s.api.max_top >= 1, "api.max_top", s.api.max_top, "1 or more")
@@ -423,6 +508,25 @@ def validate(s: Settings) -> None:
         s.api.max_connections,
         "from 256 to 1000000",
     )
+    _require(
+        s.api.client_max_connections >= 0,
+        "api.client_max_connections",
+        s.api.client_max_connections,
+        "0 (no limit) or more",
+    )
+    _require(
+        s.api.client_requests_per_s >= 0,
+        "api.client_requests_per_s",
+        s.api.client_requests_per_s,
+        "0 (no limit) or more requests per second",
+    )
+    for proxy in s.api.trusted_proxies:
+        _require(
+            _is_network(proxy),
+            "api.trusted_proxies",
+            list(s.api.trusted_proxies),
+            f"IP addresses or networks such as 10.0.0.5 or 10.0.0.0/24 ({proxy!r} is neither)",
+        )
     # A certificate without its key (or the reverse) cannot serve TLS: name the one that is missing.
     for key, value, other in (
         ("api.tls_key_file", s.api.tls_key_file, s.api.tls_cert_file),
@@ -441,6 +545,18 @@ def validate(s: Settings) -> None:
         "redis.port",
         s.redis.port,
         "a TCP port, or set redis.socket, when redis.managed is false",
+    )
+    _require(
+        s.redis.managed
+        or s.redis.socket is not None
+        or s.redis.password_file is not None
+        or s.redis.allow_no_password
+        or _is_loopback(s.redis.host),
+        "redis.host",
+        s.redis.host,
+        "a loopback address, or set redis.password_file: an external Redis over the network without a "
+        "password lets anyone who reaches it read and steer the queues (redis.allow_no_password = true "
+        "accepts that)",
     )
     _require(8 <= s.model.input_size <= 4096, "model.input_size", s.model.input_size, "from 8 to 4096")
     _require(s.model.resize in RESIZE_MODES, "model.resize", s.model.resize, f"one of {RESIZE_MODES}")
@@ -497,6 +613,12 @@ def validate(s: Settings) -> None:
         f"one of {DISPATCH_POLICIES}",
     )
     _require(s.queue.pixels in PIXEL_PATHS, "queue.pixels", s.queue.pixels, f"one of {PIXEL_PATHS}")
+    _require(
+        s.paths.service_user == "" or _user_exists(s.paths.service_user),
+        "paths.service_user",
+        s.paths.service_user,
+        "empty, or a user of this host (e.g. inferd, made by `make install`, or nobody)",
+    )
     _require(1 <= s.devices.cpu_workers <= 64, "devices.cpu_workers", s.devices.cpu_workers, "from 1 to 64")
     _require(
         s.devices.gpu_memory_limit_mb >= 0,

@@ -95,6 +95,9 @@ def render(
 # HAProxy in front of {len(boxes)} inferd appliance(s), from tools/haproxy_config.py (regenerate, don't edit).
 # Each appliance's api.drain_grace_s must exceed fall x inter = {checks.fall * checks.inter_ms / 1000:g}s, so that
 # HAProxy has marked a stopping box down before the box stops admitting.
+# Each appliance counts its per-client limits (api.client_max_connections, api.client_requests_per_s) by
+# address, and every client arrives from this balancer's: set api.trusted_proxies = ["<this host's address>"]
+# on each appliance, so that it counts the client `option forwardfor` names instead.
 global
     log stdout format raw local0 info
     maxconn {GLOBAL_MAXCONN}

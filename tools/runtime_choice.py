@@ -140,8 +140,11 @@ def choose_runtime(backend: str, reading: GpuReading) -> RuntimeChoice:
     cpu = {
         "tensorflow": (TENSORFLOW,),
         "jax": (JAX,),
-        # PyPI's Linux torch is the CUDA build (several GB); the CPU index's `+cpu` build wins the version tie.
-        "torch": (TORCH, "--extra-index-url", TORCH_INDEX.format(tag="cpu")),
+        # PyPI's Linux torch is the CUDA build (several GB): the CPU index's `+cpu` build is the one wanted.
+        # --index-url, not --extra-index-url: with two indexes pip takes the best version from either, so a
+        # package of the same name on PyPI could shadow PyTorch's; the PyTorch index also carries torch's
+        # own dependencies, and this pip call installs torch alone.
+        "torch": (TORCH, "--index-url", TORCH_INDEX.format(tag="cpu")),
     }
     if backend not in cpu:
         raise ValueError(f"unknown backend {backend!r}; expected one of {sorted(cpu)}")
@@ -166,7 +169,7 @@ def choose_runtime(backend: str, reading: GpuReading) -> RuntimeChoice:
     if tag is None:
         tag = TORCH_CUDA_BUILDS[-1][2]  # a driver newer than any build runs the newest one
     return RuntimeChoice(
-        (TORCH, "--extra-index-url", TORCH_INDEX.format(tag=tag)),
+        (TORCH, "--index-url", TORCH_INDEX.format(tag=tag)),
         f"torch: {found}: PyTorch's {tag} build",
     )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -88,7 +89,34 @@ def swap(client: redis.Redis, shard: str, choice: ModelChoice, timeout_s: float)
     return answer or SwapResult(choice.version, False, f"no answer within {timeout_s:g}s; request withdrawn")
 
 
+def root_refusal(settings: Settings, euid: int) -> str | None:
+    """Why user `euid` may not run the check, or None. The check loads a model file, which is code to some
+    degree; as root, where the appliance runs as another user, it would hold more power than the appliance
+    ever gives the file. Where the appliance itself runs as root (its run dir is root's), its workers load
+    the model as root in any case, and refusing would protect nothing."""
+    if euid != 0:
+        return None
+    try:
+        owner = settings.paths.run_dir.stat().st_uid
+    except OSError:
+        owner = -1  # no run dir: no appliance of root's to reload either
+    if owner == 0:
+        return None
+    try:
+        user = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        user = f"uid {owner}" if owner >= 0 else "the appliance's user"
+    return (
+        f"refusing to run as root: the check loads the new model, and the appliance runs as {user}; "
+        f"run it as that user (sudo -u {user} inferd reload ...)"
+    )
+
+
 def run_reload(prog: str, settings: Settings, args: argparse.Namespace) -> int:
+    refusal = root_refusal(settings, os.geteuid())
+    if refusal is not None:
+        print(f"{prog}: {refusal}; nothing was changed", file=sys.stderr)
+        return EXIT_USAGE
     record = active_record(settings)
     old = choice_of(settings.model) if record is None else record.active
     new = ModelChoice(

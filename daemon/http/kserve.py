@@ -42,6 +42,7 @@ from daemon.http.v2_tensors import (
     encode_infer_response,
     parse_infer_request,
 )
+from daemon.images.batch import DecodePool, check_request_pixels
 from daemon.images.decode import decode_image
 from daemon.model.active_model import ServedVersions
 from daemon.model.classifier import load_labels
@@ -168,10 +169,13 @@ class ModelReadyResource:
 
 
 class ModelInferResource:
-    def __init__(self, settings: Settings, model: ServedModel, dispatcher: Dispatch) -> None:
+    def __init__(
+        self, settings: Settings, model: ServedModel, dispatcher: Dispatch, decode_pool: DecodePool
+    ) -> None:
         self._settings = settings
         self._model = model
         self._dispatcher = dispatcher
+        self._decode_pool = decode_pool
 
     def on_post(
         self, req: falcon.Request, resp: falcon.Response, model_name: str, model_version: str | None = None
@@ -181,7 +185,7 @@ class ModelInferResource:
         request = parse_infer_request(
             read_body(req, self._settings.api.max_body_bytes), req.get_header(HEADER_LENGTH)
         )
-        images = self._images(request)
+        images = self._images(request, deadline)
         requested = self._requested_outputs(request)
         jobs = [
             Job(
@@ -216,7 +220,7 @@ class ModelInferResource:
             resp.set_header(HEADER_LENGTH, str(json_size))
         resp.data = body
 
-    def _images(self, request: InferRequest) -> list[npt.NDArray[np.uint8]]:
+    def _images(self, request: InferRequest, deadline: float) -> list[npt.NDArray[np.uint8]]:
         """The model inputs of every image in the request, decoded (or taken as sent) and checked."""
         if len(request.inputs) != 1:
             raise BadRequest("send exactly one input: 'image' (BYTES, encoded files) or 'pixels' (UINT8)")
@@ -227,19 +231,23 @@ class ModelInferResource:
         if count > MAX_IMAGES_PER_REQUEST:
             raise PayloadTooLarge(f"{count} images in one request; the limit is {MAX_IMAGES_PER_REQUEST}")
         if tensor.name == "image":
-            return self._decoded(tensor)
+            return self._decoded(tensor, deadline)
         if tensor.name == "pixels":
             return self._pixels(tensor)
         raise BadRequest(f"unknown input {tensor.name!r}: this model takes 'image' or 'pixels'")
 
-    def _decoded(self, tensor: InputTensor) -> list[npt.NDArray[np.uint8]]:
+    def _decoded(self, tensor: InputTensor, deadline: float) -> list[npt.NDArray[np.uint8]]:
         if tensor.datatype != "BYTES" or tensor.shape not in ((tensor.shape[0],), (tensor.shape[0], 1)):
             raise BadRequest(
                 f"input 'image' must be BYTES of shape [N] or [N, 1], not {tensor.datatype} {list(tensor.shape)}"
             )
         assert isinstance(tensor.data, list)
-        model, max_pixels = self._settings.model, self._settings.api.max_image_pixels
-        return [decode_image(data, model, max_pixels) for data in tensor.data]
+        api, model = self._settings.api, self._settings.model
+        # From the headers, before any pixel: a few kilobytes of PNG can declare gigapixels.
+        check_request_pixels(tensor.data, api.max_image_pixels, api.max_request_pixels)
+        return self._decode_pool.decode_all(
+            tensor.data, lambda data: decode_image(data, model, api.max_image_pixels, deadline), deadline
+        )
 
     def _pixels(self, tensor: InputTensor) -> list[npt.NDArray[np.uint8]]:
         size = self._model.input_size
@@ -303,7 +311,7 @@ def add_v2_routes(
     per_model: Sequence[tuple[str, object]] = (
         ("", ModelMetadataResource(model)),
         ("/ready", ModelReadyResource(model, dispatcher)),
-        ("/infer", ModelInferResource(settings, model, dispatcher)),
+        ("/infer", ModelInferResource(settings, model, dispatcher, DecodePool())),
     )
     for suffix, resource in per_model:
         app.add_route(f"/v2/models/{{model_name}}{suffix}", resource)

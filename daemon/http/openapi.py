@@ -69,8 +69,11 @@ UPLOAD_ERRORS = {
     "400": "no image, an empty, corrupt or truncated image, or a malformed request",
     **AUTH,
     "411": "chunked body: send a Content-Length",
-    "413": "body over api.max_body_bytes, or more pixels than api.max_image_pixels",
+    "413": "body over api.max_body_bytes, an image over api.max_image_pixels, or a V2 request whose images "
+    "declare more than api.max_request_pixels",
     "415": "not an image format the appliance reads, or a content type it does not take",
+    "429": "this client address is over api.client_max_connections or api.client_requests_per_s: retry after "
+    "Retry-After seconds",
     "503": "no live worker, every queue full, or Redis down: retry after Retry-After seconds",
     "504": "no answer within api.request_timeout_s",
 }

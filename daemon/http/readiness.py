@@ -14,6 +14,7 @@ import falcon
 import redis
 
 from daemon.dispatcher import Dispatch
+from daemon.http.auth import bearer_matches
 from daemon.queue.registry import DrainState, no_worker_reason
 from daemon.queue.wire import LIVE
 
@@ -73,11 +74,17 @@ def not_ready_reason(live: list[str], drain: DrainState, failed: dict[str, str] 
     return None
 
 
-class ReadyResource:
-    """`GET /readyz`: the readiness with what it was read from (shards, failures, drained shards)."""
+HIDDEN_DETAIL = "failed (the reason is shown with the bearer token, and in the worker's log)"
+"""What /readyz says of a failed shard to a caller without the token: reasons name files and exceptions."""
 
-    def __init__(self, dispatcher: Dispatch) -> None:
+
+class ReadyResource:
+    """`GET /readyz`: the readiness with what it was read from (shards, failures, drained shards); with a token
+    set, why a shard failed only for the token's holders."""
+
+    def __init__(self, dispatcher: Dispatch, token: str | None = None) -> None:
         self._dispatcher = dispatcher
+        self._token = token
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         found = readiness(self._dispatcher, "/readyz")
@@ -85,17 +92,21 @@ class ReadyResource:
         if not found.reachable:
             resp.media = {"ready": False, "reason": found.reason}
             return
+        failed, reason = found.failed, found.reason
+        if self._token is not None and not bearer_matches(req, self._token):
+            failed = dict.fromkeys(failed, HIDDEN_DETAIL)
+            reason = not_ready_reason(found.live, found.drain, failed)
         resp.media = {
             "ready": found.ready,
             "live_shards": found.live,
             "registered_shards": list(found.shards),
             "shards": found.shards,
-            "failed_shards": found.failed,
+            "failed_shards": failed,
         }
         if found.drain.shards:
             resp.media["draining_shards"] = sorted(found.drain.shards)
-        if found.reason is not None:
-            resp.media["reason"] = found.reason
+        if reason is not None:
+            resp.media["reason"] = reason
 
     # Load balancers (HAProxy's default check among them) probe with HEAD: same status, no body.
     on_head = on_get

@@ -31,6 +31,9 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES_LENGTH = struct.Struct("<I")
 MAX_RANK = 8
 """More dimensions than any tensor of ours has: a longer shape is refused before its product is taken."""
+MAX_ELEMENTS = 2**31 - 1
+"""More elements than any body we accept can carry (and than numpy's reshape takes everywhere): a shape
+whose dimensions or product exceed it is refused (400), whatever a zero elsewhere makes the product."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,9 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
         raise BadRequest(
             f"the shape of input {name!r} must be a list of 1 to {MAX_RANK} non-negative integers"
         )
+    # Each dimension on its own too: [2**64, 0] has a product of 0 but no array can take it.
+    if any(dim > MAX_ELEMENTS for dim in value) or math.prod(dim for dim in value if dim) > MAX_ELEMENTS:
+        raise BadRequest(f"the shape {value} of input {name!r} holds more than {MAX_ELEMENTS} elements")
     return tuple(value)
 
 
@@ -182,7 +188,7 @@ def _from_binary(
             raise BadRequest(f"input {name!r} of shape {list(shape)} needs {count} bytes, got {len(data)}")
         return np.frombuffer(data, dtype=np.uint8).reshape(shape)
     if datatype == "BYTES":
-        elements = split_bytes_elements(data)
+        elements = split_bytes_elements(data, count)
         if len(elements) != count:
             raise BadRequest(
                 f"input {name!r} of shape {list(shape)} needs {count} element(s), got {len(elements)}"
@@ -230,10 +236,19 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
-def split_bytes_elements(data: bytes) -> list[bytes]:
-    """A binary BYTES tensor (each element: 4-byte little-endian length, then the bytes) to its elements."""
-    elements, offset = [], 0
+def split_bytes_elements(data: bytes, count: int) -> list[bytes]:
+    """A binary BYTES tensor (each element: 4-byte little-endian length, then the bytes) to its `count`
+    elements; more data than `count` elements is refused before it is split any further, so megabytes of
+    empty elements cost no list of millions."""
+    if count * BYTES_LENGTH.size > len(data):
+        raise BadRequest(
+            f"a BYTES tensor of {count} element(s) needs at least {count * BYTES_LENGTH.size} bytes"
+        )
+    elements: list[bytes] = []
+    offset = 0
     while offset < len(data):
+        if len(elements) == count:
+            raise BadRequest(f"a BYTES tensor holds more than its {count} element(s)")
         if offset + BYTES_LENGTH.size > len(data):
             raise BadRequest("a BYTES tensor ends inside an element's length prefix")
         (size,) = BYTES_LENGTH.unpack_from(data, offset)

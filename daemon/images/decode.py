@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
-from daemon.errors import BadRequest, InferdError, PayloadTooLarge, UnsupportedMediaType
+from daemon.errors import BadRequest, DeadlineExceeded, InferdError, PayloadTooLarge, UnsupportedMediaType
 from daemon.images.jpeg import (
     EXIF_ORIENTATION_TAG,
     FAST_COLOUR_SPACES,
@@ -85,14 +86,21 @@ def inspect_upload(data: bytes, max_pixels: int) -> Upload:
     return _checked(Upload(claimed, width, height), max_pixels)
 
 
-def decode_image(data: bytes, model: ModelSettings, max_pixels: int) -> npt.NDArray[np.uint8]:
-    """Bytes of an image file to a (input_size, input_size, 3) uint8 array ready for the model."""
+def decode_image(
+    data: bytes, model: ModelSettings, max_pixels: int, deadline: float | None = None
+) -> npt.NDArray[np.uint8]:
+    """Bytes of an image file to a (input_size, input_size, 3) uint8 array ready for the model; past
+    `deadline` (`time.monotonic()`) Pillow's decode stops at its next read of the file (504)."""
     claimed = _claimed_format(data)
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceeded(DEADLINE_PASSED)
     if claimed == "JPEG":
         fast = _decode_jpeg_fast(data, model, max_pixels)
         if fast is not None:
             return fast
-    image = _open(data, claimed, max_pixels)
+    image = _open(data, claimed, max_pixels, deadline)
+    if deadline is not None and isinstance(image, ImageFile.ImageFile):
+        image.decodermaxblock = DEADLINE_READ_BLOCK
     _checked(Upload(claimed, *image.size), max_pixels)
     try:
         return _to_model_input(image, model)
@@ -160,10 +168,31 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _open(data: bytes, claimed: str, max_pixels: int) -> Image.Image:
+DEADLINE_READ_BLOCK = 8192
+"""Bytes a decoder reads at a time when a deadline is watched (Pillow's default is 64 KB): a one-colour PNG
+inflates 64 KB into tens of megabytes, a third of a second of work; 8 KB keeps that a few tens of ms."""
+DEADLINE_PASSED = "the request's deadline passed while its image was being decoded"
+
+
+class _DeadlineReader(io.BytesIO):
+    """The file as Pillow reads it: each read past the deadline raises instead, so a huge canvas is given
+    up within one block's work of the deadline, not at the end of the image."""
+
+    def __init__(self, data: bytes, deadline: float) -> None:
+        super().__init__(data)
+        self._deadline = deadline
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if time.monotonic() >= self._deadline:
+            raise DeadlineExceeded(DEADLINE_PASSED)
+        return super().read(size)
+
+
+def _open(data: bytes, claimed: str, max_pixels: int, deadline: float | None = None) -> Image.Image:
     """Read the header with the one decoder the signature named; pixels are decoded later."""
+    source = io.BytesIO(data) if deadline is None else _DeadlineReader(data, deadline)
     try:
-        return Image.open(io.BytesIO(data), formats=(claimed,))
+        return Image.open(source, formats=(claimed,))
     except UnidentifiedImageError:
         # Pillow swallows the plugin's reason; the signature matched, so the file is a broken one.
         raise BadRequest(f"the upload starts like a {claimed} file but its header is corrupt") from None

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from daemon.errors import ModelLoadError
 from daemon.queue.wire import Prediction
-from daemon.settings import BatchingSettings, ModelSettings
+from daemon.settings import BatchingSettings, ModelSettings, model_file_refusal
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,15 @@ class Classifier:
         self.settings = settings
         self.labels = load_labels(settings.labels)
         self.buckets = batch_buckets(max_batch_size)
+        refusal = model_file_refusal(settings, settings.path)
+        if refusal is not None:
+            raise ModelLoadError(f"cannot load model {settings.path}: {refusal}")
         try:
             import keras
 
-            model: Any = keras.saving.load_model(settings.path, compile=False)
+            # safe_mode is Keras's default; said here so that no refactor loses it: a .keras file whose config
+            # asks for arbitrary Python (a Lambda's pickled code) is refused instead of run.
+            model: Any = keras.saving.load_model(settings.path, compile=False, safe_mode=True)
         except Exception as exc:  # Keras raises many types (ValueError, OSError, ...) for a bad file
             raise ModelLoadError(f"cannot load model {settings.path}: {exc}") from exc
         output_classes = int(model.outputs[0].shape[-1])

@@ -47,6 +47,7 @@ import subprocess
 from pathlib import Path
 
 from daemon.errors import ConfigError
+from daemon.ops.client_limits import client_limit_lines
 from daemon.ops.run_dir import RUN_DIR_ENV
 from daemon.settings import Settings
 
@@ -77,6 +78,10 @@ OPEN_FILES_RESERVE = 1024
 LISTEN_BACKLOG = 4096
 BODY_BUFFER = "256k"
 """Body bytes nginx keeps in memory per request; bigger bodies go to a temporary file in the run dir."""
+TLS12_AEAD = ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305")
+TLS12_CIPHERS = ":".join(f"ECDHE-{key}-{aead}" for aead in TLS12_AEAD for key in ("ECDSA", "RSA"))
+"""TLS 1.2's ciphers: forward-secret and AEAD only (Mozilla's "intermediate" list without DHE), so no CBC
+mode and no RSA key exchange; TLS 1.3's own suites are all AEAD already."""
 
 
 def api_socket(run_dir: Path, instance: int) -> Path:
@@ -195,6 +200,7 @@ def door_errors(settings: Settings) -> dict[int, tuple[int, str]]:
         408: (408, "the request was not sent in time"),
         413: (413, f"the request body is larger than the {limit}-byte limit"),
         414: (414, "the request URI is too long"),
+        429: (429, "too many requests from this client address; retry shortly"),
         500: (500, "internal error at the front door"),
         502: (503, "the API is not accepting requests (starting or restarting); retry shortly"),
         504: (504, "the API did not answer in time; the appliance is overloaded or stuck"),
@@ -213,7 +219,7 @@ def _error_locations(settings: Settings) -> list[str]:
         lines.append(f"        error_page {status} ={answer} {ERROR_URI}{status};")
         lines.append(f"        location = {ERROR_URI}{status} {{")
         lines.append("            internal;")
-        if answer == 503:
+        if answer in (429, 503):
             lines.append("            add_header Retry-After 1 always;")
         if answer == 401:
             lines.append("            add_header WWW-Authenticate Bearer always;")
@@ -222,10 +228,10 @@ def _error_locations(settings: Settings) -> list[str]:
     return lines
 
 
-def _nginx_user() -> str | None:
+def _nginx_user(settings: Settings) -> str | None:
     """`user` for nginx's workers when it starts as root (they would default to nobody, who cannot reach the
-    0700 run dir); None otherwise, where nginx runs as whoever started it."""
-    if os.geteuid() != 0:
+    0700 run dir); None otherwise: nginx runs as whoever started it (paths.service_user, if set)."""
+    if os.geteuid() != 0 or settings.paths.service_user:
         return None
     return f"{pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name}"
 
@@ -266,7 +272,8 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
     temp = run_dir / NGINX_DIR
     upstream_s = math.ceil(api.request_timeout_s) + UPSTREAM_MARGIN_S
     tls = api.tls_cert_file is not None and api.tls_key_file is not None
-    user = _nginx_user()
+    user = _nginx_user(settings)
+    limits_http, limits_server = client_limit_lines(settings)
     lines = [
         "# Rendered by `inferd run` from the settings (daemon/ops/front_door.py) at each start: edit the settings.",
         "daemon off;",
@@ -307,6 +314,8 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
         f"    client_body_buffer_size {BODY_BUFFER};",
         *_token_gate(settings.secrets.auth_token),
         "",
+        *limits_http,
+        "",
         "    upstream inferd_api {",
         *(
             f"        server {_quoted(f'unix:{api_socket(run_dir, i)}')} max_fails=1 fail_timeout=1s;"
@@ -322,12 +331,15 @@ def render_nginx_conf(settings: Settings, open_files: int) -> str:
             f"        ssl_certificate {_quoted(str(api.tls_cert_file))};",
             f"        ssl_certificate_key {_quoted(str(api.tls_key_file))};",
             "        ssl_protocols TLSv1.2 TLSv1.3;",
+            f"        ssl_ciphers {TLS12_CIPHERS};",
+            "        ssl_prefer_server_ciphers off;",
             "        ssl_session_cache shared:inferd_tls:10m;",
         ]
     # In each location that proxies, not in the server: there it would refuse the 401's own error page too.
     gate = ["            if ($inferd_refused) {", "                return 401;", "            }"]
     gate = gate if settings.secrets.auth_token else []
     lines += [
+        *limits_server,
         "",
         "        # The whole body is read before the API gets the request (for chunked uploads too, which the",
         "        # API then receives with a Content-Length); answers are buffered here, so a slow reader does",

@@ -265,7 +265,20 @@ class PixelStore:
     # -- cleaning up --------------------------------------------------------------------------------------
     def sweep(self) -> int:
         """Remove segments older than `max_age_s`, whose owner died or can no longer read the answer."""
-        return self._remove_where(lambda modified: modified < time.time() - self.max_age_s)
+        now = self._file_clock()
+        if now is None:
+            return 0
+        return self._remove_where(lambda modified: modified < now - self.max_age_s)
+
+    def _file_clock(self) -> float | None:
+        """The time the filesystem stamps on files now, read back from the folder just touched: ages are
+        differences of two file times, never a file time against this process's wall clock."""
+        try:
+            fd = self._folder_fd()
+            os.utime(fd)  # through the checked descriptor: never a path a link could redirect
+            return os.fstat(fd).st_mtime
+        except OSError:
+            return None  # no folder, or not ours: nothing of ours is in it
 
     def clear(self) -> int:
         """Remove every segment (at start, when no process of the appliance can own one)."""

@@ -31,7 +31,7 @@ from daemon.errors import (
     UsageArgumentParser,
 )
 from daemon.logs import setup_logging
-from daemon.model.active_model import applied
+from daemon.model.active_model import applied, choice_of, with_active_model
 from daemon.model.classifier import batch_buckets
 from daemon.queue.faces import ShardQueues
 from daemon.queue.wire import ModelChoice, SwapResult
@@ -121,6 +121,17 @@ class Swapper:
         if request is None:
             return None
         asked, choice = request
+        recorded = choice_of(with_active_model(self._settings).model)
+        if choice != recorded:
+            # Anyone who can write to Redis can post a request; only `inferd reload`, which alone writes the
+            # 0700 run dir's record before it asks, names the model the record names.
+            reason = (
+                f"the request names {choice.path} (version {choice.version}), not the model the run dir's "
+                f"record names ({recorded.path}, version {recorded.version}); only `inferd reload` asks for swaps"
+            )
+            log.error("%s refused a swap request: %s", self._prefix, reason)
+            self._queues.answer_swap(asked, SwapResult(choice.version, False, reason))
+            return None
         if choice.version == serving:
             self._queues.answer_swap(asked, SwapResult(choice.version, True, "already serving it"))
             return None

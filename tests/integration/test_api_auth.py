@@ -29,6 +29,7 @@ PNG = encode_image(np.zeros((8, 8, 3), dtype=np.uint8))
 def secured(make_settings, redis_socket, redis_client, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(f"{TOKEN}\n")
+    token_file.chmod(0o600)
     settings = make_settings(
         redis={"managed": False, "socket": str(redis_socket)}, api={"auth_token_file": str(token_file)}
     )

@@ -205,3 +205,22 @@ def test_a_file_too_large_for_redis_is_decoded_here_and_a_small_one_travels_whol
     assert small.encoded and small.pixels.nbytes == 48
     assert not large.encoded and large.pixels.shape == (4, 4, 3)
     assert decoded == [49]
+
+
+def test_one_redis_round_trip_per_job(redis_settings, redis_client):
+    # README: the enqueue call and the BLPOP for the answer go to Redis in one pipeline. Redis counts the
+    # reads it processes (INFO stats total_reads_processed): one per round trip a client makes.
+    register(redis_client, "cpu0", "cpu1")
+    api_client = connect(redis_settings, socket_timeout_s=5.0)
+    dispatcher = Dispatcher(queues_for(redis_settings, api_client), request_timeout_s=5.0)
+    jobs = [a_job() for _ in range(21)]
+    for job in jobs:  # each answer is waiting already, so the BLPOP behind the enqueue returns at once
+        redis_client.lpush(reply_key(job.job_id), Reply(shard="cpu0", batch_size=1).encode())
+    dispatcher.dispatch(jobs[0])  # the first job also loads the script and reads the shard registry
+    before = redis_client.info("stats")["total_reads_processed"]
+    for job in jobs[1:]:
+        dispatcher.dispatch(job)
+    after = redis_client.info("stats")["total_reads_processed"]
+    api_client.close()
+    round_trips = after - before - 1  # less the INFO call's own read
+    assert round_trips == len(jobs) - 1, f"{round_trips} round trips for {len(jobs) - 1} jobs"

@@ -26,6 +26,7 @@ def test_predict_needs_the_token_and_only_what_passed_the_front_door_is_counted(
 ):
     token_file = tmp_path / "token"
     token_file.write_text(f"{TOKEN}\n")
+    token_file.chmod(0o600)
     # The readiness wait itself shows the probes stay open: it calls /readyz without a token.
     appliance = start_appliance(shards=1, api={"auth_token_file": str(token_file)})
     upload = {"image": ("photo.png", photo_png, "image/png")}

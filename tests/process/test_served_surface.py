@@ -31,6 +31,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, tiny_model: tuple[Path, 
     folder = tmp_path_factory.mktemp("surface")
     token_file = folder / "token"
     token_file.write_text(f"{TOKEN}\n")
+    token_file.chmod(0o600)
     sections = tiny_sections(
         tiny_model,
         model={"path": standin_model(folder, BATCH_MS)},

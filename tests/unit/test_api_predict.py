@@ -3,6 +3,7 @@ Redis and no worker."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -13,10 +14,11 @@ import redis
 
 from daemon.api import create_app, decodes_in_shard
 from daemon.errors import DeadlineExceeded, InferdError, QueueFull
+from daemon.http.readiness import HIDDEN_DETAIL
 from daemon.ops.front_door import ARRIVED_HEADER
 from daemon.queue.registry import DrainState
 from daemon.queue.wire import Job, Prediction, Reply
-from daemon.settings import ApiSettings, ModelSettings, Settings
+from daemon.settings import ApiSettings, ModelSettings, Secrets, Settings
 from daemon.shard import SHARDS_ENV, Shard, encode_shards
 from testkit.images import encode_image
 from tests.conftest import TINY_INPUT
@@ -199,6 +201,28 @@ def test_readyz_names_failed_shards_and_their_reasons(app):
     result = client.simulate_get("/readyz")
     assert result.status_code == 503
     assert result.json["reason"] == "no worker is serving: gpu4: tensorflow 2.21.0 sees no GPU"
+
+
+def test_with_a_token_readyz_tells_failure_reasons_only_to_its_holders():
+    settings = Settings(
+        api=ApiSettings(request_timeout_s=7.0), model=ModelSettings(input_size=TINY_INPUT, preprocessing="tf")
+    )
+    settings = dataclasses.replace(settings, secrets=Secrets(auth_token="t0ken"))
+    dispatcher = FakeDispatcher()
+    dispatcher.status = {"gpu4": "failed"}
+    dispatcher.failed = {"gpu4": "cannot load model /srv/models/secret.keras: ValueError: bad"}
+    nowhere = redis.Redis(unix_socket_path="/nonexistent/redis.sock")
+    client = falcon.testing.TestClient(create_app(settings, nowhere, dispatcher))
+    stranger = client.simulate_get("/readyz")
+    assert (
+        stranger.status_code == 503
+        and "/srv/models" not in stranger.text
+        and "ValueError" not in stranger.text
+    )
+    assert stranger.json["failed_shards"] == {"gpu4": HIDDEN_DETAIL}
+    holder = client.simulate_get("/readyz", headers={"Authorization": "Bearer t0ken"})
+    assert holder.status_code == 503 and holder.json["failed_shards"] == dispatcher.failed
+    assert "secret.keras" in holder.json["reason"]
 
 
 READY_ROUTES = ("/readyz", "/v2/health/ready", f"/v2/models/{ModelSettings().served_name}/ready")

@@ -187,6 +187,7 @@ def test_secret_files_are_read_at_load_and_kept_out_of_the_repr(tmp_path: Path, 
     section, name = key.split(".")
     secret = tmp_path / "secret"
     secret.write_text("s3cret-value\n")
+    secret.chmod(0o600)
     settings = load_settings(write_settings(tmp_path, {section: {name: str(secret)}}), env={})
     read = settings.secrets.auth_token if section == "api" else settings.secrets.redis_password
     assert read == "s3cret-value"
@@ -210,3 +211,29 @@ def test_model_files_are_checked_by_their_own_step(tmp_path: Path):
     settings = load_settings(write_settings(tmp_path, {"model": {"path": "absent.keras"}}), env={})
     with pytest.raises(ConfigError, match=re.escape(f"model.path = {str(tmp_path / 'absent.keras')!r} does")):
         check_model_files(settings)
+
+
+@pytest.mark.parametrize("key", ["api.auth_token_file", "redis.password_file"])
+def test_a_world_readable_secret_file_is_refused(tmp_path: Path, key: str):
+    section, name = key.split(".")
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-value\n")
+    secret.chmod(0o644)
+    config = write_settings(tmp_path, {section: {name: str(secret)}})
+    with pytest.raises(ConfigError, match=re.escape(f"{key} = {str(secret)!r} is readable by every user")):
+        load_settings(config, env={})
+    secret.chmod(0o640)  # the appliance's group may read it
+    assert load_settings(config, env={}).secrets is not None
+
+
+def test_an_external_redis_over_the_network_needs_a_password_or_an_opt_in(tmp_path: Path):
+    remote = {"managed": False, "host": "10.1.2.3", "port": 6379}
+    with pytest.raises(ConfigError, match=re.escape("redis.host = '10.1.2.3' is not allowed")):
+        load_settings(write_settings(tmp_path, {"redis": remote}), env={})
+    load_settings(write_settings(tmp_path, {"redis": {**remote, "allow_no_password": True}}), env={})
+    for loopback in ("127.0.0.1", "::1", "localhost"):
+        load_settings(write_settings(tmp_path, {"redis": {**remote, "host": loopback}}), env={})
+    secret = tmp_path / "password"
+    secret.write_text("pw\n")
+    secret.chmod(0o600)
+    load_settings(write_settings(tmp_path, {"redis": {**remote, "password_file": str(secret)}}), env={})

@@ -3,6 +3,8 @@ the images reaching the dispatcher as one job each, and errors in the protocol's
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +17,7 @@ from daemon.api import create_app
 from daemon.errors import ConfigError, QueueFull
 from daemon.queue.registry import DrainState
 from daemon.queue.wire import ALL_CLASSES, Job, Reply
+from testkit.images import encode_image
 from tests.conftest import TINY_INPUT
 from tests.tiny_model import TINY_LABELS
 
@@ -130,9 +133,34 @@ def test_oversized_compressed_and_unknown_encodings(v2):
     )
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_request_is_answered_as_the_plain_one(v2, encoding):
+    # docs/kserve.md: gzip and deflate request bodies work (deflate is zlib framing, as tritonclient sends it).
+    import gzip
+    import zlib
+
+    compress = gzip.compress if encoding == "gzip" else zlib.compress
+    body = json.dumps(pixels_request([4, 1])).encode()
+    plain = v2(VectorDispatcher()).simulate_post("/v2/models/shapes/infer", body=body)
+    dispatcher = VectorDispatcher()
+    packed = v2(dispatcher).simulate_post(
+        "/v2/models/shapes/infer", body=compress(body), headers={"Content-Encoding": encoding}
+    )
+    assert plain.status_code == 200, plain.text
+    assert packed.status_code == 200, packed.text
+    assert packed.json == plain.json
+    assert [int(job.pixels[0, 0, 0]) for job in dispatcher.batches[0]] == [4, 1]
+    # A bomb stops at the limit once inflated, whichever the encoding.
+    bomb = compress(b" " * 5000 + b"{}")
+    small = v2(VectorDispatcher(), max_body_bytes=2048)
+    answer = small.simulate_post("/v2/models/shapes/infer", body=bomb, headers={"Content-Encoding": encoding})
+    assert answer.status_code == 413
+
+
 def test_probes_stay_open_when_a_token_is_set(v2, tmp_path):
     token = tmp_path / "token"
     token.write_text("t0ken\n")
+    token.chmod(0o600)
     client = v2(VectorDispatcher(), auth_token_file=str(token))
     assert client.simulate_get("/v2/health/live").status_code == 200
     assert client.simulate_get("/v2/health/ready").status_code == 200
@@ -150,3 +178,28 @@ def test_the_served_name_comes_from_the_file_unless_set(make_settings):
         make_settings(model={"name": "a/b"})
     with pytest.raises(ConfigError, match=r"model\.version = 0"):
         make_settings(model={"version": 0})
+
+
+def image_request(*files: bytes) -> dict[str, Any]:
+    data = [base64.b64encode(f).decode() for f in files]
+    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(files)], "data": data}]}
+
+
+def test_a_request_declaring_more_pixels_than_its_budget_is_413_before_any_decode(v2):
+    dispatcher = VectorDispatcher()
+    client = v2(dispatcher, max_image_pixels=4_000_000, max_request_pixels=10_000_000)
+    one_colour = encode_image(np.full((2000, 2000, 3), 7, np.uint8))  # 4 MP declared, ~12 KB sent
+    answer = client.simulate_post("/v2/models/shapes/infer", json=image_request(*[one_colour] * 3))
+    assert answer.status_code == 413 and "api.max_request_pixels" in answer.json["error"]
+    assert dispatcher.batches == []
+    accepted = client.simulate_post("/v2/models/shapes/infer", json=image_request(one_colour, one_colour))
+    assert accepted.status_code == 200 and len(dispatcher.batches[0]) == 2
+
+
+@pytest.mark.parametrize("shape", [[18446744073709551616, 0], [2**40, 0, 3], [0, 18446744073709551616]])
+def test_absurd_shapes_are_400_never_500(v2, shape):
+    client = v2(VectorDispatcher())
+    for datatype in ("UINT8", "BYTES"):
+        request = {"inputs": [{"name": "image", "datatype": datatype, "shape": shape, "data": []}]}
+        answer = client.simulate_post("/v2/models/shapes/infer", json=request)
+        assert answer.status_code == 400 and "shape" in answer.json["error"], answer.text

@@ -217,6 +217,15 @@ def test_a_tmpfs_too_small_for_the_queues_is_named_at_start(make_settings, tmp_p
     assert room_note(make_settings(queue={"pixels": "redis", "max_depth": 10**9}), 8) is None
 
 
+def test_the_sweep_reads_age_from_file_times_not_this_process_clock(tmp_path, monkeypatch):
+    store = PixelStore(make_folder(tmp_path), max_age_s=60)
+    fresh = store.stage(a_job())
+    # A wall clock read by Python that is hours ahead (a step, or a skewed clock) removes nothing live.
+    monkeypatch.setattr(time, "time", lambda: 1e12)
+    assert store.sweep() == 0
+    assert os.listdir(store.folder) == [fresh.segment]
+
+
 # -- a folder no one else can touch ------------------------------------------------------------------------
 NOBODY = 65534
 

@@ -16,6 +16,7 @@ import redis
 from PIL import Image
 
 from daemon.api import create_app
+from daemon.errors import ConfigError, ModelLoadError
 from daemon.gpu_worker import Worker
 from daemon.model.active_model import ModelRecord, choice_of, write_record
 from daemon.model.classifier import Classifier
@@ -23,6 +24,7 @@ from daemon.queue.faces import ShardQueues, await_swap, request_swap
 from daemon.queue.keys import queue_key, reply_key, swap_key
 from daemon.queue.registry import DrainState
 from daemon.queue.wire import Job, ModelChoice, Prediction, Reply, new_job_id
+from daemon.settings import Settings, check_model_files
 from daemon.shard import cpu_shards
 from tests.conftest import TINY_INPUT
 from tests.tiny_model import build_tiny_model
@@ -73,9 +75,17 @@ def answer(client, timeout_s: float = 10.0) -> Reply:
     return Reply.decode(popped[1])
 
 
-def test_a_serving_worker_takes_up_a_checked_model_between_batches(serving, redis_client, second_model):
+def ask_swap(settings: Settings, client: redis.Redis, choice: ModelChoice) -> None:
+    """What `inferd reload` does: record the choice in the run dir, then ask the shard."""
+    write_record(settings, ModelRecord(active=choice, settings_model=choice_of(settings.model)))
+    request_swap(client, "cpu0", choice)
+
+
+def test_a_serving_worker_takes_up_a_checked_model_between_batches(
+    serving, redis_settings, redis_client, second_model
+):
     assert answer(redis_client).model_version == 1
-    request_swap(redis_client, "cpu0", second_model)
+    ask_swap(redis_settings, redis_client, second_model)
     result = await_swap(redis_client, "cpu0", SWAP_WAIT_S)
     assert result is not None and result.ok and result.version == 2, result
     reply = answer(redis_client)
@@ -85,19 +95,48 @@ def test_a_serving_worker_takes_up_a_checked_model_between_batches(serving, redi
 
 
 def test_a_model_that_does_not_load_is_refused_and_the_old_one_serves_on(
-    serving, redis_client, second_model, tmp_path: Path
+    serving, redis_settings, redis_client, second_model, tmp_path: Path
 ):
     broken = tmp_path / "broken.keras"
     broken.write_bytes(second_model.path.read_bytes()[:1000])
-    request_swap(redis_client, "cpu0", ModelChoice(broken, second_model.labels, 2))
+    ask_swap(redis_settings, redis_client, ModelChoice(broken, second_model.labels, 2))
     result = await_swap(redis_client, "cpu0", SWAP_WAIT_S)
     assert result is not None and not result.ok and "cannot load model" in result.detail, result
     reply = answer(redis_client)
     assert reply.model_version == 1 and reply.predictions[0].label.startswith("class_")
 
 
-def test_a_model_loaded_after_the_tool_gave_up_is_not_taken_up(worker, redis_client, second_model):
+def test_a_swap_request_the_record_does_not_name_is_refused_unloaded(
+    serving, redis_settings, redis_client, second_model
+):
+    # Written straight into Redis, as anyone who can reach it could: the run dir's record names no such model.
     request_swap(redis_client, "cpu0", second_model)
+    result = await_swap(redis_client, "cpu0", SWAP_WAIT_S)
+    assert result is not None and not result.ok and "only `inferd reload` asks" in result.detail, result
+    assert answer(redis_client).model_version == 1 and serving.swapper.poll(1) is None
+
+
+def test_an_h5_model_is_refused_unless_the_operator_opts_in(make_settings, tmp_path: Path):
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input((TINY_INPUT, TINY_INPUT, 3)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    legacy = tmp_path / "model.h5"
+    model.save(legacy)
+    settings = make_settings(model={"path": str(legacy)})
+    with pytest.raises(ModelLoadError, match=r"legacy HDF5 .* model\.allow_legacy_h5"):
+        Classifier(settings.model)
+    with pytest.raises(ConfigError, match=r"model\.path = .* is not allowed"):
+        check_model_files(settings)
+    opted_in = make_settings(model={"path": str(legacy), "allow_legacy_h5": True})
+    assert Classifier(opted_in.model).labels[0] == "class_0"
+
+
+def test_a_model_loaded_after_the_tool_gave_up_is_not_taken_up(
+    worker, redis_settings, redis_client, second_model
+):
+    ask_swap(redis_settings, redis_client, second_model)
     deadline = time.monotonic() + SWAP_WAIT_S
     loaded = None
     while loaded is None and time.monotonic() < deadline:

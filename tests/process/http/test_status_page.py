@@ -162,6 +162,7 @@ def test_with_a_token_set_the_page_asks_for_it_refuses_a_wrong_one_and_shows_the
 ):
     token_file = tmp_path / "token"
     token_file.write_text(f"{TOKEN}\n")
+    token_file.chmod(0o600)
     appliance = start_appliance(shards=1, api={"auth_token_file": str(token_file)})
     page.get(f"{appliance.url}/")
 

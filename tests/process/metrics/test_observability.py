@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import requests
@@ -50,3 +51,22 @@ def test_health_ready_and_metrics(start_appliance, photo_png):
     appliance.wait_ready()
     text = requests.get(f"{appliance.url}/metrics", timeout=5).text
     assert metric(text, "inferd_worker_starts_total", '{shard="cpu1"}') == 2
+
+
+def test_inferd_log_level_reaches_every_process_of_the_appliance(start_appliance, photo_png):
+    # CHANGELOG: INFERD_LOG_LEVEL is honoured the same way by every process. Set to WARNING in the launcher's
+    # environment, it must be in every program supervisord runs, and their INFO lines must be gone.
+    appliance = start_appliance(shards=1, env={"INFERD_LOG_LEVEL": "WARNING"})
+    answer = requests.post(f"{appliance.url}/predict", files={"image": ("p.png", photo_png)}, timeout=30)
+    assert answer.status_code == 200
+    # Every Python program of the appliance (nginx rewrites its environ area; Redis does not read it).
+    programs = ["worker:worker-0", "api", "api2", "shard_watch"]
+    for program in programs:
+        pid = appliance.pid_of(program)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"INFERD_LOG_LEVEL=WARNING" in environ, program
+    output = appliance.output()
+    # The worker's INFO line on start ("... serving on cpu0 (pid N)"), the API's Python loggers, notify's and
+    # the drain program's: each logs at INFO at the default level.
+    assert " serving on " not in output, output[-2000:]
+    assert not re.search(r"\bINFO\b.*(notify|drain):", output), output[-2000:]

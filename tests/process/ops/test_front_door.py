@@ -164,6 +164,15 @@ def test_a_body_shorter_than_its_length_is_given_up_after_the_client_timeout(app
     assert CLIENT_TIMEOUT_S - 0.5 < elapsed < CLIENT_TIMEOUT_S + 8, elapsed
 
 
+def test_a_header_that_stops_halfway_is_given_up_after_the_client_timeout(appliance):
+    # A slowloris client: half a request line and one header, then silence. nginx must close it once
+    # api.client_timeout_s passes (client_header_timeout), not after its own 60 s default.
+    elapsed, answer = exchange(appliance.port, b"POST /predict HTTP/1.1\r\nHost: te", read_s=30)
+    # nginx may answer 408 or close without a word; either way nothing reached the API.
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert CLIENT_TIMEOUT_S - 0.5 < elapsed < CLIENT_TIMEOUT_S + 8, elapsed
+
+
 def test_a_chunked_upload_is_buffered_and_classified(appliance):
     chunks = iter([IMAGE[:50], IMAGE[50:]])  # a generator body: requests sends it chunked
     response = requests.post(
@@ -297,3 +306,70 @@ def test_a_tls_setting_without_its_pair_an_unreadable_key_or_a_refused_certifica
         result = run_inferd(config, command, timeout_s=120)
         assert result.returncode == 78, (api, command, result.stderr)
         assert named in result.stderr, result.stderr  # the key, or the file nginx refused
+
+
+SMALL_MAX_CONNECTIONS = 256
+"""The least api.max_connections the settings allow: the front door fills with a few hundred sockets."""
+
+
+def soft_open_files(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError(f"no open-files line in /proc/{pid}/limits")
+
+
+def test_a_full_front_door_closes_idle_kept_alive_connections_first(
+    tmp_path: Path, tiny_model: tuple[Path, Path]
+) -> None:
+    # docs/settings.md: api.max_connections bounds the connections the front door holds, idle kept-alive ones
+    # are closed first when it is full, and the launcher raises the open-files limit to match.
+    sections = tiny_sections(tiny_model, api={"max_connections": SMALL_MAX_CONNECTIONS})
+    started = Appliance(
+        tmp_path,
+        write_settings(tmp_path, sections),
+        sections["api"]["port"],
+        Path(sections["paths"]["run_dir"]),
+        1,
+    )
+    wanted = SMALL_MAX_CONNECTIONS + 1024  # daemon.ops.front_door.OPEN_FILES_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need(hard >= wanted, f"the open-files hard limit ({hard}) is below {wanted}", "raise it: ulimit -Hn")
+    # The appliance inherits a soft limit below what it needs: only the launcher can raise it.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted - 200, hard))
+    try:
+        started.launch()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    idle: list[socket.socket] = []
+    try:
+        started.wait_ready(90)
+        nginx_pid = int((started.run_dir / "nginx.pid").read_text())
+        assert soft_open_files(started.pid) >= wanted, "supervisord did not inherit a raised open-files limit"
+        assert soft_open_files(nginx_pid) >= wanted
+        total = SMALL_MAX_CONNECTIONS + 150
+        for _ in range(total):
+            sock = socket.create_connection(("127.0.0.1", started.port), timeout=10)
+            idle.append(sock)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: idle\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200"), f"idle connection {len(idle)} got no answer"
+        # A new request still gets through: the front door made room by letting idle connections go.
+        elapsed, response = seconds(lambda: predict(started.url))
+        assert response.status_code == 200 and elapsed < 5.0, (response.status_code, elapsed)
+        closed = []
+        for number, sock in enumerate(idle):
+            sock.setblocking(False)
+            try:
+                closed.append(number) if sock.recv(4096) == b"" else None
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed.append(number)
+        # Beyond the limit, the server closed idle connections, the oldest first, and kept the newest.
+        assert len(closed) >= total - SMALL_MAX_CONNECTIONS, (len(closed), total)
+        assert len(closed) < total
+        assert closed == list(range(len(closed))), closed[:20]
+    finally:
+        for sock in idle:
+            sock.close()
+        started.stop()

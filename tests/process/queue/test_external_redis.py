@@ -28,6 +28,7 @@ def locked_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def external(start_appliance, tmp_path: Path, sock: Path, password: str, ready: bool = True) -> Appliance:
     secret = tmp_path / "redis-password"
     secret.write_text(f"{password}\n")
+    secret.chmod(0o600)
     redis_section = {"managed": False, "socket": str(sock), "password_file": str(secret)}
     model = {"path": standin_model(tmp_path, 5)}
     appliance: Appliance = start_appliance(shards=1, ready=ready, model=model, redis=redis_section)

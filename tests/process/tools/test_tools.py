@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from daemon.errors import EXIT_OK, EXIT_SHARD_DOWN
-from daemon.queue.keys import processing_key, queue_key
+from daemon.queue.keys import draining_key, processing_key, queue_key
 from testkit.harness import REPO, wait_until
 from tools.flush_queues import DROP_MESSAGE
 
@@ -125,6 +125,61 @@ def test_flush_queues_answers_waiting_callers_503_at_once_and_keeps_other_keys(s
     assert client.get("billing:invoice:42") == b"paid"
     after = requests.post(f"{appliance.url}/predict", files={"image": ("p.png", photo_png)}, timeout=30)
     assert after.status_code == 200
+
+
+def test_flush_queues_drain_finishes_every_waiting_job_and_drops_none(start_appliance, photo_png):
+    appliance = start_appliance(shards=1, queue={"heartbeat_ttl_s": 60}, api={"request_timeout_s": 30})
+    client = appliance.redis()
+    worker = appliance.pid_of("worker:worker-0")
+    os.kill(worker, signal.SIGSTOP)
+    pool = ThreadPoolExecutor(max_workers=6)
+    drain: subprocess.Popen[str] | None = None
+    try:
+
+        def classify(i: int) -> requests.Response:
+            files = {"image": (f"photo{i}.png", photo_png, "image/png")}
+            return requests.post(f"{appliance.url}/predict", files=files, timeout=60)
+
+        futures = [pool.submit(classify, i) for i in range(6)]
+        wait_until(
+            "6 jobs waiting for the frozen worker", lambda: _waiting(client) == 6, 20, appliance.output
+        )
+        queued = client.llen(queue_key("cpu0"))
+        drain = subprocess.Popen(
+            [
+                str(REPO / "tools" / "flush_queues"),
+                "--config",
+                str(appliance.config),
+                "--drain",
+                "--json",
+                "--shard",
+                "cpu0",
+                "--timeout",
+                "60",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # While the worker is frozen the drain waits, and drops nothing: no caller is answered.
+        wait_until("the shard marked draining", lambda: client.get(draining_key("cpu0")) is not None, 20)
+        assert drain.poll() is None and not any(f.done() for f in futures)
+        assert _waiting(client) == 6
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    try:
+        assert drain is not None
+        out, err = drain.communicate(timeout=60)
+        assert drain.returncode == EXIT_OK, err
+        assert json.loads(out)["shards"] == [
+            {"shard": "cpu0", "queued": queued, "in_flight": 6 - queued, "left": 0}
+        ]
+        assert _waiting(client) == 0
+        assert sorted(f.result().status_code for f in futures) == [200] * 6
+    finally:
+        if drain is not None and drain.poll() is None:
+            drain.kill()
+        pool.shutdown(wait=True)
 
 
 def _waiting(client) -> int:

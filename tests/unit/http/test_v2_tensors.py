@@ -148,11 +148,39 @@ def test_malformed_requests_are_400_naming_the_problem(body, length, says):
 
 
 def test_truncated_bytes_elements_are_refused():
-    assert split_bytes_elements(bytes_tensor(b"ab", b"c")) == [b"ab", b"c"]
+    assert split_bytes_elements(bytes_tensor(b"ab", b"c"), 2) == [b"ab", b"c"]
     with pytest.raises(BadRequest, match="claims 5 bytes"):
-        split_bytes_elements(struct.pack("<I", 5) + b"ab")
+        split_bytes_elements(struct.pack("<I", 5) + b"ab", 1)
     with pytest.raises(BadRequest, match="length prefix"):
-        split_bytes_elements(b"\x01\x00")
+        split_bytes_elements(bytes_tensor(b"x") + b"\x01\x00\x00", 2)
+
+
+def test_the_declared_count_bounds_the_split():
+    with pytest.raises(BadRequest, match="at least 40 bytes"):
+        split_bytes_elements(bytes_tensor(b"a", b"b"), 10)
+    # Megabytes of empty elements stop at the first one past the count, not after a list of millions.
+    with pytest.raises(BadRequest, match="more than its 2 element"):
+        split_bytes_elements(b"\x00" * 4_000_000, 2)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [[18446744073709551616, 0], [2**31, 1], [0, 2**40], [65536, 65536], [2**63 - 1], [-1], [1.5], "3"],
+)
+def test_absurd_shapes_are_400(shape):
+    for datatype in ("UINT8", "BYTES"):
+        body = json.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": []}]})
+        with pytest.raises(BadRequest, match="shape"):
+            parse_infer_request(body.encode(), None)
+        binary, length = binary_body(
+            {
+                "inputs": [
+                    {"name": "x", "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": 0}}
+                ]
+            }
+        )
+        with pytest.raises(BadRequest, match="shape"):
+            parse_infer_request(binary, length)
 
 
 def test_classification_strings_are_triton_formatted_and_ranked():
@@ -186,4 +214,4 @@ def test_responses_are_json_unless_an_output_is_binary():
     header = json.loads(body[:length])
     assert header["id"] == "x" and [o["parameters"]["binary_data_size"] for o in header["outputs"]] == [8, 16]
     assert np.frombuffer(body[length : length + 8], "<f4").tolist() == [0.25, 0.75]
-    assert split_bytes_elements(body[length + 8 :]) == [b"0.750000:1:b"]
+    assert split_bytes_elements(body[length + 8 :], 1) == [b"0.750000:1:b"]

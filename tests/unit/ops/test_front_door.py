@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from daemon.errors import ConfigError
 from daemon.ops.front_door import (
     ARRIVED_HEADER,
     BODY_DIR,
+    TLS12_CIPHERS,
     api_socket,
     check_tls_files,
     deadline_from_arrival,
@@ -132,3 +134,32 @@ def test_a_heartbeat_carries_the_batch_time_when_known():
     assert Heartbeat.decode(Heartbeat(7, batch_s=0.0421).encode()) == Heartbeat(7, batch_s=0.0421)
     assert Heartbeat.decode(Heartbeat(7).encode()) == Heartbeat(7)
     assert Heartbeat.decode('{"pid": 7}') == Heartbeat(7, batch_s=None)  # from a worker of an older release
+
+
+def test_tls_1_2_offers_only_forward_secret_aead_ciphers(tmp_path):
+    conf = render_nginx_conf(
+        settings(tmp_path, tls_cert_file=tmp_path / "c.pem", tls_key_file=tmp_path / "k.pem"), 20_000
+    )
+    assert f"ssl_ciphers {TLS12_CIPHERS};" in conf
+    # What the list means to the OpenSSL nginx links: every suite AEAD with an ephemeral key exchange.
+    listed = subprocess.run(
+        ["openssl", "ciphers", "-v", TLS12_CIPHERS], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    tls12 = [line.split() for line in listed if " TLSv1.2 " in line]
+    assert len(tls12) == 6
+    assert all("Mac=AEAD" in fields and "Kx=ECDH" in fields for fields in tls12), listed
+
+
+def test_per_client_limits_and_trusted_balancers(tmp_path):
+    conf = render_nginx_conf(settings(tmp_path), 20_000)
+    assert "limit_conn inferd_conn 256;" in conf and "limit_req zone=inferd_req burst=1000 nodelay;" in conf
+    assert "limit_conn_status 429;" in conf and "limit_req_status 429;" in conf
+    assert "127.0.0.0/8 0;" in conf  # the host's own tools are never counted
+    assert "set_real_ip_from" not in conf  # nobody's X-Forwarded-For is believed by default
+    assert re.search(r"location = /_inferd/error/429 \{[^}]*Retry-After 1", conf)
+    balanced = render_nginx_conf(
+        settings(tmp_path, client_max_connections=0, client_requests_per_s=0, trusted_proxies=("10.0.0.5",)),
+        20_000,
+    )
+    assert "limit_conn " not in balanced and "limit_req " not in balanced
+    assert "set_real_ip_from 10.0.0.5;" in balanced and "real_ip_header X-Forwarded-For;" in balanced

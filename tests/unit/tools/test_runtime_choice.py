@@ -68,7 +68,7 @@ def test_readings():
         (
             "torch",
             NO_GPU,
-            ["torch==2.13.0", "--extra-index-url", "https://download.pytorch.org/whl/cpu"],
+            ["torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cpu"],
             "CPU",
         ),
         (
@@ -81,21 +81,21 @@ def test_readings():
         (
             "torch",
             CUDA_12_4,
-            ["torch==2.13.0", "--extra-index-url", "https://download.pytorch.org/whl/cu126"],
+            ["torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cu126"],
             "cu126",
         ),
         ("jax", CUDA_13_0, ["jax[cuda13]>=0.4.30"], "driver 580.65.06 (CUDA 13.0)"),
         (
             "torch",
             CUDA_13_0,
-            ["torch==2.13.0", "--extra-index-url", "https://download.pytorch.org/whl/cu130"],
+            ["torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cu130"],
             "cu130",
         ),
         ("tensorflow", SMI_ONLY, ["tensorflow[and-cuda]>=2.16"], "nvidia-smi shows 2 GPU(s)"),
         (
             "torch",
             SMI_ONLY,
-            ["torch==2.13.0", "--extra-index-url", "https://download.pytorch.org/whl/cu126"],
+            ["torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cu126"],
             "12.4",
         ),
     ],
