@@ -298,7 +298,14 @@ class Appliance:
         return self
 
     def start(self, timeout_s: float = 90) -> None:
-        self.launch().wait_ready(timeout_s)
+        self.launch()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            # BaseException: a Ctrl-C or a test timeout too. An appliance that never became ready must not
+            # outlive the test that started it (fixtures call start() before their try/finally).
+            self.stop()
+            raise
 
     def live_shards(self) -> list[str]:
         _, body = fetch(f"{self.url}/readyz", self.tls, timeout_s=2)
