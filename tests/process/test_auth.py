@@ -82,6 +82,7 @@ def status_line(sock: socket.socket) -> str:
 def test_a_strangers_body_is_refused_before_it_is_read_or_stored(start_appliance, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(f"{TOKEN}\n")
+    token_file.chmod(0o600)  # a token file every user can read is refused at start
     appliance = start_appliance(shards=1, api={"auth_token_file": str(token_file)})
     nginx = [child.pid for child in children(appliance.pid_of("nginx"))]
     assert nginx, "no nginx worker found"
