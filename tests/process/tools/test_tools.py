@@ -6,7 +6,7 @@ import json
 import os
 import signal
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -78,6 +78,21 @@ def test_stress_reports_the_batch_size_the_appliance_ran(start_appliance, photo_
     assert summary["mean_batch_size"] == 4.0
 
 
+def _six_callers_waiting(
+    appliance, client, pool: ThreadPoolExecutor, photo_png: bytes
+) -> list[Future[requests.Response]]:
+    """Six /predict callers sent while the shard's worker is frozen, returned once all six jobs wait."""
+
+    def classify(i: int) -> requests.Response:
+        files = {"image": (f"photo{i}.png", photo_png, "image/png")}
+        return requests.post(f"{appliance.url}/predict", files=files, timeout=60)
+
+    futures = [pool.submit(classify, i) for i in range(6)]
+    # A worker frozen inside its blocking claim still gets one job moved for it by Redis: in flight.
+    wait_until("6 jobs waiting for the frozen worker", lambda: _waiting(client) == 6, 20, appliance.output)
+    return futures
+
+
 def test_flush_queues_answers_waiting_callers_503_at_once_and_keeps_other_keys(start_appliance, photo_png):
     # A long heartbeat TTL keeps the frozen worker "live", so jobs queue behind it instead of being refused.
     appliance = start_appliance(shards=1, queue={"heartbeat_ttl_s": 60}, api={"request_timeout_s": 30})
@@ -87,16 +102,7 @@ def test_flush_queues_answers_waiting_callers_503_at_once_and_keeps_other_keys(s
     os.kill(worker, signal.SIGSTOP)
     pool = ThreadPoolExecutor(max_workers=6)
     try:
-
-        def classify(i: int) -> requests.Response:
-            files = {"image": (f"photo{i}.png", photo_png, "image/png")}
-            return requests.post(f"{appliance.url}/predict", files=files, timeout=60)
-
-        futures = [pool.submit(classify, i) for i in range(6)]
-        # A worker frozen inside its blocking claim still gets one job moved for it by Redis: in flight.
-        wait_until(
-            "6 jobs waiting for the frozen worker", lambda: _waiting(client) == 6, 20, appliance.output
-        )
+        futures = _six_callers_waiting(appliance, client, pool, photo_png)
         queued = client.llen(queue_key("cpu0"))
 
         dry = tool("flush_queues", appliance, "--purge", "--dry-run")
@@ -135,15 +141,7 @@ def test_flush_queues_drain_finishes_every_waiting_job_and_drops_none(start_appl
     pool = ThreadPoolExecutor(max_workers=6)
     drain: subprocess.Popen[str] | None = None
     try:
-
-        def classify(i: int) -> requests.Response:
-            files = {"image": (f"photo{i}.png", photo_png, "image/png")}
-            return requests.post(f"{appliance.url}/predict", files=files, timeout=60)
-
-        futures = [pool.submit(classify, i) for i in range(6)]
-        wait_until(
-            "6 jobs waiting for the frozen worker", lambda: _waiting(client) == 6, 20, appliance.output
-        )
+        futures = _six_callers_waiting(appliance, client, pool, photo_png)
         queued = client.llen(queue_key("cpu0"))
         drain = subprocess.Popen(
             [
