@@ -68,6 +68,18 @@ def reload(appliance: Appliance, model: Path, labels: Path, *extra: str) -> subp
     )
 
 
+def start_reload(appliance: Appliance, model: Path, labels: Path, *extra: str) -> subprocess.Popen[str]:
+    """`inferd reload` in the background, its output read line by line as the swap goes."""
+    return subprocess.Popen(
+        [PYTHON, "-m", "daemon.launcher", *reload_args(appliance, model, labels, *extra)],
+        cwd=REPO,
+        env=appliance.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def start_load(appliance: Appliance, photo_png: bytes) -> LoadRun:
     upload = Upload.of("photo.png", photo_png)
     run = LoadRun(f"{appliance.url}/predict", [upload], concurrency=CLIENTS, duration_s=600, timeout_s=30)
@@ -194,15 +206,7 @@ def test_a_shard_that_never_answers_rolls_back_the_shards_already_swapped(
     appliance = start_appliance(shards=2, api={"request_timeout_s": 30.0})
     run = start_load(appliance, photo_png)
     frozen = appliance.pid_of("worker:worker-1")
-    args = reload_args(appliance, *second_model, "--version", "2", "--timeout", "15")
-    tool = subprocess.Popen(
-        [PYTHON, "-m", "daemon.launcher", *args],
-        cwd=REPO,
-        env=appliance.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    tool = start_reload(appliance, *second_model, "--version", "2", "--timeout", "15")
     assert tool.stdout is not None
     lines = [tool.stdout.readline(), tool.stdout.readline()]
     assert lines[1].startswith("cpu0: serving version 2"), lines
@@ -259,14 +263,7 @@ def test_a_reload_skips_a_down_shard_counts_on_from_the_served_version_and_survi
 
     # Redis goes while cpu0 (frozen once the model is checked, so it cannot answer) is asked to swap to 3.
     frozen = appliance.pid_of("worker:worker-0")
-    tool = subprocess.Popen(
-        [PYTHON, "-m", "daemon.launcher", *reload_args(appliance, *second_model, "--timeout", "60")],
-        cwd=REPO,
-        env=appliance.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    tool = start_reload(appliance, *second_model, "--timeout", "60")
     assert tool.stdout is not None
     checked = tool.stdout.readline()
     os.kill(frozen, signal.SIGSTOP)
