@@ -1,6 +1,6 @@
 """The status page in a real headless browser (Debian's chromium, driven by selenium through chromedriver)
-against a real appliance: it loads without console errors, lists the live shards, redraws them every 2 s, classifies a chosen and a
-dropped photo, and asks for the bearer token when one is set.
+against a real appliance: it loads without console errors, lists the live shards, redraws them every 2 s,
+classifies a chosen and a dropped photo, and asks for the bearer token when one is set.
 
 With INFERD_STATUS_SCREENSHOT=PATH the first test saves the page as PNG there (the README's picture).
 """
