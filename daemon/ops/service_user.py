@@ -49,7 +49,12 @@ def relay_stdout() -> None:
         return  # systemd's journal: the programs log to syslog and nothing reopens stdout
     sys_stdout = os.dup(1)
     readable, writable = os.pipe()
-    if os.fork() == 0:  # pragma: no cover - the relay, until end of file
+    go_between = os.fork()
+    if go_between == 0 and os.fork() != 0:  # pragma: no cover - a go-between that leaves at once
+        os._exit(0)
+    if go_between == 0:  # pragma: no cover - the relay, until end of file
+        # Orphaned at once, so it is no child of supervisord's: when supervisord has exited, nothing of its
+        # tree is left, while the relay still writes the last lines out and leaves.
         os.close(writable)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)  # a Ctrl-C stops the appliance; its last lines still arrive
@@ -60,6 +65,7 @@ def relay_stdout() -> None:
                     view = view[os.write(sys_stdout, view) :]
         finally:
             os._exit(0)
+    os.waitpid(go_between, 0)
     os.close(readable)
     os.close(sys_stdout)
     os.dup2(writable, 1)

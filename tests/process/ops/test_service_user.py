@@ -20,7 +20,7 @@ import requests
 
 from daemon.ops.service_user import become_service_user
 from daemon.settings import PathSettings, Settings
-from testkit.harness import Appliance, write_settings
+from testkit.harness import Appliance, wait_until, write_settings
 from testkit.proctree import descendants
 from tests.conftest import tiny_sections
 from tests.needs import need, need_program
@@ -61,6 +61,7 @@ ROLES = {
     "nginx worker": "nginx: worker",
     "api": "gunicorn",
     "worker": "daemon.gpu_worker",
+    "output relay": "daemon.launcher",
 }
 """Each process of the appliance, by a piece of its command line."""
 
@@ -92,14 +93,16 @@ def as_it_could_be_installed(argv: list[str], base: Path) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
 
 
-def uids(pid: int) -> tuple[int, ...]:
-    """Real, effective, saved and filesystem uid of `pid`, then its gids and its supplementary groups."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    return (
-        *(int(uid) for uid in fields["Uid"].split()),
-        *(int(gid) for gid in fields["Gid"].split()),
-        *(int(group) for group in fields["Groups"].split()),
-    )
+def identities(pid: int) -> tuple[str, tuple[int, ...]] | None:
+    """The command line of `pid`, and its real, effective, saved and filesystem uids, then its gids and its
+    supplementary groups; None when it has gone meanwhile."""
+    try:
+        line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        fields = dict(entry.split(":", 1) for entry in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except FileNotFoundError:
+        return None
+    ids = (*fields["Uid"].split(), *fields["Gid"].split(), *fields["Groups"].split())
+    return line, tuple(int(number) for number in ids)
 
 
 def test_started_as_root_with_service_user_every_process_runs_as_that_user(tiny_model, photo_png):
@@ -129,18 +132,22 @@ def test_started_as_root_with_service_user_every_process_runs_as_that_user(tiny_
             )
             assert answer.status_code == 200, answer.text
             assert answer.json()["predictions"], answer.text
-            processes = {
-                pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                for pid in descendants(appliance.pid)
+            # supervisord's tree, and the relay of its output (orphaned at start: see relay_stdout).
+            ours = set(descendants(appliance.pid)) | {
+                int(entry.name)
+                for entry in Path("/proc").iterdir()
+                if entry.name.isdigit() and str(config) in ((identities(int(entry.name)) or ("",))[0])
             }
-            found = {
-                role: [pid for pid, line in processes.items() if piece in line]
+            seen = {pid: identities(pid) for pid in ours}
+            processes = {pid: found for pid, found in seen.items() if found is not None}
+            roles = {
+                role: [pid for pid, (line, _) in processes.items() if piece in line]
                 for role, piece in ROLES.items()
             }
-            print(f"\n[service user {SERVICE_USER}] {found}")
-            assert all(found.values()), f"every role runs: {found}\n{processes}"
+            print(f"\n[service user {SERVICE_USER}] {roles}")
+            assert all(roles.values()), f"every role runs: {roles}\n{processes}"
             expected = (nobody.pw_uid,) * 4 + (nobody.pw_gid,) * 4
-            wrong = {pid: (line, uids(pid)) for pid, line in processes.items() if uids(pid) != expected}
+            wrong = {pid: found for pid, found in processes.items() if found[1] != expected}
             assert not wrong, f"processes not running as {SERVICE_USER} alone (uids, gids, groups): {wrong}"
             # The job pixels' folder is the service user's, so its processes write and read it.
             folder = appliance.segment_folder()
@@ -151,7 +158,11 @@ def test_started_as_root_with_service_user_every_process_runs_as_that_user(tiny_
             for folder in (base / "run", base / "log"):
                 owners = {path: path.lstat().st_uid for path in (folder, *folder.rglob("*"))}
                 assert set(owners.values()) == {nobody.pw_uid}, owners
+            assert appliance.stop() == 0
+            # The relay wrote the last line of all before it left.
+            wait_until("the stop's last line", lambda: "inferd: stopped after" in appliance.output(), 10)
         finally:
-            appliance.stop()
+            if appliance.service.proc is not None and appliance.service.proc.poll() is None:
+                appliance.stop()
     finally:
         shutil.rmtree(base)
