@@ -10,7 +10,12 @@ about 4.3 MB). For each:
   p50 and the CPU ms per request of each role, read from /proc (API processes, workers, Redis, nginx).
 Beside them, the HTTP floor: the same upload to gunicorn under the API's own settings with a Falcon app that
 reads the multipart body and answers at once (without nginx; nginx's own share is the appliance's
-"front door" column).
+"front door" column); the model floor: the tiny model's own call, offline in a process pinned as a worker
+(`bench.offline`), so the workers' column can be split into the model and the rest; the decode-only app
+(decode, no model, no queue) at one client, for the p50 the appliance adds; the time the shard reports for a
+batch of one (`inferd_inference_seconds`) against the offline call; and the same JPEG at 64 clients with
+`api.decode_in = "shard"`, the placement a GPU box takes, where the API only checks the header and forwards
+the bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -33,12 +39,12 @@ from PIL import Image
 from bench import wrk
 from bench.decode_only import http_floor_service
 from bench.frontdoor import FrontDoorPlan, measure_inferd
-from bench.phases import build_tiny_model, running_appliance, tiny_env
+from bench.phases import build_tiny_model, run_offline, running_appliance, start_decode_only, tiny_env
 from bench.procs import cpu_seconds
-from bench.sections import end_marker, start_marker
 from daemon.images.decode import decode_image
+from daemon.ops.local_client import fetch
 from daemon.settings import ModelSettings
-from testkit.harness import REPO, free_port
+from testkit.harness import REPO, Appliance, free_port
 from testkit.proctree import children
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,14 @@ CAMERA_SIZE = (4000, 3000)
 CAMERA_GRAIN = 11.0
 """Standard deviation of the added grain, in levels: what brings the file to a camera's 4 to 5 MB at q90."""
 SECTION = "floors"
+MODEL_BATCHES = (1, 32)
+"""Batch sizes the model floor measures: one (the one-client case) and the largest a worker runs."""
+INFERENCE_METRIC = re.compile(
+    r'^inferd_inference_seconds_(sum|count)\{shard="[^"]+"\} ([0-9.e+-]+)$', re.MULTILINE
+)
+
+TARGET_CLIENTS = 64
+"""The load the GPU box's placement (decode in the shard) is measured at, as issue 19's targets are."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +71,11 @@ class FloorsPlan:
     warmup_s: float = 2.0
     decode_s: float = 3.0
     """CPU seconds each decoder runs in its tight loop."""
+    model_s: float = 4.0
+    """Seconds the offline model floor times each batch size."""
 
 
-QUICK_PLAN = FloorsPlan(clients=(4,), seconds=1.0, warmup_s=0.0, decode_s=0.3)
+QUICK_PLAN = FloorsPlan(clients=(4,), seconds=1.0, warmup_s=0.0, decode_s=0.3, model_s=0.3)
 
 
 def write_camera_photo(folder: Path) -> Path:
@@ -184,29 +200,75 @@ def measure_floors(work: Path, photos: dict[str, Path], plan: FloorsPlan) -> dic
     model, labels = build_tiny_model(work / "tiny224", INPUT_SIZE)
     env = tiny_env(work / "appliance", model, labels, INPUT_SIZE)
     found["http"] = http_floor(work / "http-floor", env, photos["jpeg"], 64, plan)
+    found["model"] = model_floor(env, photos["jpeg"], plan)
+    found["decode_only"] = decode_only_p50(work / "decode-only", env, photos["jpeg"], plan)
     rounds: list[dict[str, Any]] = []
-    front = FrontDoorPlan(seconds=plan.seconds, warmup_s=plan.warmup_s)
     with running_appliance(work / "appliance", env) as (appliance, _settings):
         for image, path in photos.items():
             for clients in plan.clients:
-                measured = measure_inferd(appliance, path, clients, front)
-                rounds.append(
-                    {
-                        "image": image,
-                        "clients": clients,
-                        "rps": measured.result.rps,
-                        "served": round(measured.result.rps * measured.result.duration_s),
-                        "p50_ms": measured.result.p50_ms,
-                        "errors": measured.result.errors,
-                        "cpu_ms": measured.cpu_ms_per_request,
-                        "mean_batch": measured.mean_batch,
-                    }
-                )
-                log.info("bench: floors %-6s c=%-3d %s", image, clients, rounds[-1])
+                rounds.append(appliance_round(appliance, image, path, clients, plan))
     found["appliance"] = rounds
+    # The GPU box's placement, measured here on the CPU: the API checks the header, the shard decodes.
+    shard_env = {**env, "INFERD_API_DECODE_IN": "shard"}
+    with running_appliance(work / "appliance-shard-decode", shard_env) as (appliance, _settings):
+        found["shard_decode"] = appliance_round(appliance, "jpeg", photos["jpeg"], TARGET_CLIENTS, plan)
     found["plan"] = asdict(plan)
     found["load_after"] = os.getloadavg()[0]
     return found
+
+
+def appliance_round(
+    appliance: Appliance, image: str, path: Path, clients: int, plan: FloorsPlan
+) -> dict[str, Any]:
+    """One wrk round: req/s, p50, CPU per request by role, and the shard's own time per batch."""
+    before = inference_totals(appliance)
+    measured = measure_inferd(
+        appliance, path, clients, FrontDoorPlan(seconds=plan.seconds, warmup_s=plan.warmup_s)
+    )
+    seconds, batches = (
+        after - start for after, start in zip(inference_totals(appliance), before, strict=True)
+    )
+    point = {
+        "image": image,
+        "clients": clients,
+        "rps": measured.result.rps,
+        "served": round(measured.result.rps * measured.result.duration_s),
+        "p50_ms": measured.result.p50_ms,
+        "errors": measured.result.errors,
+        "cpu_ms": measured.cpu_ms_per_request,
+        "mean_batch": measured.mean_batch,
+        # Warm-up batches included: the mean per batch is the same figure.
+        "infer_ms_per_batch": 1000.0 * seconds / batches if batches else None,
+    }
+    log.info("bench: floors %-6s c=%-3d %s", image, clients, point)
+    return point
+
+
+def inference_totals(appliance: Appliance) -> tuple[float, float]:
+    """(seconds, batches) every shard has spent in inference so far, from /metrics."""
+    _, body = fetch(f"{appliance.url}/metrics", appliance.tls, timeout_s=10)
+    totals = {"sum": 0.0, "count": 0.0}
+    for kind, value in INFERENCE_METRIC.findall(body.decode()):
+        totals[kind] += float(value)
+    return totals["sum"], totals["count"]
+
+
+def model_floor(env: dict[str, str], photo: Path, plan: FloorsPlan) -> dict[str, Any]:
+    """The tiny model's call alone, offline, pinned as a worker: batch 1's p50, CPU per image by batch size."""
+    device, points = run_offline(env, photo, MODEL_BATCHES, plan.model_s, 2)
+    return {
+        "device": device,
+        "batch1_p50_ms": next(p.batch_p50_ms for p in points if p.batch_size == 1),
+        "cpu_ms_per_image": {str(p.batch_size): p.cpu_ms_per_image for p in points},
+    }
+
+
+def decode_only_p50(folder: Path, env: dict[str, str], photo: Path, plan: FloorsPlan) -> dict[str, float]:
+    """The decode-only app (the API's decode and nothing after it) at one client: the p50 to add to."""
+    with ExitStack() as stack:
+        url = start_decode_only(stack, folder, env)
+        result = wrk.measure("decode-only", url, "jpeg", photo, 1, plan.seconds, plan.warmup_s)
+    return {"p50_ms": result.p50_ms, "rps": result.rps}
 
 
 def commit() -> str:
@@ -220,47 +282,3 @@ def commit() -> str:
     return git("rev-parse", "--short", "HEAD") + (
         " (with local changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
     )
-
-
-def floors_section(found: dict[str, Any]) -> str:
-    """Markdown for section (k)."""
-    out = [
-        start_marker(SECTION),
-        "## (k) Floors: what an image costs at the least, and what the appliance spends on it",
-        "",
-        "CPU ms per image. Decode floor: decode, centre crop and resize to 224 in a tight loop on one core. "
-        "Appliance: the tiny model at 224 under `inferd run`, wrk closed-loop clients, CPU from /proc per role "
-        f"(`python -m bench.run --phases floors`). Commit {found.get('commit', '?')}; load average "
-        f"{found.get('load_before', 0.0):.1f} before and {found.get('load_after', 0.0):.1f} after, on a shared machine: "
-        "req/s follows the share of the cores the appliance got, CPU per image is the figure. A row marked * "
-        "served fewer requests than it had clients: its CPU includes uploads still in flight and is no per-image figure.",
-        "",
-        "| image | bytes | decode floor, appliance's decoder | decode floor, fastest installed |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for image, floor in found["decode"].items():
-        out.append(
-            f"| {image} | {floor['bytes']:,} | {floor['appliance_ms']:.2f} | {floor['fastest_ms']:.2f} |"
-        )
-    http = found["http"]
-    out += [
-        "",
-        f"HTTP floor (gunicorn with the API's settings, a handler that reads the multipart upload and answers at "
-        f"once, no nginx), 451x300 JPEG at {http['clients']} clients: **{http['cpu_ms']:.2f} ms** per request, "
-        f"{http['rps']:.0f} req/s, p50 {http['p50_ms']:.1f} ms.",
-        "",
-        "| image | clients | req/s | p50 ms | errors | api | workers | redis | front door | all-in | all-in / decode floor |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for point in found["appliance"]:
-        cpu = point["cpu_ms"]
-        total = sum(cpu.values())
-        floor = found["decode"][point["image"]]["appliance_ms"]
-        partial = "*" if point.get("served", point["clients"]) < point["clients"] else ""
-        out.append(
-            f"| {point['image']} | {point['clients']}{partial} | {point['rps']:.0f} | {point['p50_ms']:.1f} | {point['errors']} | "
-            f"{cpu.get('api', 0.0):.2f} | {cpu.get('workers', 0.0):.2f} | {cpu.get('redis', 0.0):.2f} | "
-            f"{cpu.get('front door', 0.0):.2f} | {total:.2f} | {total / floor:.2f} |"
-        )
-    out.append(end_marker(SECTION))
-    return "\n".join(out) + "\n"

@@ -35,6 +35,8 @@ class OfflinePoint:
     images_per_s: float
     batch_p50_ms: float
     calls: int
+    cpu_ms_per_image: float = 0.0
+    """CPU of the whole process (the runtime's threads too) per image, over every timed call."""
 
 
 def pin_like_a_worker(config: str | None) -> str:
@@ -64,14 +66,16 @@ def measure(
     # machine then spoils one round of a size, not its only measurement.
     best_rate = dict.fromkeys(batch_sizes, 0.0)
     durations: dict[int, list[float]] = {size: [] for size in batch_sizes}
+    cpu_s = dict.fromkeys(batch_sizes, 0.0)
     for _ in range(rounds):
         for size, batch in batches.items():
             window: list[float] = []
-            started = time.monotonic()
+            cpu_started, started = time.process_time(), time.monotonic()
             while time.monotonic() - started < seconds / rounds or len(window) < MIN_CALLS_PER_ROUND:
                 call_started = time.monotonic()
                 classifier.predict(batch)
                 window.append(time.monotonic() - call_started)
+            cpu_s[size] += time.process_time() - cpu_started
             best_rate[size] = max(best_rate[size], size * len(window) / sum(window))
             durations[size] += window
     points = []
@@ -81,6 +85,7 @@ def measure(
             images_per_s=best_rate[size],
             batch_p50_ms=statistics.median(durations[size]) * 1000.0,
             calls=len(durations[size]),
+            cpu_ms_per_image=1000.0 * cpu_s[size] / (size * len(durations[size])),
         )
         log.info(
             "offline: batch %3d: %7.1f images/s (p50 %.1f ms per call)",

@@ -114,15 +114,10 @@ def running_appliance(folder: Path, env: dict[str, str]) -> Iterator[tuple[Appli
 
 
 # -- (a) ---------------------------------------------------------------------------------------------------
-def measure_offline(
-    results: BenchResults,
-    env: dict[str, str],
-    photo: Path,
-    batch_sizes: tuple[int, ...],
-    seconds: float,
-    rounds: int = 3,
-) -> None:
-    """Run bench.offline in its own process; merge with earlier points, keeping the better figure of each."""
+def run_offline(
+    env: dict[str, str], photo: Path, batch_sizes: tuple[int, ...], seconds: float, rounds: int
+) -> tuple[str, list[offline.OfflinePoint]]:
+    """bench.offline in its own process (Keras never loads into the driver, which forks later)."""
     argv = [PYTHON, "-m", "bench.offline", "--config", str(CONFIG), "--image", str(photo)]
     argv += [
         "--batch-sizes",
@@ -139,9 +134,22 @@ def measure_offline(
     if line is None:
         raise RuntimeError(f"offline benchmark failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     body = json.loads(line[len(offline.RESULT_PREFIX) :])
-    results.offline_device = body["device"]
+    return str(body["device"]), [offline.OfflinePoint(**raw) for raw in body["points"]]
+
+
+def measure_offline(
+    results: BenchResults,
+    env: dict[str, str],
+    photo: Path,
+    batch_sizes: tuple[int, ...],
+    seconds: float,
+    rounds: int = 3,
+) -> None:
+    """Run bench.offline in its own process; merge with earlier points, keeping the better figure of each."""
+    device, points = run_offline(env, photo, batch_sizes, seconds, rounds)
+    results.offline_device = device
     earlier = {point.batch_size: point for point in results.offline}
-    for point in (offline.OfflinePoint(**raw) for raw in body["points"]):
+    for point in points:
         before = earlier.get(point.batch_size)
         if before is not None:
             point = offline.OfflinePoint(
@@ -149,6 +157,7 @@ def measure_offline(
                 max(point.images_per_s, before.images_per_s),
                 min(point.batch_p50_ms, before.batch_p50_ms),
                 point.calls + before.calls,
+                min(point.cpu_ms_per_image, before.cpu_ms_per_image),
             )
         earlier[point.batch_size] = point
     results.offline = sorted(earlier.values(), key=lambda p: p.batch_size)

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from bench import sections
+from bench.floors_report import floors_targets
 from bench.frontdoor import STANDIN_BATCH_MS, STANDIN_PER_IMAGE_MS, TARGET_JOBS_PER_S
 from bench.markdown import fmt, load_cell, own_run_note, table
 from bench.peers_report import SECTION as PEERS_SECTION
@@ -25,10 +26,16 @@ def targets_table(found: list[Target]) -> list[str]:
     )
 
 
+def all_targets(r: BenchResults) -> list[Target]:
+    """Every phase's targets; the floors phase keeps its figures as plain data in the run's meta."""
+    return [*targets(r), *floors_targets(r.meta.get("floors"))]
+
+
 def render_markdown(r: BenchResults, plot_name: str) -> str:
     meta = r.meta
     out = ["# inferd benchmark results", ""]
     out += [f"- **Date**: {meta.get('date', '-')}"]
+    out += [f"- **Commit**: {meta.get('commit', '-')}"]
     out += [f"- **Machine**: {meta.get('machine', '-')}"]
     out += [f"- **Software**: {meta.get('software', '-')}"]
     out += [f"- **Command**: `{meta.get('command', '-')}` ({meta.get('wall_s', 0):.0f} s in all)"]
@@ -42,7 +49,7 @@ def render_markdown(r: BenchResults, plot_name: str) -> str:
         out += [f"- **FAILED phase** {failure}"]
     out += ["", "Figures are machine-specific: compare them as ratios measured in the same run.", ""]
 
-    out += ["## Targets", "", *targets_table(targets(r))]
+    out += ["## Targets", "", *targets_table(all_targets(r))]
 
     model = meta.get("served_model", "default model")
     out += [f"## (a) Offline throughput of the {model}", ""]
@@ -322,7 +329,7 @@ def frontdoor_section(r: BenchResults, standalone: bool) -> str:
 def summary(r: BenchResults) -> str:
     """The lines printed at the end of a run: each target next to its figure, then the key figures."""
     lines = ["", "inferd benchmark summary", "=" * 24]
-    for t in targets(r):
+    for t in all_targets(r):
         lines.append(f"[{t.verdict:>4}] {t.what}: {t.measured} (goal {t.goal})")
     best = r.offline_best()
     if best:

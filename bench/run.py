@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import floors, frontdoor, peers, phases
+from bench.floors_report import floors_section
 from bench.phases import Durations, Plan
 from bench.procs import machine_busy_s, own_cpu_s
 from bench.report import (
@@ -56,7 +57,7 @@ def write_floors_section(results: BenchResults, markdown: Path) -> None:
     """Section (k), when the floors phase ran (its figures are plain data in the run's meta)."""
     found = results.meta.get("floors")
     if found:
-        write_own_section(markdown, floors.SECTION, floors.floors_section(found))
+        write_own_section(markdown, floors.SECTION, floors_section(found))
 
 
 ALONE: dict[str, Callable[[BenchResults, Path], None]] = {
@@ -217,6 +218,7 @@ def others_share(busy_before: float, own_before: float, elapsed_s: float) -> flo
 def describe_run(results: BenchResults, argv: list[str], d: Durations, plan: Plan, work: Path) -> None:
     results.meta.update(
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        commit=floors.commit(),
         machine=machine_description(),
         software=software_description(),
         command=" ".join(["python -m bench.run", *map(shlex.quote, argv)]),

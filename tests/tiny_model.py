@@ -46,6 +46,33 @@ def build_model_failing_warm_up(folder: Path, kernel: int = 64, classes: int = 1
     return model_path, labels_path
 
 
+OUT_OF_MEMORY_ROWS = 2**25
+"""Each image row repeated this often by `build_model_out_of_memory_at_warm_up`: 32 x 2**25 rows is still an int32
+height, and 512 TiB for one image is more than any machine's address space (2**47 bytes), so the allocator
+refuses it at once whatever the kernel's overcommit policy, instead of anything being paged in."""
+
+
+def build_model_out_of_memory_at_warm_up(
+    folder: Path, input_size: int = 32, classes: int = 10
+) -> tuple[Path, Path]:
+    """A model that loads and passes every check, then runs out of memory on its first batch of one: a Dense
+    layer widens each pixel to 4096 channels and UpSampling2D repeats each row OUT_OF_MEMORY_ROWS times,
+    a 512 TiB tensor that TensorFlow's CPU allocator refuses with ResourceExhaustedError (in well under a second,
+    without touching the memory)."""
+    import keras
+
+    inputs = keras.Input((input_size, input_size, 3))
+    x = keras.layers.Dense(4096, name="wide")(inputs)
+    x = keras.layers.UpSampling2D(size=(OUT_OF_MEMORY_ROWS, 1), name="taller_than_memory")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="fc")(x)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path, labels_path = folder / "out-of-memory.keras", folder / "out-of-memory-labels.txt"
+    keras.Model(inputs, outputs, name="out_of_memory").save(model_path)
+    write_labels(labels_path, classes)
+    return model_path, labels_path
+
+
 if __name__ == "__main__":
     import sys
 

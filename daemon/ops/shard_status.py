@@ -40,6 +40,10 @@ class ShardStatus:
     """Why it failed, or why a GPU shard serves on the CPU (`fallback`)."""
     fallback: bool = False
     backend: str | None = None
+    runtime_version: str | None = None
+    """The ML runtime's version as the worker's runtime reported it (e.g. TensorFlow's `__version__`)."""
+    cuda_version: str | None = None
+    """The CUDA version the runtime was built for, on a shard that computes on its GPU; None on the CPU."""
     stuck_since: float | None = None
     """Unix time the wedged batch of a stuck shard went into the model; None unless stuck."""
 
@@ -80,6 +84,8 @@ def _shard_status(
         reason=info.reason if info else None,
         fallback=bool(info and info.fallback),
         backend=info.backend if info else None,
+        runtime_version=info.runtime_version if info else None,
+        cuda_version=info.cuda_version if info else None,
         stuck_since=info.since if info and state.status == STUCK else None,
         pid=state.heartbeat.pid if state.heartbeat is not None else None,
         heartbeat_age_s=age,

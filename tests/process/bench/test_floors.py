@@ -32,5 +32,16 @@ def test_quick_floors_phase_measures_every_upload_and_writes_its_section(tmp_pat
     }
     for point in floors["appliance"]:
         assert {"api", "workers", "redis", "front door"} <= set(point["cpu_ms"]), point
+        assert point["infer_ms_per_batch"] > 0, point
+    # The GPU box's placement: the API only checks the header, so the shard does the decode and the API's
+    # CPU per request drops below what it is with the decode in the API.
+    shard = floors["shard_decode"]
+    assert shard["errors"] == 0 and shard["rps"] > 0
+    jpeg = next(p for p in floors["appliance"] if p["image"] == "jpeg")
+    assert shard["cpu_ms"]["api"] < jpeg["cpu_ms"]["api"], (shard["cpu_ms"], jpeg["cpu_ms"])
+    assert floors["model"]["batch1_p50_ms"] > 0
+    assert set(floors["model"]["cpu_ms_per_image"]) == {"1", "32"}
+    assert floors["decode_only"]["p50_ms"] > 0
     text = (out / "RESULTS.md").read_text()
     assert "## (k) Floors" in text and "| camera | 4" in text
+    assert "| jpeg, decode in shard | 64 |" in text and "Model floor" in text

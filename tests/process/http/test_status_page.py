@@ -1,6 +1,6 @@
 """The status page in a real headless browser (Debian's chromium, driven by selenium through chromedriver)
-against a real appliance: it loads without console errors, lists the live shards, classifies a chosen and a
-dropped photo, and asks for the bearer token when one is set.
+against a real appliance: it loads without console errors, lists the live shards, redraws them every 2 s,
+classifies a chosen and a dropped photo, and asks for the bearer token when one is set.
 
 With INFERD_STATUS_SCREENSHOT=PATH the first test saves the page as PNG there (the README's picture).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -43,6 +44,16 @@ zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: t
 zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
 """
 """What a user's drag and drop of a file onto the drop zone makes the browser do (WebDriver cannot drag files)."""
+WATCH_REDRAWS = """
+window.inferdRedraws = [];
+new MutationObserver(() => window.inferdRedraws.push(performance.now() / 1000))
+  .observe(document.querySelector("#shards tbody"), {childList: true});
+"""
+"""Records the time (s) of each redraw of the table: one observer call per redraw, which replaces its rows at once."""
+REFRESH_S = 2.0
+"""How often the page promises to redraw the shards (docs/status-page.md)."""
+REFRESH_JITTER_S = 1.0
+"""Each gap may miss REFRESH_S by this much: the /shards round trip and a loaded box's scheduling."""
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +107,17 @@ def shard_rows(driver: webdriver.Chrome) -> dict[str, list[str]]:
     return {row[0]: row[1:] for row in rows}
 
 
+def redraw_gaps(driver: webdriver.Chrome, gaps: int) -> list[float]:
+    """The seconds between the table's next `gaps` + 1 redraws, as the browser timed them."""
+    driver.execute_script(WATCH_REDRAWS)
+    times: list[float] = wait_for(
+        driver,
+        f"{gaps + 1} redraws of the table",
+        lambda d: (times := d.execute_script("return window.inferdRedraws")) and len(times) > gaps and times,
+    )
+    return [round(later - earlier, 3) for earlier, later in pairwise(times[: gaps + 1])]
+
+
 def top_five(driver: webdriver.Chrome) -> list[str] | None:
     """The five labels shown, once they are (a new photo clears the last one's at once)."""
     labels = predictions(driver)
@@ -125,6 +147,9 @@ def test_the_page_lists_the_live_shards_and_classifies_a_chosen_and_a_dropped_ph
         assert row[1] == "CPU" and row[7:] == ["-", "-"]  # no GPU: its columns say so
     assert page.find_element(By.ID, "summary").text == "2 shard(s): 2 live, 0 down"
     assert page.find_element(By.ID, "model").text == "model efficientnet-lite0.keras, inferd 0.1.0"
+    # Redrawn every 2 s, as promised: three gaps in a row, none far longer (stale) or far shorter (a busy loop).
+    gaps = redraw_gaps(page, 3)
+    assert all(abs(gap - REFRESH_S) <= REFRESH_JITTER_S for gap in gaps), f"the table redrew after {gaps} s"
 
     cat = base64.b64encode((SKIMAGE_DATA / "chelsea.png").read_bytes()).decode()
     page.execute_script(DROP_FILE, "chelsea.png", "image/png", cat)

@@ -155,3 +155,21 @@ def test_inferd_check_loads_the_runtime_and_says_what_each_shard_would_use(tmp_p
     fallback = check(INFERD_DEVICES_CPU_FALLBACK="true")
     assert fallback.returncode == 0, fallback.stdout + fallback.stderr
     assert f"-> CPU (fallback for GPU 0: {STANDIN_GPU_NAME}) (tensorflow " in fallback.stdout
+
+
+def test_a_serving_shard_shows_its_runtime_version_and_no_cuda_on_the_cpu_everywhere(start_appliance):
+    import tensorflow as tf
+
+    appliance = start_appliance(shards=1)
+    # The version this test's own TensorFlow import reports: the worker's venv is this one.
+    runtime = {"backend": "tensorflow", "runtime_version": tf.__version__, "cuda_version": None}
+
+    info = ShardInfo.decode(appliance.redis().hget(SHARDS_KEY, "cpu0"))
+    assert (info.backend, info.runtime_version, info.cuda_version) == tuple(runtime.values())
+
+    status = tool("gpu_status", appliance.config, appliance.env, "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    (listed,) = json.loads(status.stdout)["shards"]
+    assert {key: listed.get(key, "absent") for key in runtime} == runtime
+    (served,) = requests.get(f"{appliance.url}/shards", timeout=5).json()["shards"]
+    assert {key: served.get(key, "absent") for key in runtime} == runtime
