@@ -35,6 +35,8 @@ programs_for() {
               echo "systemd-analyze systemd"          # `systemd-analyze verify` of the unit file
               echo "promtool prometheus"              # `promtool check rules` of conf/prometheus/inferd-alerts.yml
               echo "unshare util-linux"               # a small private tmpfs that fills up (test_pixel_store.py)
+              echo "mount mount"                      # a 1 MB tmpfs the appliance fills (test_small_shared_memory.py)
+              echo "umount mount"
               echo "haproxy haproxy"                  # the balancer before two appliances (test_scaleout.py)
               echo "chromium chromium"                # a real browser for the status page (test_status_page.py)
               echo "chromedriver chromium-driver" ;;  # ... driven by selenium through Debian's own driver

@@ -212,11 +212,6 @@ def run(config: str | None) -> int:
             record_path(settings),
             settings.model.path,
         )
-    # No process of this appliance is alive now: the previous run's segments have no owner, and this run
-    # gets a fresh folder of its own.
-    folder = create_folder(settings)
-    if folder is not None:
-        log.info("inferd: job pixels in %s", folder)
     shards = discover_shards(settings)
     note = room_note(settings, len(shards))
     if note:
@@ -250,6 +245,11 @@ def run(config: str | None) -> int:
             "disk, which this Redis never makes (no persistence)"
         )
     become_service_user(settings)
+    # No process of this appliance is alive now: the previous run's segments have no owner, and this run
+    # gets a fresh folder of its own, made by the user the appliance runs as (its processes accept no other).
+    folder = create_folder(settings)
+    if folder is not None:
+        log.info("inferd: job pixels in %s", folder)
     # supervisord itself, run by daemon/ops/supervise.py so that the last line at a stop is ours.
     supervisord = [sys.executable, "-m", "daemon.ops.supervise", "--nodaemon", "-c", str(SUPERVISORD_CONF)]
     sys.stdout.flush()
