@@ -21,9 +21,13 @@ def build_tiny_model(folder: Path, input_size: int = 32, classes: int = 10) -> t
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv")(inputs)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(classes, activation="softmax", name="fc")(x)
-    model = keras.Model(inputs, outputs, name="tiny")
+    return save_with_labels(keras.Model(inputs, outputs, name="tiny"), folder, "tiny", classes)
+
+
+def save_with_labels(model: Any, folder: Path, stem: str, classes: int) -> tuple[Path, Path]:
+    """`model` saved as FOLDER/STEM.keras beside FOLDER/STEM-labels.txt; returns (model, labels)."""
     folder.mkdir(parents=True, exist_ok=True)
-    model_path, labels_path = folder / "tiny.keras", folder / "tiny-labels.txt"
+    model_path, labels_path = folder / f"{stem}.keras", folder / f"{stem}-labels.txt"
     model.save(model_path)
     write_labels(labels_path, classes)
     return model_path, labels_path
@@ -39,11 +43,9 @@ def build_model_failing_warm_up(folder: Path, kernel: int = 64, classes: int = 1
     x = keras.layers.Conv2D(4, kernel, name="conv_needs_large_images")(inputs)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(classes, activation="softmax", name="fc")(x)
-    folder.mkdir(parents=True, exist_ok=True)
-    model_path, labels_path = folder / "fails-warm-up.keras", folder / "fails-warm-up-labels.txt"
-    keras.Model(inputs, outputs, name="fails_warm_up").save(model_path)
-    write_labels(labels_path, classes)
-    return model_path, labels_path
+    return save_with_labels(
+        keras.Model(inputs, outputs, name="fails_warm_up"), folder, "fails-warm-up", classes
+    )
 
 
 OUT_OF_MEMORY_ROWS = 2**25
@@ -66,11 +68,9 @@ def build_model_out_of_memory_at_warm_up(
     x = keras.layers.UpSampling2D(size=(OUT_OF_MEMORY_ROWS, 1), name="taller_than_memory")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(classes, activation="softmax", name="fc")(x)
-    folder.mkdir(parents=True, exist_ok=True)
-    model_path, labels_path = folder / "out-of-memory.keras", folder / "out-of-memory-labels.txt"
-    keras.Model(inputs, outputs, name="out_of_memory").save(model_path)
-    write_labels(labels_path, classes)
-    return model_path, labels_path
+    return save_with_labels(
+        keras.Model(inputs, outputs, name="out_of_memory"), folder, "out-of-memory", classes
+    )
 
 
 if __name__ == "__main__":
