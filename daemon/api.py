@@ -233,9 +233,8 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception
 def decodes_in_shard(settings: Settings, env: Mapping[str, str] | None = None) -> bool:
     """Whether /predict forwards files for the shards to decode (`api.decode_in`). "auto" picks the shards
     when the launcher's shards include a GPU: there the workers' host cores wait on their devices and nvJPEG
-    can decode. On a CPU box the API decodes: measured there (bench/floors.py), moving the decode to the
-    worker saved no CPU and made its one process the bottleneck (req/s fell by a third), while the API's
-    processes decode side by side."""
+    can decode. On a CPU box the API decodes: the two placements measured level there (the figures are in
+    daemon/images/shard_decode.py), and the API's processes decode side by side."""
     if settings.api.decode_in != "auto":
         return settings.api.decode_in == "shard"
     encoded = (os.environ if env is None else env).get(SHARDS_ENV)

@@ -7,11 +7,12 @@ Where the decode runs, and why (`api.decode_in`; bench/RESULTS.md (k) has the fi
   the least it can before the hand-off: it reads the body, checks the header
   (`daemon.images.decode.inspect_upload`: format by magic bytes, size and pixel count, microseconds) and
   forwards the file's bytes; an upload refused there is answered at once (415, 413, a broken header's 400).
-- On a CPU box, in the API. Measured on two shared cores (tiny model at 224, the 451x300 JPEG, 16 and 64
-  clients, two alternating rounds of the API decoding with Pillow against the shard decoding): decoding in
-  the worker moved 2.5 to 3 ms per image from the API to the worker and saved no CPU in all (7.0 to 8.6 ms
-  against 6.8 to 7.8), and the worker's one process became the bottleneck (28 to 48 req/s against 42 to
-  56), where the API's processes decode side by side. The CPU decoder here is the API's (`decode_image`).
+- On a CPU box, in the API: the two placements measure level there, so the one with the fewer moving
+  parts is kept. Tiny model at 224, the 451x300 JPEG, alternating runs: under load 20 to 30 the shard's
+  decode saved no CPU (7.0 to 8.6 ms per image in all against 6.8 to 7.8) and its one worker became the
+  bottleneck; on a quiet machine both gave 5.6 to 7.2 ms at 64 clients and 10.9 to 11.3 ms at one, with the
+  shard a little ahead at 16 clients (docs/settings.md has each run). The CPU decoder here is the API's
+  (`decode_image`).
 - Errors keep their statuses whichever process finds them: a decode failure travels back as data
   (`Reply.failure` with BadRequest, PayloadTooLarge or UnsupportedMediaType) and the API answers 400, 413 or
   415, as when it decoded itself. A bad image fails only its own job. A worker that dies mid-decode has its
