@@ -94,6 +94,21 @@ def write_settings(folder: Path, sections: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+def run_tool(
+    name: str, config: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m tools.NAME --config CONFIG ARGS` from the checkout, its output captured; `env` replaces the
+    environment (None: this process's)."""
+    return subprocess.run(
+        [sys.executable, "-m", f"tools.{name}", "--config", str(config), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+    )
+
+
 class Service:
     """One process and everything it starts, in its own session, logging to `log_path`.
 

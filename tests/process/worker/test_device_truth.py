@@ -15,24 +15,13 @@ from daemon.errors import EXIT_DEVICE
 from daemon.queue.keys import SHARDS_KEY
 from daemon.queue.wire import FAILED, ShardInfo
 from daemon.shard import SHARDS_ENV, Shard, encode_shards
-from testkit.harness import REPO, Appliance, wait_until, write_settings
+from testkit.harness import REPO, Appliance, run_tool, wait_until, write_settings
 from tests.conftest import tiny_sections
 from tests.standin_nvml import STANDIN_GPU_NAME, write_standin_pynvml
 
 pytestmark = pytest.mark.slow
 
 FAKE_GPU = Shard("gpu0", "gpu", 0, STANDIN_GPU_NAME, uuid="GPU-5a1d0000", memory_total_bytes=80 * 2**30)
-
-
-def tool(name: str, config, env, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", f"tools.{name}", "--config", str(config), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
 
 
 def test_a_gpu_shard_whose_runtime_sees_no_gpu_exits_80_with_one_line(
@@ -94,7 +83,7 @@ def test_the_appliance_shows_the_failed_gpu_shard_on_readyz_metrics_and_gpu_stat
             r'^inferd_shard_failed\{reason="[^"]*sees no GPU[^"]*",shard="gpu0"\} 1\.0$', metrics, re.M
         )
 
-        status = tool("gpu_status", config, appliance.env)
+        status = run_tool("gpu_status", config, env=appliance.env)
         assert status.returncode == 2, status.stdout + status.stderr
         row = next(line for line in status.stdout.splitlines() if line.startswith("gpu0"))
         assert "FAILED" in row.split()
@@ -120,7 +109,7 @@ def test_with_cpu_fallback_the_gpu_shard_serves_on_the_cpu_and_says_so(tmp_path,
     assert answer.status_code == 200 and answer.headers["X-Inferd-Shard"] == "gpu0"
     device = f"CPU (fallback for GPU 0: {STANDIN_GPU_NAME})"
 
-    status = tool("gpu_status", appliance.config, appliance.env, "--json")
+    status = run_tool("gpu_status", appliance.config, "--json", env=appliance.env)
     assert status.returncode == 0, status.stdout + status.stderr
     (shard,) = json.loads(status.stdout)["shards"]
     assert shard["device_name"] == device and shard["fallback"] is True and shard["live"] is True
@@ -167,7 +156,7 @@ def test_a_serving_shard_shows_its_runtime_version_and_no_cuda_on_the_cpu_everyw
     info = ShardInfo.decode(appliance.redis().hget(SHARDS_KEY, "cpu0"))
     assert (info.backend, info.runtime_version, info.cuda_version) == tuple(runtime.values())
 
-    status = tool("gpu_status", appliance.config, appliance.env, "--json")
+    status = run_tool("gpu_status", appliance.config, "--json", env=appliance.env)
     assert status.returncode == 0, status.stdout + status.stderr
     (listed,) = json.loads(status.stdout)["shards"]
     assert {key: listed.get(key, "absent") for key in runtime} == runtime

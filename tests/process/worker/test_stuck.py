@@ -8,8 +8,6 @@ heartbeat alone would keep the shard "live" forever.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +19,7 @@ from daemon.errors import EXIT_STUCK
 from daemon.metrics.inferd import QueueCollector
 from daemon.queue.keys import heartbeat_key
 from daemon.queue.registry import read_shards
-from testkit.harness import PYTHON, REPO, Service, wait_until
+from testkit.harness import PYTHON, Service, run_tool, wait_until
 from tests.process.test_worker_process import push_job
 
 pytestmark = pytest.mark.slow
@@ -122,11 +120,5 @@ def test_a_hung_worker_exits_70_and_every_reader_calls_its_shard_stuck(
     registry.register(QueueCollector(redis_client))
     exposition = generate_latest(registry).decode()
     assert 'inferd_shard_status{shard="cpu0",status="stuck"} 1.0' in exposition, exposition
-    status = subprocess.run(
-        [sys.executable, "-m", "tools.gpu_status", "--config", str(settings.source), "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    status = run_tool("gpu_status", settings.source, "--json", timeout_s=30)
     assert json.loads(status.stdout)["shards"][0]["status"] == "stuck", status.stdout + status.stderr

@@ -17,7 +17,7 @@ import pytest
 from daemon.errors import EXIT_MODEL_LOAD, EXIT_SHARD_DOWN
 from daemon.queue.keys import SHARDS_KEY
 from daemon.queue.wire import FAILED, ShardInfo
-from testkit.harness import REPO, write_settings
+from testkit.harness import REPO, run_tool, write_settings
 from tests.conftest import tiny_sections
 from tests.process.test_worker_exit_codes import error_messages
 from tests.tiny_model import build_model_out_of_memory_at_warm_up
@@ -59,14 +59,7 @@ def run_worker(config: Path) -> tuple[int, str, int]:
 
 
 def gpu_status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tools.gpu_status", "--config", str(config), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    return run_tool("gpu_status", config, *args, env={"PATH": "/usr/bin:/bin"})
 
 
 def test_running_out_of_memory_at_warm_up_exits_79_and_the_shard_shows_failed_with_the_fix(
