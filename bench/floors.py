@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -42,7 +41,6 @@ from bench.frontdoor import FrontDoorPlan, measure_inferd
 from bench.phases import build_tiny_model, run_offline, running_appliance, start_decode_only, tiny_env
 from bench.procs import cpu_seconds
 from daemon.images.decode import decode_image
-from daemon.ops.local_client import fetch
 from daemon.settings import ModelSettings
 from testkit.harness import REPO, Appliance, free_port
 from testkit.proctree import children
@@ -56,9 +54,6 @@ CAMERA_GRAIN = 11.0
 SECTION = "floors"
 MODEL_BATCHES = (1, 32)
 """Batch sizes the model floor measures: one (the one-client case) and the largest a worker runs."""
-INFERENCE_METRIC = re.compile(
-    r'^inferd_inference_seconds_(sum|count)\{shard="[^"]+"\} ([0-9.e+-]+)$', re.MULTILINE
-)
 
 TARGET_CLIENTS = 64
 """The load the GPU box's placement (decode in the shard) is measured at, as issue 19's targets are."""
@@ -220,13 +215,9 @@ def measure_floors(work: Path, photos: dict[str, Path], plan: FloorsPlan) -> dic
 def appliance_round(
     appliance: Appliance, image: str, path: Path, clients: int, plan: FloorsPlan
 ) -> dict[str, Any]:
-    """One wrk round: req/s, p50, CPU per request by role, and the shard's own time per batch."""
-    before = inference_totals(appliance)
+    """One wrk round as plain data: req/s, p50, CPU per request by role, and the shard's own time per batch."""
     measured = measure_inferd(
         appliance, path, clients, FrontDoorPlan(seconds=plan.seconds, warmup_s=plan.warmup_s)
-    )
-    seconds, batches = (
-        after - start for after, start in zip(inference_totals(appliance), before, strict=True)
     )
     point = {
         "image": image,
@@ -237,20 +228,10 @@ def appliance_round(
         "errors": measured.result.errors,
         "cpu_ms": measured.cpu_ms_per_request,
         "mean_batch": measured.mean_batch,
-        # Warm-up batches included: the mean per batch is the same figure.
-        "infer_ms_per_batch": 1000.0 * seconds / batches if batches else None,
+        "infer_ms_per_batch": measured.infer_ms_per_batch,
     }
     log.info("bench: floors %-6s c=%-3d %s", image, clients, point)
     return point
-
-
-def inference_totals(appliance: Appliance) -> tuple[float, float]:
-    """(seconds, batches) every shard has spent in inference so far, from /metrics."""
-    _, body = fetch(f"{appliance.url}/metrics", appliance.tls, timeout_s=10)
-    totals = {"sum": 0.0, "count": 0.0}
-    for kind, value in INFERENCE_METRIC.findall(body.decode()):
-        totals[kind] += float(value)
-    return totals["sum"], totals["count"]
 
 
 def model_floor(env: dict[str, str], photo: Path, plan: FloorsPlan) -> dict[str, Any]:

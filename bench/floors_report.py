@@ -173,16 +173,19 @@ def floors_section(found: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     shard = found.get("shard_decode")
-    for point in [*found["appliance"], *([{**shard, "image": "jpeg, decode in shard"}] if shard else [])]:
+    rows = [(point["image"], point) for point in found["appliance"]]
+    if shard:
+        rows.append((f"{shard['image']}, decode in shard", shard))
+    for label, point in rows:
         cpu = point["cpu_ms"]
         total = sum(cpu.values())
-        floor = found["decode"][point["image"].split(",")[0]]["appliance_ms"]
+        floor = found["decode"][point["image"]]["appliance_ms"]
         model_ms = model_cpu_ms(found, _mean_batch(point))
         less_model = "-" if model_ms is None else f"{total - model_ms:.2f}"
         infer = point.get("infer_ms_per_batch")
         partial = "*" if point.get("served", point["clients"]) < point["clients"] else ""
         out.append(
-            f"| {point['image']} | {point['clients']}{partial} | {point['rps']:.0f} | {point['p50_ms']:.1f} | {point['errors']} | "
+            f"| {label} | {point['clients']}{partial} | {point['rps']:.0f} | {point['p50_ms']:.1f} | {point['errors']} | "
             f"{cpu.get('api', 0.0):.2f} | {cpu.get('workers', 0.0):.2f} | {cpu.get('redis', 0.0):.2f} | "
             f"{cpu.get('front door', 0.0):.2f} | {total:.2f} | {total / floor:.2f} | {less_model} | "
             f"{'-' if infer is None else f'{infer:.2f}'} |"

@@ -44,7 +44,12 @@ TARGET_JOBS_PER_S = 16_000
 """What 8 GPUs need from one Redis: 224x224 images at about 2,000/s each."""
 COMMANDS_SHOWN = 6
 """Redis commands listed per level, the costliest first."""
-BATCH_METRIC = re.compile(r'^inferd_batch_size_(sum|count)\{shard="([^"]+)"\} ([0-9.e+-]+)$', re.MULTILINE)
+BATCH_METRIC = re.compile(
+    r'^inferd_(batch_size_sum|batch_size_count|inference_seconds_sum)\{shard="([^"]+)"\} ([0-9.e+-]+)$',
+    re.MULTILINE,
+)
+"""Per shard: images in batches, batches, and seconds spent in the model (the two histograms' figures)."""
+BATCH_FIELDS = ("batch_size_sum", "batch_size_count", "inference_seconds_sum")
 
 
 @dataclass(frozen=True)
@@ -147,14 +152,14 @@ def cpu_by_group(supervisord_pid: int) -> dict[int, tuple[str, float]]:
     return found
 
 
-def batch_totals(appliance: Appliance) -> dict[str, tuple[float, float]]:
-    """shard -> (images, batches) so far, from /metrics."""
+def batch_totals(appliance: Appliance) -> dict[str, tuple[float, float, float]]:
+    """shard -> (images, batches, seconds in the model) so far, from /metrics."""
     _, body = fetch(f"{appliance.url}/metrics", appliance.tls, timeout_s=10)
     text = body.decode()
     totals: dict[str, list[float]] = {}
     for kind, shard, value in BATCH_METRIC.findall(text):
-        totals.setdefault(shard, [0.0, 0.0])[0 if kind == "sum" else 1] += float(value)
-    return {shard: (images, batches) for shard, (images, batches) in totals.items()}
+        totals.setdefault(shard, [0.0, 0.0, 0.0])[BATCH_FIELDS.index(kind)] += float(value)
+    return {shard: (images, batches, seconds) for shard, (images, batches, seconds) in totals.items()}
 
 
 def command_usec(client: redis.Redis) -> dict[str, float]:
@@ -169,6 +174,8 @@ class InferdRound:
     mean_batch: dict[str, float]
     cpu_ms_per_request: dict[str, float]
     redis_us_per_request: dict[str, float]
+    infer_ms_per_batch: float | None = None
+    """The shards' own time in the model per batch over the round, from `inferd_inference_seconds`."""
 
 
 def measure_inferd(appliance: Appliance, photo: Path, clients: int, plan: FrontDoorPlan) -> InferdRound:
@@ -189,16 +196,20 @@ def measure_inferd(appliance: Appliance, photo: Path, clients: int, plan: FrontD
         spent[group] = spent.get(group, 0.0) + after - before
     served = max(1, round(result.rps * result.duration_s))
     mean_batch = {}
-    for shard, (images, batches) in sorted(batches_after.items()):
-        images0, batches0 = batches_before.get(shard, (0.0, 0.0))
+    all_batches = all_seconds = 0.0
+    for shard, (images, batches, seconds) in sorted(batches_after.items()):
+        images0, batches0, seconds0 = batches_before.get(shard, (0.0, 0.0, 0.0))
         if batches > batches0:
             mean_batch[shard] = (images - images0) / (batches - batches0)
+            all_batches += batches - batches0
+            all_seconds += seconds - seconds0
     cpu_ms = {group: 1000.0 * seconds / served for group, seconds in sorted(spent.items())}
     commands = {
         name: (usec - commands_before.get(name, 0.0)) / served for name, usec in commands_after.items()
     }
     costliest = dict(sorted(commands.items(), key=lambda item: -item[1])[:COMMANDS_SHOWN])
-    return InferdRound(result, mean_batch, cpu_ms, costliest)
+    infer_ms = 1000.0 * all_seconds / all_batches if all_batches else None
+    return InferdRound(result, mean_batch, cpu_ms, costliest, infer_ms)
 
 
 @contextmanager
