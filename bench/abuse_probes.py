@@ -27,7 +27,8 @@ import numpy as np
 import requests
 
 from daemon.errors import UsageArgumentParser
-from testkit.harness import REPO, Appliance, free_port, write_settings
+from testkit.config import write_settings
+from testkit.harness import REPO, Appliance, free_port
 from testkit.images import encode_image
 from testkit.slow_clients import Attack, SlowClients
 from tools.loadgen import LoadRun, Upload, percentile

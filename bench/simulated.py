@@ -34,7 +34,8 @@ from daemon.queue.keys import heartbeat_key
 from daemon.queue.wire import Job, new_job_id
 from daemon.settings import Settings, load_settings
 from daemon.shard import Shard
-from testkit.harness import PYTHON, Service, stop_all, write_settings
+from testkit.config import write_settings
+from testkit.harness import PYTHON, Service, stop_all
 from tools.loadgen import percentile
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import redis
 import requests
@@ -71,42 +70,6 @@ def wait_until(
     raise AssertionError(
         f"timed out after {timeout_s}s waiting for {what} (last error: {last_error!r})\n{on_fail()}"
     ) from last_error
-
-
-def write_settings(folder: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    """A settings.toml in `folder` from nested dicts (strings quoted, lists and numbers as TOML)."""
-
-    def value(item: Any) -> str:
-        if isinstance(item, bool):
-            return "true" if item else "false"
-        if isinstance(item, str | Path):
-            return '"' + str(item).replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(item, list):
-            return "[" + ", ".join(value(v) for v in item) + "]"
-        return str(item)
-
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {value(item)}" for key, item in values.items())
-    path = folder / "settings.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def run_tool(
-    name: str, config: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """`python -m tools.NAME --config CONFIG ARGS` from the checkout, its output captured; `env` replaces the
-    environment (None: this process's)."""
-    return subprocess.run(
-        [sys.executable, "-m", f"tools.{name}", "--config", str(config), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=env,
-    )
 
 
 class Service:

@@ -29,7 +29,8 @@ from PIL import Image
 
 from daemon.queue.pixel_store import create_folder, remove_folder, segment_folder
 from daemon.settings import Settings, load_settings
-from testkit.harness import Appliance, free_port, redis_server, write_settings
+from testkit.config import write_settings
+from testkit.harness import Appliance, free_port, redis_server
 from testkit.images import encode_image
 from tests.tiny_model import build_tiny_model
 

@@ -29,7 +29,7 @@ from daemon.queue.faces import ShardQueues
 from daemon.queue.pixel_store import create_folder, remove_folder
 from daemon.settings import Settings, load_settings
 from daemon.shard import cpu_shards
-from testkit.harness import write_settings
+from testkit.config import write_settings
 from testkit.images import encode_image
 from tests.conftest import tiny_sections
 from tests.corpus.make_corpus import CASES, FILES, Case

@@ -11,7 +11,8 @@ import pytest
 import skimage
 
 from daemon.model.default_model import MODEL_FILENAME, default_weights_path, export_default_model
-from testkit.harness import Appliance, write_settings
+from testkit.config import write_settings
+from testkit.harness import Appliance
 from tests.conftest import tiny_sections
 
 SKIMAGE_DATA = Path(str(skimage.__file__)).parent / "data"

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from testkit.harness import Appliance, write_settings
+from testkit.config import write_settings
+from testkit.harness import Appliance
 from tests.conftest import tiny_sections
 
 pytestmark = pytest.mark.slow

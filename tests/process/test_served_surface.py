@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from testkit.harness import Appliance, write_settings
+from testkit.config import write_settings
+from testkit.harness import Appliance
 from tests.conftest import standin_model, tiny_sections
 from tests.corpus.make_corpus import CASES
 

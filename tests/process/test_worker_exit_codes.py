@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import EXIT_CONFIG, EXIT_MODEL_LOAD, EXIT_OK
-from testkit.harness import INFERD, REPO, Appliance, write_settings
+from testkit.config import write_settings
+from testkit.harness import INFERD, REPO, Appliance
 from tests.conftest import tiny_sections
 from tests.tiny_model import build_model_failing_warm_up
 

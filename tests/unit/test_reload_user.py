@@ -11,7 +11,8 @@ from pathlib import Path
 from daemon.cli.reload import root_refusal
 from daemon.errors import EXIT_USAGE
 from daemon.settings import load_settings
-from testkit.harness import REPO, write_settings
+from testkit.config import write_settings
+from testkit.harness import REPO
 from tests.needs import need
 
 NOBODY = pwd.getpwnam("nobody").pw_uid

@@ -19,7 +19,7 @@ from daemon.settings import (
     load_settings,
     resolve_config_path,
 )
-from testkit.harness import write_settings
+from testkit.config import write_settings
 
 
 def test_shipped_settings_load_with_documented_defaults():

@@ -9,7 +9,7 @@ import pytest
 
 from daemon.settings import Settings, load_settings
 from daemon.shard import Shard, decode_shards, discover_shards, encode_shards
-from testkit.harness import write_settings
+from testkit.config import write_settings
 from tests.fake_nvml import FakeGpu, FakeNvml
 
 FOUR_GPUS = [FakeGpu(name=f"NVIDIA H100 80GB HBM3 #{i}", uuid=f"GPU-{i}aaa-bbbb") for i in range(4)]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import EXIT_CONFIG
-from testkit.harness import REPO, write_settings
+from testkit.config import write_settings
+from testkit.harness import REPO
 
 
 def run_refused(config: Path) -> str:

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from bench.gpu_proof import SECTION_END, SECTION_START, replace_section
-from testkit.harness import REPO, write_settings
+from testkit.config import write_settings
+from testkit.harness import REPO
 from tests.conftest import tiny_sections
 
 

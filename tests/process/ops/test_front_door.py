@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import requests
 
-from testkit.harness import Appliance, wait_until, write_settings
+from testkit.config import write_settings
+from testkit.harness import Appliance, wait_until
 from testkit.images import encode_image
 from testkit.slow_clients import Attack, SlowClients
 from tests.conftest import TINY_INPUT, tiny_sections

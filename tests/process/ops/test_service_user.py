@@ -20,7 +20,8 @@ import requests
 
 from daemon.ops.service_user import become_service_user
 from daemon.settings import PathSettings, Settings
-from testkit.harness import Appliance, wait_until, write_settings
+from testkit.config import write_settings
+from testkit.harness import Appliance, wait_until
 from testkit.proctree import descendants
 from tests.conftest import tiny_sections
 from tests.needs import need, need_program

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.harness import REPO, Appliance, free_port, write_settings
+from testkit.config import write_settings
+from testkit.harness import REPO, Appliance, free_port
 from tests.conftest import tiny_sections
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,8 @@ from daemon.errors import EXIT_DEVICE
 from daemon.queue.keys import SHARDS_KEY
 from daemon.queue.wire import FAILED, ShardInfo
 from daemon.shard import SHARDS_ENV, Shard, encode_shards
-from testkit.harness import REPO, Appliance, run_tool, wait_until, write_settings
+from testkit.config import run_tool, write_settings
+from testkit.harness import REPO, Appliance, wait_until
 from tests.conftest import tiny_sections
 from tests.standin_nvml import STANDIN_GPU_NAME, write_standin_pynvml
 

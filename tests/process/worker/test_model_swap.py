@@ -24,7 +24,8 @@ from daemon.queue.keys import swap_key
 from daemon.queue.registry import read_shards
 from daemon.queue.wire import ModelChoice
 from daemon.settings import load_settings
-from testkit.harness import PYTHON, REPO, Appliance, write_settings
+from testkit.config import write_settings
+from testkit.harness import PYTHON, REPO, Appliance
 from tests.conftest import tiny_sections
 from tests.tiny_model import build_tiny_model
 from tools.loadgen import LoadResult, LoadRun, Upload

@@ -19,7 +19,8 @@ from daemon.errors import EXIT_STUCK
 from daemon.metrics.inferd import QueueCollector
 from daemon.queue.keys import heartbeat_key
 from daemon.queue.registry import read_shards
-from testkit.harness import PYTHON, Service, run_tool, wait_until
+from testkit.config import run_tool
+from testkit.harness import PYTHON, Service, wait_until
 from tests.process.test_worker_process import push_job
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,8 @@ import pytest
 from daemon.errors import EXIT_MODEL_LOAD, EXIT_SHARD_DOWN
 from daemon.queue.keys import SHARDS_KEY
 from daemon.queue.wire import FAILED, ShardInfo
-from testkit.harness import REPO, run_tool, write_settings
+from testkit.config import run_tool, write_settings
+from testkit.harness import REPO
 from tests.conftest import tiny_sections
 from tests.process.test_worker_exit_codes import error_messages
 from tests.tiny_model import build_model_out_of_memory_at_warm_up

@@ -21,7 +21,7 @@ from daemon.model.active_model import (
 from daemon.queue.wire import ModelChoice, Reply, SwapResult
 from daemon.settings import Settings, load_settings
 from daemon.worker.model_swap import check_answers
-from testkit.harness import write_settings
+from testkit.config import write_settings
 
 
 def settings_in(folder: Path, version: int = 1) -> Settings:

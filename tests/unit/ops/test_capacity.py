@@ -18,7 +18,7 @@ from daemon.ops.capacity import (
     shard_count_from_env,
 )
 from daemon.settings import DEFAULT_CONFIG, MAX_API_THREADS, load_settings
-from testkit.harness import write_settings
+from testkit.config import write_settings
 
 
 def test_auto_threads_hold_two_batches_per_shard_spread_over_the_api_processes():
