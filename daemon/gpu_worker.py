@@ -193,7 +193,7 @@ class Worker:
     def leave_stuck(self, running_s: float, since: float) -> None:
         """Called from the heartbeat thread: say why and since when (unix time the batch began), take the
         shard out of dispatch, and leave at once so supervisord restarts us; supervisord's event hands our
-        claimed batch to a live shard meanwhile (idle shards have taken what waited behind it already)."""
+        claimed batch to a live shard meanwhile (other shards have taken what waited behind it already)."""
         began = time.strftime("%H:%M:%S", time.gmtime(since))
         reason = (
             f"stuck since {began} UTC: a batch of {self.batch_jobs} has been in the model for {running_s:.1f}s "

@@ -146,7 +146,7 @@ class QueueSettings:
     """A batch running longer than this marks its worker stuck (restarted, jobs adopted); 0 derives it from
     the shard's recent batch times (`daemon.worker.pace`)."""
     steal: bool = True
-    """An idle shard takes the jobs waiting behind an overdue shard's batch, and an overdue shard gets new
+    """A shard starting a batch fills its room with the jobs waiting behind an overdue shard's batch, and an overdue shard gets new
     jobs last (`daemon.worker.pace`); false serves every live shard alike, as before."""
     pixels: str = "shared_memory"
     """Where a job's pixels travel: "shared_memory" (a file under `shared_memory_dir`, only a header through

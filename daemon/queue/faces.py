@@ -268,7 +268,9 @@ class ShardQueues:
         self._peers: list[str] = []
         self._peers_read_at = float("-inf")
         self.stolen_from: str | None = None
-        """The shard whose queue the last `claim_waiting` took from, or None when it took from ours."""
+        """The shard whose queue the last `claim_waiting` took from, or None when it took only from ours."""
+        self.stolen = 0
+        """How many of the jobs the last `claim_waiting` returned came from `stolen_from`."""
 
     def claim_first(self, timeout_s: float) -> bytes | None:
         """Block up to `timeout_s` for the next job and claim it (moved into the processing list, where it stays
@@ -282,17 +284,18 @@ class ShardQueues:
         self, count: int, overdue: OverdueRule | None = None, steal: bool = False
     ) -> list[bytes]:
         """Claim up to `count` jobs already waiting, oldest first, in one round trip (no wait). With `steal`
-        (and `queue.steal`), a shard that holds nothing and finds its queue empty takes them instead from the
-        longest queue of an overdue shard (`stolen_from` says which). Whatever we then hold is on time for
-        as long as `overdue` gives a batch of that many."""
+        (and `queue.steal`), a shard that holds nothing fills what room its own queue leaves from the longest
+        queue of an overdue shard (`stolen_from` says which, `stolen` how many). Whatever we then hold is on
+        time for as long as `overdue` gives a batch of that many."""
         overdue = overdue or OverdueRule()
         steal = steal and self.steal
         keys = list(self._own_claim_keys)
         for peer in self.peer_shards() if steal else []:
             keys += [queue_key(peer), processing_key(peer), on_time_key(peer)]
         args = [count, overdue.floor_ms, overdue.per_job_ms, 1 if steal else 0]
-        victim, *jobs = self._scripts.claim(keys=keys, args=args)
+        victim, stolen, *jobs = self._scripts.claim(keys=keys, args=args)
         self.stolen_from = as_text(victim).removeprefix(queue_key("")) if victim else None
+        self.stolen = int(stolen)
         return cast(list[bytes], jobs)
 
     def peer_shards(self) -> list[str]:

@@ -91,11 +91,13 @@ return {best_slot, 0}
 
 # KEYS: queue, processing, on-time mark, drain mark, then (queue, processing, on-time mark) per other shard.
 # ARGV: how many, the overdue rule (floor ms, ms per job held), steal (1 or 0).
-# Returns {the shard queue stolen from or '', then the jobs claimed}. Claims up to that many jobs already
-# waiting on our queue, in one trip. A shard that holds nothing and finds its queue empty (and is not drained)
-# takes them instead from the longest queue of an overdue shard: one holding jobs whose on-time mark has
-# expired. The oldest go first, as their owner would have taken them. Whenever we hold jobs, our own on-time
-# mark is set to expire when a batch of that many becomes overdue.
+# Returns {the shard queue stolen from or '', how many were stolen, then the jobs claimed}. Claims up to that
+# many jobs already waiting on our queue, in one trip. A shard starting a batch (holding nothing, not drained)
+# fills the room its own queue leaves from the longest queue of an overdue shard: one holding jobs whose
+# on-time mark has expired. Not only when idle: a shard kept busy by a trickle of its own jobs would otherwise
+# never help, and the jobs behind a wedged batch would wait for the wedge limit. The oldest go first, as their
+# owner would have taken them. Whenever we hold jobs, our own on-time mark is set to expire when a batch of
+# that many becomes overdue.
 CLAIM_SCRIPT = """
 local want = tonumber(ARGV[1])
 local claimed = {}
@@ -108,8 +110,9 @@ local function take(queue)
 end
 local held_before = redis.call('LLEN', KEYS[2])
 take(KEYS[1])
+local own = #claimed
 local victim = ''
-if #claimed == 0 and held_before == 0 and ARGV[4] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
+if own < want and held_before == 0 and ARGV[4] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
   local longest, best = 0, nil
   for i = 5, #KEYS, 3 do
     if redis.call('LLEN', KEYS[i + 1]) > 0 and redis.call('EXISTS', KEYS[i + 2]) == 0 then
@@ -127,6 +130,7 @@ if held > 0 then
   local due_ms = math.max(tonumber(ARGV[2]), math.ceil(tonumber(ARGV[3]) * held))
   redis.call('SET', KEYS[3], '1', 'PX', due_ms)
 end
+table.insert(claimed, 1, #claimed - own)
 table.insert(claimed, 1, victim)
 return claimed
 """

@@ -10,9 +10,10 @@ job, `claim_waiting` takes what else waits in one Lua call (daemon.queue.scripts
 claimed sits in the shard's processing list until the batch's answers are committed, so a worker that dies
 mid-batch loses nothing.
 
-Work stealing (`queue.steal`): a shard with nothing to do takes the jobs waiting behind another shard's
-overdue batch (daemon.worker.pace), in the same Lua call that claims its own. So while idle it blocks on its
-own queue in slices of STEAL_LOOK_S, and looks between them; once a batch is in hand it only gathers its own.
+Work stealing (`queue.steal`): a shard starting a batch fills the room its own queue leaves with the jobs
+waiting behind another shard's overdue batch (daemon.worker.pace), in the same Lua call that claims its own.
+So while idle it blocks on its own queue in slices of STEAL_LOOK_S, and looks between them; once a batch is
+in hand it only gathers its own.
 """
 
 from __future__ import annotations
@@ -77,5 +78,5 @@ class Batcher:
     def _claim_waiting(self, count: int, overdue: OverdueRule, steal: bool) -> list[bytes]:
         jobs = self.queues.claim_waiting(count, overdue, steal)
         if self.queues.stolen_from is not None:
-            self.stolen_from, self.stolen = self.queues.stolen_from, len(jobs)
+            self.stolen_from, self.stolen = self.queues.stolen_from, self.queues.stolen
         return jobs

@@ -1,4 +1,5 @@
-"""Work stealing on a real Redis: an idle shard takes the jobs waiting behind an overdue batch, each once.
+"""Work stealing on a real Redis: a shard starting a batch fills its room with the jobs waiting behind an
+overdue batch, each once.
 
 A shard is overdue when it holds claimed jobs and its on-time mark (set by its claim, expiring after the
 overdue limit its pace gives) has expired: the test shards are given a 50 ms limit and the test waits past it.
@@ -64,16 +65,39 @@ def test_nothing_is_taken_from_a_batch_on_time_or_when_stealing_is_off(redis_cli
     assert redis_client.lrange(queue_key("cpu0"), 0, -1) == [b"job2"]
 
 
-def test_a_shard_serves_its_own_queue_first_and_steals_from_the_longest_overdue_queue(redis_client):
+def test_a_shard_serves_its_own_queue_first_and_fills_the_room_from_the_longest_overdue_queue(redis_client):
     for name, count in (("cpu0", 3), ("cpu1", 5)):
         fill(redis_client, name, count, prefix=f"{name}-")
         assert shard(redis_client, name, max_batch_size=1).claim_batch(1.0, SHORT) == [f"{name}-0".encode()]
-    thief = shard(redis_client, "cpu2", max_batch_size=2)
+    thief = shard(redis_client, "cpu2", max_batch_size=3)
     fill(redis_client, "cpu2", 1, prefix="own-")
     time.sleep(PAST_SHORT_S)
-    assert thief.claim_batch(1.0) == [b"own-0"] and thief.stolen_from is None
-    redis_client.delete(processing_key("cpu2"))  # committed
-    assert thief.claim_batch(1.0) == [b"cpu1-1", b"cpu1-2"] and thief.stolen_from == "cpu1"
+    # Busy with a job of its own, it still has room: a shard kept busy by a trickle would otherwise never help.
+    assert thief.claim_batch(1.0) == [b"own-0", b"cpu1-1", b"cpu1-2"]
+    assert (thief.stolen_from, thief.stolen) == ("cpu1", 2)
+    assert redis_client.lrange(queue_key("cpu1"), 0, -1) == [b"cpu1-4", b"cpu1-3"]
+    assert redis_client.llen(queue_key("cpu0")) == 2
+
+
+def test_a_shard_whose_own_queue_fills_its_batch_takes_nothing(redis_client):
+    fill(redis_client, "cpu0", 3)
+    assert shard(redis_client, "cpu0", max_batch_size=1).claim_batch(1.0, SHORT) == [b"job0"]
+    busy = shard(redis_client, "cpu1", max_batch_size=2)
+    fill(redis_client, "cpu1", 2, prefix="own-")
+    time.sleep(PAST_SHORT_S)
+    assert busy.claim_batch(1.0) == [b"own-0", b"own-1"]
+    assert (busy.stolen_from, busy.stolen) == (None, 0)
+    assert redis_client.llen(queue_key("cpu0")) == 2
+
+
+def test_a_shard_with_a_batch_in_hand_takes_nothing_while_it_gathers(redis_client):
+    fill(redis_client, "cpu0", 3)
+    assert shard(redis_client, "cpu0", max_batch_size=1).claim_batch(1.0, SHORT) == [b"job0"]
+    time.sleep(PAST_SHORT_S)
+    gathering = shard(redis_client, "cpu1", max_batch_size=4)
+    redis_client.lpush(processing_key("cpu1"), b"held")  # the first job of its batch, claimed already
+    assert gathering.queues.claim_waiting(3, steal=True) == []
+    assert redis_client.llen(queue_key("cpu0")) == 2
 
 
 def test_racing_thieves_claim_every_job_exactly_once(redis_client):

@@ -4,8 +4,9 @@ Two CPU shards serve the stand-in model (daemon/model/standin.py) under steady l
 are confined to cpu0 (`only_shards`): it blocks forever after WEDGE_AFTER_BATCHES batches (each restarted
 worker counts again, so it wedges again and again), or its batches become three times slower. What must hold:
 - every request answered 200 within `api.request_timeout_s`, while cpu0 wedges mid-run;
-- the jobs waiting behind a wedged batch are taken by the idle shard (work stealing) long before the wedge is
-  found: only the jobs inside a wedged batch wait for the restart;
+- the jobs waiting behind a wedged batch are taken by the other shard (work stealing) long before the wedge
+  is found, even while a few clients keep that shard busy: only the jobs inside a wedged batch wait for the
+  restart;
 - a shard whose batches all slow down serves on, and is never taken for wedged (round robin still gives it
   its share: it is served last only while a batch is overdue, and by the enqueue's expected wait);
 - a worker that declared itself stuck but does not exit is killed by shard_watch, and restarted.
@@ -144,7 +145,8 @@ def test_only_the_batch_in_hand_waits_for_a_wedged_shard(start_appliance, tmp_pa
     in_wedged_batches = sum(jobs for jobs, _ in wedges)
     assert len(slow) <= in_wedged_batches, (
         f"{len(slow)} answers took over {slow_s}s, but only the {in_wedged_batches} job(s) inside wedged "
-        "batches should have waited for the wedge to be found"
+        "batches should have waited for the wedge to be found; (sent at s, took s, shard): "
+        f"{[(round(r.start_s, 2), round(r.latency_s, 2), r.shard) for r in slow]}"
     )
     no_answer_twice(appliance)
 
