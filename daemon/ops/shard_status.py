@@ -44,6 +44,9 @@ class ShardStatus:
     """The ML runtime's version as the worker's runtime reported it (e.g. TensorFlow's `__version__`)."""
     cuda_version: str | None = None
     """The CUDA version the runtime was built for, on a shard that computes on its GPU; None on the CPU."""
+    memory_total_bytes: int | None = None
+    """The device memory the shard's runtime (or NVML) reported when it started serving; None on the CPU.
+    `gpu` is NVML's reading now, and absent where NVML is."""
     stuck_since: float | None = None
     """Unix time the wedged batch of a stuck shard went into the model; None unless stuck."""
 
@@ -86,6 +89,7 @@ def _shard_status(
         backend=info.backend if info else None,
         runtime_version=info.runtime_version if info else None,
         cuda_version=info.cuda_version if info else None,
+        memory_total_bytes=info.memory_total_bytes if info else None,
         stuck_since=info.since if info and state.status == STUCK else None,
         pid=state.heartbeat.pid if state.heartbeat is not None else None,
         heartbeat_age_s=age,

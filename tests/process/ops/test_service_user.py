@@ -27,6 +27,8 @@ from tests.conftest import tiny_sections
 from tests.needs import need, need_program
 
 SERVICE_USER = "nobody"
+ROOTS_GROUPS = [0, 4]
+"""Supplementary groups (root, adm) root starts with in these tests, which the service user must not keep."""
 
 
 def test_become_service_user_gives_the_dirs_away_and_drops_root(tmp_path):
@@ -41,6 +43,9 @@ def test_become_service_user_gives_the_dirs_away_and_drops_root(tmp_path):
     child = os.fork()
     if child == 0:  # pragma: no cover - the child reports through the pipe
         try:
+            # Root as a login gives it (groups root, adm, ...); a container's root often has none, where
+            # keeping them would go unseen.
+            os.setgroups(ROOTS_GROUPS)
             become_service_user(settings)
             os.write(writer, f"{os.getuid()} {os.geteuid()} {os.getgid()} {len(os.getgroups())}".encode())
         finally:
@@ -109,6 +114,7 @@ def identities(pid: int) -> tuple[str, tuple[int, ...]] | None:
 def test_started_as_root_with_service_user_every_process_runs_as_that_user(tiny_model, photo_png):
     need(os.geteuid() == 0, "starting as root with paths.service_user needs root", "run the tests as root")
     need_program("unshare", "util-linux")
+    need_program("setpriv", "util-linux")
     nobody = pwd.getpwnam(SERVICE_USER)
     # Everything the service user must read, in a folder it can enter (pytest's tmp_path is root's, 0700).
     base = Path(tempfile.mkdtemp(prefix="inferd-su-"))
@@ -125,7 +131,9 @@ def test_started_as_root_with_service_user_every_process_runs_as_that_user(tiny_
         )
         config = write_settings(base, sections)
         appliance = Appliance(base, config, sections["api"]["port"], base / "run", 1)
-        appliance.service.argv = as_it_could_be_installed(appliance.service.argv, base)
+        appliance.service.argv = as_it_could_be_installed(
+            ["setpriv", f"--groups={','.join(map(str, ROOTS_GROUPS))}", *appliance.service.argv], base
+        )
         appliance.start()
         try:
             answer = requests.post(

@@ -152,10 +152,17 @@ def test_a_serving_shard_shows_its_runtime_version_and_no_cuda_on_the_cpu_everyw
 
     appliance = start_appliance(shards=1)
     # The version this test's own TensorFlow import reports: the worker's venv is this one.
-    runtime = {"backend": "tensorflow", "runtime_version": tf.__version__, "cuda_version": None}
+    runtime = {
+        "backend": "tensorflow",
+        "runtime_version": tf.__version__,
+        "cuda_version": None,
+        "memory_total_bytes": None,  # no device memory on the CPU
+    }
 
     info = ShardInfo.decode(appliance.redis().hget(SHARDS_KEY, "cpu0"))
-    assert (info.backend, info.runtime_version, info.cuda_version) == tuple(runtime.values())
+    assert (info.backend, info.runtime_version, info.cuda_version, info.memory_total_bytes) == tuple(
+        runtime.values()
+    )
 
     status = run_tool("gpu_status", appliance.config, "--json", env=appliance.env)
     assert status.returncode == 0, status.stdout + status.stderr
