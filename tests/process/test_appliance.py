@@ -15,6 +15,14 @@ from tests.tiny_model import TINY_LABELS
 pytestmark = pytest.mark.slow
 
 
+def jobs_stolen(url: str) -> float:
+    """Every job a shard took from another's queue, by /metrics."""
+    lines = requests.get(f"{url}/metrics", timeout=10).text.splitlines()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("inferd_jobs_stolen_total{")
+    )
+
+
 def test_concurrent_requests_are_all_answered_by_both_shards(start_appliance, photo_png):
     appliance = start_appliance(shards=2)
 
@@ -37,8 +45,12 @@ def test_concurrent_requests_are_all_answered_by_both_shards(start_appliance, ph
     assert len({tuple(p["label"] for p in r.json()["predictions"]) for r in responses}) == 1
     served = Counter(r.headers["X-Inferd-Shard"] for r in responses)
     assert set(served) == {"cpu0", "cpu1"}
-    # Global round-robin: the two shards split the load evenly whatever API process took each request.
-    assert abs(served["cpu0"] - served["cpu1"]) <= 2
+    # Global round-robin: the two shards split the load evenly whatever API process took each request. A job
+    # one shard took from behind the other's overdue batch (work stealing: a batch held up past 3x its pace,
+    # as a busy host can do) is answered by the thief, which moves the split by two.
+    stolen = jobs_stolen(appliance.url)
+    print(f"\n[round robin] answered by {dict(served)}, jobs stolen {stolen:g}")
+    assert abs(served["cpu0"] - served["cpu1"]) <= 2 + 2 * stolen
 
 
 def test_index_top_parameter_and_raw_body(start_appliance):
