@@ -271,6 +271,11 @@ class LoadRun:
         if any(thread.is_alive() for thread in self._threads):
             assert timeout_s is not None
             raise LoadStillRunning(self.in_flight(), timeout_s, self.records())
+        # A join that a Ctrl-C interrupted can come back before its thread has recorded its last request
+        # (stress's first Ctrl-C waits again): the count of handed-out requests against records is the truth.
+        settle_by = time.monotonic() + self.timeout_s + 1.0
+        while self.in_flight() > 0 and time.monotonic() < settle_by:
+            time.sleep(0.005)
         finished = max((r.start_s + r.latency_s for r in self._records), default=0.0)
         return LoadResult(
             url=self.url,

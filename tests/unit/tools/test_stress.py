@@ -253,21 +253,19 @@ def test_nothing_listening_stops_at_once_with_one_line_and_sends_nothing(tmp_pat
 
 
 def stress_process(server: str, image: Path, *args: str) -> subprocess.Popen[str]:
-    """tools/stress as an operator runs it, in a process of its own (a Ctrl-C reaches it alone)."""
+    """tools/stress as an operator runs it, in a process of its own (a Ctrl-C reaches it alone).
+
+    A shell without job control starts background commands with SIGINT ignored, and Python then installs no
+    KeyboardInterrupt: a suite run as `.ci/run &` would test a Ctrl-C no operator's terminal delivers. So
+    SIGINT is put back to its default by `env`, not by a preexec_fn: this process has threads (TensorFlow's,
+    the test server's), and Python code between fork and exec can deadlock on a lock one of them held."""
     return subprocess.Popen(
-        [str(REPO / "tools" / "stress"), str(image), "--url", server, *args],
+        ["env", "--default-signal=INT", str(REPO / "tools" / "stress"), str(image), "--url", server, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=_ctrl_c_as_at_a_terminal,
     )
-
-
-def _ctrl_c_as_at_a_terminal() -> None:
-    # A shell without job control starts background commands with SIGINT ignored, and Python then installs no
-    # KeyboardInterrupt: a suite run as `.ci/run &` would test a Ctrl-C no operator's terminal delivers.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_the_first_ctrl_c_stops_sending_and_reports_what_was_measured(server, tmp_path):
