@@ -42,7 +42,6 @@ OPAQUE = {
         "tests/process/tools/test_tools.py",
         "test_flush_queues_drain_finishes_every_waiting_job_and_drops_none",
     ): ("tools/flush_queues, this repository's own wrapper"),
-    ("tests/unit/tools/test_stress.py", "stress_process"): "tools/stress, this repository's own wrapper",
     ("bench/profile.py", "start_recording"): 'py-spy, found by py_spy() (shutil.which("py-spy") is scanned)',
     (
         "daemon/ops/front_door.py",

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -252,15 +253,28 @@ def test_nothing_listening_stops_at_once_with_one_line_and_sends_nothing(tmp_pat
     assert captured.err.strip() == f"stress: nothing answers at {url}/predict: Connection refused"
 
 
+SIGINT_AT_DEFAULT = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+"""Run as `python -c`: SIGINT at its default (which exec keeps), then the program in argv[1:]."""
+
+
 def stress_process(server: str, image: Path, *args: str) -> subprocess.Popen[str]:
     """tools/stress as an operator runs it, in a process of its own (a Ctrl-C reaches it alone).
 
     A shell without job control starts background commands with SIGINT ignored, and Python then installs no
     KeyboardInterrupt: a suite run as `.ci/run &` would test a Ctrl-C no operator's terminal delivers. So
-    SIGINT is put back to its default by `env`, not by a preexec_fn: this process has threads (TensorFlow's,
+    SIGINT is put back to its default by a Python that then execs stress, not by a preexec_fn: this process has threads (TensorFlow's,
     the test server's), and Python code between fork and exec can deadlock on a lock one of them held."""
     return subprocess.Popen(
-        ["env", "--default-signal=INT", str(REPO / "tools" / "stress"), str(image), "--url", server, *args],
+        [
+            sys.executable,
+            "-c",
+            SIGINT_AT_DEFAULT,
+            str(REPO / "tools" / "stress"),
+            str(image),
+            "--url",
+            server,
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
