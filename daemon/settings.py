@@ -146,8 +146,8 @@ class QueueSettings:
     """A batch running longer than this marks its worker stuck (restarted, jobs adopted); 0 derives it from
     the shard's recent batch times (`daemon.worker.pace`)."""
     steal: bool = True
-    """A shard starting a batch fills its room with the jobs waiting behind an overdue shard's batch, and an overdue shard gets new
-    jobs last (`daemon.worker.pace`); false serves every live shard alike, as before."""
+    """A shard starting a batch fills its room with the jobs waiting behind an overdue shard's batch, and an
+    overdue shard gets new jobs last (`daemon.worker.pace`); false serves every live shard alike, as before."""
     pixels: str = "shared_memory"
     """Where a job's pixels travel: "shared_memory" (a file under `shared_memory_dir`, only a header through
     Redis; a job that does not fit there goes through Redis) or "redis" (every job whole through Redis)."""

@@ -271,8 +271,9 @@ class LoadRun:
         if any(thread.is_alive() for thread in self._threads):
             assert timeout_s is not None
             raise LoadStillRunning(self.in_flight(), timeout_s, self.records())
-        # A join that a Ctrl-C interrupted can come back before its thread has recorded its last request
-        # (stress's first Ctrl-C waits again): the count of handed-out requests against records is the truth.
+        # The count of handed-out requests against records is the truth, not the joins: once, after a Ctrl-C,
+        # stress reported one request fewer than the server answered (the cause was not found; a join
+        # interrupted by Ctrl-C came back correctly when tried alone).
         settle_by = time.monotonic() + self.timeout_s + 1.0
         while self.in_flight() > 0 and time.monotonic() < settle_by:
             time.sleep(0.005)

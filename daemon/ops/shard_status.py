@@ -46,7 +46,7 @@ class ShardStatus:
     """The CUDA version the runtime was built for, on a shard that computes on its GPU; None on the CPU."""
     memory_total_bytes: int | None = None
     """The device memory the shard's runtime (or NVML) reported when it started serving; None on the CPU.
-    `gpu` is NVML's reading now, and absent where NVML is."""
+    `gpu` is NVML's reading now, and None where there is no NVML."""
     stuck_since: float | None = None
     """Unix time the wedged batch of a stuck shard went into the model; None unless stuck."""
 

@@ -6,7 +6,8 @@ per job times the jobs in hand, whichever is more (a batch of 32 after a run of 
 take longer, as it does on a CPU). Both limits are multiples of it with a floor:
 
 - overdue: OVERDUE_FACTOR x expected, at least OVERDUE_FLOOR_S. Cheap to be wrong about: a slow batch only
-  loses the jobs queued behind it to a shard with room in its next batch, and the enqueue script sends it new jobs last.
+  loses the jobs queued behind it to a shard with room in its next batch, and the enqueue script sends it
+  new jobs last.
 - wedged: STUCK_FACTOR x expected, at least STUCK_FLOOR_S (a real model's slowest warm batch stays well below
   it on any GPU), unless `queue.stuck_after_s` sets it. Until a batch has been timed (no warm-up measured,
   or a model just swapped in) UNTIMED_STUCK_AFTER_S applies, as nothing is known yet.
