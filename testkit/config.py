@@ -6,12 +6,39 @@ machinery that starts servers.
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from testkit.harness import REPO
+
+_short_base: Path | None = None
+
+
+def short_folder(prefix: str = "inferd-") -> Path:
+    """A new folder with a short path under /tmp, removed when the test session ends.
+
+    Unix socket paths are limited to 107 bytes, so run dirs cannot live under pytest's deep tmp_path. Plain
+    `mkdtemp` in /tmp left one folder behind per test (4,043 of them after a day of runs); these share one base
+    folder per session, and the session removes it.
+    """
+    global _short_base
+    if _short_base is None:
+        _short_base = Path(tempfile.mkdtemp(prefix="inferd-tests-"))
+        # Reachable by other users: the service-user tests give their folders to nobody.
+        _short_base.chmod(0o755)
+        atexit.register(_remove_short_base, _short_base, os.getpid())
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_short_base))
+
+
+def _remove_short_base(base: Path, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # not in a forked child that happens to exit through atexit
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def write_settings(folder: Path, sections: dict[str, dict[str, Any]]) -> Path:

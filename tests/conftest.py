@@ -17,7 +17,6 @@ layer's top.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from PIL import Image
 
 from daemon.queue.pixel_store import create_folder, remove_folder, segment_folder
 from daemon.settings import Settings, load_settings
-from testkit.config import write_settings
+from testkit.config import short_folder, write_settings
 from testkit.harness import Appliance, free_port, redis_server
 from testkit.images import encode_image
 from tests.tiny_model import build_tiny_model
@@ -64,7 +63,7 @@ def tiny_sections(tiny_model: tuple[Path, Path], **overrides: dict[str, Any]) ->
         "model": {"path": model_path, "labels": labels_path, "input_size": TINY_INPUT, "preprocessing": "tf"},
         "devices": {"gpus": "none", "cpu_workers": 1},
         # Unix socket paths are limited to 107 bytes, so the run dir is short and under /tmp.
-        "paths": {"run_dir": tempfile.mkdtemp(prefix="inferd-"), "log_dir": "log"},
+        "paths": {"run_dir": str(short_folder()), "log_dir": "log"},
     }
     for section, values in overrides.items():
         sections.setdefault(section, {}).update(values)

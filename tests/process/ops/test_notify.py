@@ -11,7 +11,6 @@ import json
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from testkit.config import short_folder
 from testkit.harness import REPO, free_port, wait_until
 from testkit.tls import make_certificates
 
@@ -73,7 +73,7 @@ class NotifySocket:
 @pytest.fixture()
 def notify_socket() -> Iterator[NotifySocket]:
     # Unix socket paths are limited to 107 bytes: a short folder under /tmp.
-    listener = NotifySocket(Path(tempfile.mkdtemp(prefix="inferd-notify-")) / "notify")
+    listener = NotifySocket(short_folder("notify-") / "notify")
     yield listener
     listener.close()
 

@@ -13,14 +13,13 @@ import shlex
 import shutil
 import stat
 import sys
-import tempfile
 from pathlib import Path
 
 import requests
 
 from daemon.ops.service_user import become_service_user
 from daemon.settings import PathSettings, Settings
-from testkit.config import write_settings
+from testkit.config import short_folder, write_settings
 from testkit.harness import Appliance, wait_until
 from testkit.proctree import descendants
 from tests.conftest import tiny_sections
@@ -117,7 +116,7 @@ def test_started_as_root_with_service_user_every_process_runs_as_that_user(tiny_
     need_program("setpriv", "util-linux")
     nobody = pwd.getpwnam(SERVICE_USER)
     # Everything the service user must read, in a folder it can enter (pytest's tmp_path is root's, 0700).
-    base = Path(tempfile.mkdtemp(prefix="inferd-su-"))
+    base = short_folder("su-")
     try:
         base.chmod(0o755)
         model, labels = (Path(shutil.copy(path, base)) for path in tiny_model)

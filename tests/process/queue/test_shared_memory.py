@@ -12,7 +12,6 @@ import hashlib
 import os
 import signal
 import stat
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from daemon.ops.front_door import API_INSTANCES
 from daemon.queue.keys import queue_key
 from daemon.queue.wire import JOB_HEADER
+from testkit.config import short_folder
 from testkit.harness import wait_until
 from testkit.proctree import children
 from tests.conftest import TINY_INPUT, standin_model
@@ -146,7 +146,7 @@ def test_another_user_cannot_stop_the_appliance_or_make_it_delete_their_files(
     shm = tmp_path / "shm"
     shm.mkdir()
     os.chmod(shm, 0o1777)  # as /dev/shm: anyone may create, only the owner may remove
-    run_dir = Path(tempfile.mkdtemp(prefix="inferd-"))
+    run_dir = short_folder()
     victim = tmp_path / "victim"
     victim.mkdir()
     theirs = {victim: planted(victim, NOBODY)}

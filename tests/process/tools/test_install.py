@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import requests
 
 from daemon.ops.front_door import BODY_DIR
 from daemon.settings import load_settings
+from testkit.config import short_folder
 from testkit.harness import REPO, free_port, wait_until
 from testkit.images import encode_image
 from tests.conftest import TINY_INPUT
@@ -223,7 +223,7 @@ def test_installed_layout_serves_with_stdout_on_a_journal_socket(system_root, ti
         "INFERD_DEVICES_GPUS": "none",
         "INFERD_DEVICES_CPU_WORKERS": "1",
         "INFERD_API_PORT": str(port),
-        "INFERD_PATHS_RUN_DIR": tempfile.mkdtemp(prefix="inferd-"),  # unix socket paths must stay short
+        "INFERD_PATHS_RUN_DIR": str(short_folder()),  # unix socket paths must stay short
         "INFERD_PATHS_LOG_DIR": str(tmp_path / "log"),
     }
     journal, service_end = socket.socketpair()
