@@ -31,6 +31,7 @@ import requests
 from daemon.ops.run_dir import leftover_processes
 from testkit.harness import REPO, Appliance, free_port, wait_until
 from testkit.tls import Certificates, make_certificates
+from tests.conftest import standin_model
 from tests.needs import need_program
 from tools.haproxy_config import Box, Checks, render
 from tools.loadgen import LoadResult, LoadRun, Upload
@@ -247,10 +248,17 @@ def inferd(appliance: Appliance, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
+SLOW_BATCH_MS = 500.0
+
+
 @pytest.fixture()
 def slow_pair(start_appliance, tmp_path) -> Iterator[tuple[Appliance, Appliance, Proxy]]:
-    # A long batching window keeps jobs claimed most of the time, so the drain closes on work in hand.
-    with behind_haproxy(start_appliance, tmp_path, batching={"max_wait_ms": 300.0}) as boxes:
+    # The drain must close on work in hand however loaded the machine is. Each box's worker answers two jobs per
+    # 0.5 s batch (a stand-in model), so the 8 direct clients keep jobs queued unless all of them take over
+    # 1.5 s to send their next request. The tiny model with a 300 ms batching window answered faster than the
+    # clients sent: beside two CPU hogs the queue was once empty at the close (queued 0, in flight 0).
+    model = {"path": standin_model(tmp_path, SLOW_BATCH_MS)}
+    with behind_haproxy(start_appliance, tmp_path, model=model, batching={"max_batch_size": 2}) as boxes:
         yield boxes
 
 
