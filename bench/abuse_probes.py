@@ -27,7 +27,7 @@ import numpy as np
 import requests
 
 from daemon.errors import UsageArgumentParser
-from testkit.config import write_settings
+from testkit.config import short_folder, write_settings
 from testkit.harness import REPO, Appliance, free_port
 from testkit.images import encode_image
 from testkit.slow_clients import Attack, SlowClients
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             "preprocessing": "tf",
         },
         "devices": {"gpus": "none", "cpu_workers": 2},
-        "paths": {"run_dir": tempfile.mkdtemp(prefix="inferd-"), "log_dir": str(folder / "log")},
+        "paths": {"run_dir": str(short_folder("probe-run-")), "log_dir": str(folder / "log")},
     }
     if args.default_model:
         sections["model"] = {"path": REPO / "var/models/efficientnet-lite0.keras"}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from bench.soak import appliance_processes
 from daemon.ops.capacity import SHARD_COUNT_ENV, api_threads
 from daemon.ops.local_client import fetch
 from daemon.settings import load_settings
+from testkit.config import short_folder
 from testkit.harness import Appliance, free_port
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def measure_frontdoor(
                     variants[str(plan.compare_threads)] = {
                         **env,
                         "INFERD_API_PORT": str(free_port()),
-                        "INFERD_PATHS_RUN_DIR": tempfile.mkdtemp(prefix="inferd-bench-"),
+                        "INFERD_PATHS_RUN_DIR": str(short_folder("bench-")),
                         "INFERD_API_THREADS": str(plan.compare_threads),
                     }
             with ExitStack() as running:

@@ -30,6 +30,7 @@ from bench.sections import end_marker, start_marker
 from daemon.errors import UsageArgumentParser
 from daemon.settings import load_settings
 from daemon.shard import discover_shards
+from testkit.config import short_folder
 from testkit.harness import REPO, Appliance, free_port
 from tools.loadgen import load_uploads, run_load
 from tools.runtime_choice import GpuReading, read_gpus
@@ -72,7 +73,7 @@ def appliance_env(folder: Path, backend: str, cpu: bool, overrides: dict[str, st
     return {
         "INFERD_API_PORT": str(free_port()),
         # Unix socket paths are limited to 107 bytes, so the run dir is short and under /tmp.
-        "INFERD_PATHS_RUN_DIR": tempfile.mkdtemp(prefix="inferd-proof-"),
+        "INFERD_PATHS_RUN_DIR": str(short_folder("proof-")),
         "INFERD_PATHS_LOG_DIR": str(folder / "log"),
         "INFERD_MODEL_BACKEND": backend,
         **({"INFERD_DEVICES_GPUS": "none"} if cpu else {}),

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from bench.wrk import WrkResult
 from daemon.launcher import redis_maxmemory_mb
 from daemon.settings import Settings, load_settings
 from daemon.shard import discover_shards
+from testkit.config import short_folder
 from testkit.harness import PYTHON, REPO, Appliance, free_port, redis_server, stop_all
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def appliance_env(
     return {
         "INFERD_API_PORT": str(free_port()),
         # Unix socket paths are limited to 107 bytes, so the run dir is short and under /tmp.
-        "INFERD_PATHS_RUN_DIR": tempfile.mkdtemp(prefix="inferd-bench-"),
+        "INFERD_PATHS_RUN_DIR": str(short_folder("bench-")),
         "INFERD_PATHS_LOG_DIR": str(folder / "log"),
         "INFERD_MODEL_PATH": str(model),
         "INFERD_MODEL_LABELS": str(labels),

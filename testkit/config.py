@@ -21,15 +21,15 @@ _short_base: Path | None = None
 
 
 def short_folder(prefix: str = "inferd-") -> Path:
-    """A new folder with a short path under /tmp, removed when the test session ends.
+    """A new folder with a short path under /tmp, removed when this process ends (a test session, a bench run).
 
     Unix socket paths are limited to 107 bytes, so run dirs cannot live under pytest's deep tmp_path. Plain
     `mkdtemp` in /tmp left one folder behind per test (4,043 of them after a day of runs); these share one base
-    folder per session, and the session removes it.
+    folder per process, and the process removes it at exit. A SIGKILLed process leaves its base behind.
     """
     global _short_base
     if _short_base is None:
-        _short_base = Path(tempfile.mkdtemp(prefix="inferd-tests-"))
+        _short_base = Path(tempfile.mkdtemp(prefix="inferd-runs-"))
         # Reachable by other users: the service-user tests give their folders to nobody.
         _short_base.chmod(0o755)
         atexit.register(_remove_short_base, _short_base, os.getpid())
