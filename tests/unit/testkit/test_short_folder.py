@@ -31,7 +31,7 @@ child = os.fork()
 if child == 0:
     sys.exit(0)
 os.waitpid(child, 0)
-made["after_fork_child_exit"] = all(Path(folder).is_dir() for folder in made.values() if isinstance(folder, str))
+made["after_fork_child_exit"] = all(Path(folder).is_dir() for folder in made.values())
 print(json.dumps(made))
 """
 
