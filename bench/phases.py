@@ -304,7 +304,7 @@ def start_old_design(stack: ExitStack, folder: Path, settings: Settings) -> str:
     # Both load Keras for seconds; started together, their start-ups overlap.
     model_server.start()
     web.start()
-    model_server.wait_until("the model", lambda: MODEL_READY_LINE in model_server.output(), 120)
+    model_server.wait_until("the model", lambda: MODEL_READY_LINE in model_server.log_text(), 120)
     web.wait_http(f"http://127.0.0.1:{web_port}/", 120)
     return f"http://127.0.0.1:{web_port}/predict"
 

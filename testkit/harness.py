@@ -42,7 +42,7 @@ POLL_S = 0.1
 TREE_REFRESH_S = 1.0
 """How often a wait walks /proc for the tree: a walk costs milliseconds of a CPU the servers need."""
 OUTPUT_CHARS = 6000
-"""How much of a log's end a failure message shows."""
+"""How much of a log's end a failure message shows (`output`); searches read the whole log (`log_text`)."""
 
 
 def free_port() -> int:
@@ -118,8 +118,13 @@ class Service:
         assert self.proc is not None, f"{self.name} was never started"
         return self.proc.pid
 
+    def log_text(self) -> str:
+        """The whole log, for a test that looks for a line: the line may be far from the end by then."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-OUTPUT_CHARS:] if self.log_path.exists() else ""
+        """The log's end, for a failure message (never searched: a line logged early falls out of it)."""
+        return self.log_text()[-OUTPUT_CHARS:]
 
     def wait_until(self, what: str, predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
         """Wait for `predicate`, failing loudly (with the log) on timeout or if the process exits."""
@@ -254,6 +259,9 @@ class Appliance:
     def pid(self) -> int:
         """supervisord's pid (the launcher execs it)."""
         return self.service.pid
+
+    def log_text(self) -> str:
+        return self.service.log_text()
 
     def output(self) -> str:
         return self.service.output()

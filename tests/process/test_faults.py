@@ -190,7 +190,7 @@ def test_sigterm_of_the_appliance_answers_every_request_in_flight(start_applianc
     # Every request in flight at the signal is computed and answered: the API drains before the worker stops.
     assert [r.status for r in result.records] == [200] * BURST, result.records
     assert counts["ok"] == BURST
-    log = appliance.output()
+    log = appliance.log_text()
     assert "queued job(s) cleanly on shutdown" not in log  # the worker had nothing left to drop
     assert "Redis is now ready to exit" in log
 
@@ -253,7 +253,7 @@ def test_a_lone_worker_killed_mid_batch_requeues_its_claims_on_restart_and_answe
     assert len(in_the_model) == claimed
     assert appliance.pixel_segments() == []
     # The path taken: with no live shard to hand them to, the restarted worker put the claims back itself.
-    log = appliance.output()
+    log = appliance.log_text()
     assert f"cpu0: requeued {claimed} job(s) claimed by a previous run" in log
     assert "moved to" not in log and "adopted" not in log
     assert reply_keys_left(appliance, ["cpu0"]) == []  # no job was answered twice
@@ -282,7 +282,7 @@ def test_a_worker_killed_mid_batch_has_its_claims_adopted_by_the_live_shard_and_
     # The path taken: cpu0's claims and queue went to cpu1, which answered every caller; the restarted cpu0
     # found nothing of its predecessor's to requeue.
     assert {r.shard for r in result.records} == {"cpu1"}
-    log = appliance.output()
+    log = appliance.log_text()
     moved_by_watch = f"{claimed + queued} waiting job(s) moved to cpu1" in log
     adopted_by_sweep = f"cpu1: adopted {claimed + queued} job(s) of dead shard cpu0" in log
     assert moved_by_watch or adopted_by_sweep, log

@@ -58,7 +58,7 @@ def test_a_killed_workers_queued_jobs_go_to_a_live_shard_at_once(start_appliance
     # Every one was answered by the live shard: the dead one's jobs were handed over, not left for its restart.
     assert {a.headers["X-Inferd-Shard"] for a in answers} == {"cpu1"}
     assert elapsed < 15  # far inside the 30 s heartbeat TTL that would otherwise have held them
-    assert "shard_watch: worker of cpu0 exited" in appliance.output()
+    assert "shard_watch: worker of cpu0 exited" in appliance.log_text()
 
 
 def test_a_killed_supervisord_takes_its_programs_along_and_a_new_launcher_recovers(
@@ -80,7 +80,7 @@ def test_a_killed_supervisord_takes_its_programs_along_and_a_new_launcher_recove
     second = Appliance(first.folder, first.config, first.port, first.run_dir, first.shards, first.env)
     try:
         second.start(timeout_s=120)
-        assert "of a previous appliance" not in second.output()  # nothing was left for its cleanup
+        assert "of a previous appliance" not in second.log_text()  # nothing was left for its cleanup
         assert post(second, photo_png).status_code == 200
     finally:
         second.stop()

@@ -86,11 +86,11 @@ def test_supervisord_leaves_a_worker_that_cannot_load_stopped(tmp_path, tiny_mod
         # "expected" is supervisord's decision not to restart (autorestart=unexpected): logged as it decides.
         appliance.wait_until(
             "supervisord to take exit 79 as final",
-            lambda: "exited: worker-0 (exit status 79; expected)" in appliance.output(),
+            lambda: "exited: worker-0 (exit status 79; expected)" in appliance.log_text(),
         )
         status = appliance.supervisorctl("status")
         assert "worker:worker-0                  EXITED" in status, status
-        assert appliance.output().count("spawned: 'worker-0'") == 1
+        assert appliance.log_text().count("spawned: 'worker-0'") == 1
     finally:
         appliance.stop()
 

@@ -63,7 +63,7 @@ def test_first_sigterm_finishes_the_batch_in_hand_and_exits_0(
     assert reply.error_kind is None and len(reply.predictions) == 3  # the batch was answered, not dropped
     assert redis_client.llen(processing_key("cpu0")) == 0
     assert not redis_client.exists(heartbeat_key("cpu0"))  # it left dispatch on the way out
-    assert "cpu0: stopped after 1 images" in worker.output()
+    assert "cpu0: stopped after 1 images" in worker.log_text()
 
 
 def test_second_sigterm_leaves_at_once_and_its_claim_stays_for_the_next_worker(

@@ -78,6 +78,6 @@ def test_a_worker_killed_mid_decode_loses_nothing_and_answers_each_once(start_ap
     assert struck_after_s < decode_s / 2
     assert len(in_hand) == claimed  # the claimed jobs named their files' segments
     assert [r.status for r in result.records] == [200] * BURST, result.records
-    assert f"cpu0: requeued {claimed} job(s) claimed by a previous run" in appliance.output()
+    assert f"cpu0: requeued {claimed} job(s) claimed by a previous run" in appliance.log_text()
     assert appliance.pixel_segments() == []
     assert reply_keys_left(appliance, ["cpu0"]) == []  # no job was answered twice

@@ -65,7 +65,7 @@ def test_inferd_log_level_reaches_every_process_of_the_appliance(start_appliance
         pid = appliance.pid_of(program)
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert b"INFERD_LOG_LEVEL=WARNING" in environ, program
-    output = appliance.output()
+    output = appliance.log_text()
     # The worker's INFO line on start ("... serving on cpu0 (pid N)"), the API's Python loggers, notify's and
     # the drain program's: each logs at INFO at the default level.
     assert " serving on " not in output, output[-2000:]

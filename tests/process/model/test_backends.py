@@ -40,4 +40,4 @@ def test_the_tiny_model_serves_on_each_backend_as_on_tensorflow(
         metrics,
         re.M,
     )
-    assert f"{backend} " in appliance.output() and "disagrees with model.backend" in appliance.output()
+    assert f"{backend} " in appliance.log_text() and "disagrees with model.backend" in appliance.log_text()

@@ -160,15 +160,15 @@ def test_started_as_root_with_service_user_every_process_runs_as_that_user(tiny_
             # The job pixels' folder is the service user's, so its processes write and read it.
             folder = appliance.segment_folder()
             assert folder is not None and folder.stat().st_uid == nobody.pw_uid
-            assert "cannot write to shared memory" not in appliance.output()
+            assert "cannot write to shared memory" not in appliance.log_text()
             # Every program's output still reaches the terminal (or file) root started it on.
-            assert "Listening at: unix:" in appliance.output(), appliance.output()
+            assert "Listening at: unix:" in appliance.log_text(), appliance.output()
             for folder in (base / "run", base / "log"):
                 owners = {path: path.lstat().st_uid for path in (folder, *folder.rglob("*"))}
                 assert set(owners.values()) == {nobody.pw_uid}, owners
             assert appliance.stop() == 0
             # The relay wrote the last line of all before it left.
-            wait_until("the stop's last line", lambda: "inferd: stopped after" in appliance.output(), 10)
+            wait_until("the stop's last line", lambda: "inferd: stopped after" in appliance.log_text(), 10)
         finally:
             if appliance.service.proc is not None and appliance.service.proc.poll() is None:
                 appliance.stop()

@@ -63,7 +63,7 @@ def test_a_wrong_password_leaves_the_appliance_not_ready_and_saying_why(
     # The operator reading the log learns the cause: the worker keeps retrying, naming it.
     appliance.wait_until(
         "the worker to log why it cannot reach Redis",
-        lambda: "cpu0: Redis unreachable" in appliance.output() and "password" in appliance.output(),
+        lambda: "cpu0: Redis unreachable" in appliance.log_text() and "password" in appliance.log_text(),
         60,
     )
     client = redis.Redis(unix_socket_path=str(locked_redis), password=PASSWORD)

@@ -72,7 +72,7 @@ def test_segments_left_by_killed_api_workers_are_swept(start_appliance, tmp_path
         TIMEOUT_S + 30,
         appliance.output,
     )
-    assert "orphaned pixel segment(s)" in appliance.output()
+    assert "orphaned pixel segment(s)" in appliance.log_text()
     # The appliance still serves, through shared memory, and keeps nothing once answered.
     again = LoadRun(f"{appliance.url}/predict", [upload], concurrency=1, requests=1, timeout_s=60).start()
     assert [r.status for r in again.wait(60).records] == [200]
@@ -192,6 +192,6 @@ def test_another_user_cannot_stop_the_appliance_or_make_it_delete_their_files(
             "a sweep to remove the link", lambda: not os.path.lexists(folder / "link"), 30, appliance.output
         )
         assert appliance.pid_of("worker") == worker, "the sweep's error did not crash the worker"
-        assert "cannot remove inside" in appliance.output()
+        assert "cannot remove inside" in appliance.log_text()
         assert one_request() == [200]
     nothing_deleted(theirs)

@@ -97,14 +97,16 @@ def test_a_tmpfs_too_small_for_the_queue_sends_the_rest_through_redis_and_answer
     start_appliance, tmp_path, photo_png, small_tmpfs
 ):
     appliance = start_small(start_appliance, tmp_path, small_tmpfs)
-    assert f"{small_tmpfs} holds 1 MB, less than the" in appliance.output(), "the start names the small tmpfs"
+    assert f"{small_tmpfs} holds 1 MB, less than the" in appliance.log_text(), (
+        "the start names the small tmpfs"
+    )
     waiting = burst_through(appliance, photo_png)
     sizes = sorted({len(job) for job in waiting})
     print(f"\n[{TMPFS_SIZE} tmpfs] {len(waiting)} jobs waiting, sizes {sizes}")
     assert WHOLE_JOB in sizes, "the jobs the tmpfs had no room for went through Redis whole"
     assert any(len(job) < 100 for job in waiting), "the jobs that fit went through shared memory"
-    assert f"pixels: cannot write to shared memory in {appliance.segment_folder()}" in appliance.output()
-    assert "No space left on device" in appliance.output()
+    assert f"pixels: cannot write to shared memory in {appliance.segment_folder()}" in appliance.log_text()
+    assert "No space left on device" in appliance.log_text()
     # Nothing stays behind: every segment removed once answered, the tmpfs empty again (no partial file).
     assert appliance.pixel_segments() == []
     stats = os.statvfs(small_tmpfs)
@@ -116,7 +118,7 @@ def test_with_no_shared_memory_dir_every_job_goes_through_redis_and_is_answered(
 ):
     missing = tmp_path / "no-such-shm"
     appliance = start_small(start_appliance, tmp_path, missing)
-    assert f"pixels: no folder of our own in {missing}" in appliance.output()
+    assert f"pixels: no folder of our own in {missing}" in appliance.log_text()
     assert appliance.segment_folder() is None
     waiting = burst_through(appliance, photo_png)
     assert {len(job) for job in waiting} == {WHOLE_JOB}, "every job carried its pixels through Redis"

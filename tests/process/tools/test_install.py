@@ -243,7 +243,10 @@ def test_installed_layout_serves_with_stdout_on_a_journal_socket(system_root, ti
     service_end.close()
 
     def journal_text() -> str:
-        return b"".join(received).decode(errors="replace")[-6000:]
+        return b"".join(received).decode(errors="replace")
+
+    def journal_end() -> str:
+        return journal_text()[-6000:]
 
     def settled() -> bool:
         # Stop waiting as soon as the outcome is known (wait_until retries through exceptions): the shard
@@ -256,9 +259,9 @@ def test_installed_layout_serves_with_stdout_on_a_journal_socket(system_root, ti
         return live == ["cpu0"]
 
     try:
-        wait_until("the installed service's shard cpu0 to be live", settled, 90, journal_text)
-        assert service.poll() is None, f"the service exited with {service.returncode}:\n{journal_text()}"
-        assert "entered FATAL state" not in journal_text(), journal_text()
+        wait_until("the installed service's shard cpu0 to be live", settled, 90, journal_end)
+        assert service.poll() is None, f"the service exited with {service.returncode}:\n{journal_end()}"
+        assert "entered FATAL state" not in journal_text(), journal_end()
         image = encode_image(np.full((40, 60, 3), 128, dtype=np.uint8), "JPEG")
         response = requests.post(
             f"http://127.0.0.1:{port}/predict", data=image, headers={"Content-Type": "image/jpeg"}, timeout=30
@@ -266,7 +269,7 @@ def test_installed_layout_serves_with_stdout_on_a_journal_socket(system_root, ti
         assert response.status_code == 200, response.text
         # KillMode=mixed: SIGTERM to the main process only, which must stop everything within TimeoutStopSec.
         service.send_signal(signal.SIGTERM)
-        assert service.wait(timeout=int(unit["TimeoutStopSec"])) == 0, journal_text()
+        assert service.wait(timeout=int(unit["TimeoutStopSec"])) == 0, journal_end()
         reader.join(timeout=10)
         assert "success: api entered RUNNING state" in journal_text()
     finally:

@@ -77,7 +77,7 @@ def test_the_appliance_shows_the_failed_gpu_shard_on_readyz_metrics_and_gpu_stat
         reason = ready.json()["failed_shards"]["gpu0"]
         assert "sees no GPU" in reason and "devices.cpu_fallback" in reason
         assert ready.json()["reason"] == f"no worker is serving: gpu0: {reason}"
-        assert "cannot serve (exit 80)" in appliance.output()
+        assert "cannot serve (exit 80)" in appliance.log_text()
 
         metrics = requests.get(f"{appliance.url}/metrics", timeout=5).text
         assert re.search(
@@ -93,7 +93,7 @@ def test_the_appliance_shows_the_failed_gpu_shard_on_readyz_metrics_and_gpu_stat
         # "expected" is supervisord's decision not to restart (autorestart=unexpected): logged as it decides.
         appliance.wait_until(
             "supervisord to take exit 80 as final",
-            lambda: "exited: worker-0 (exit status 80; expected)" in appliance.output(),
+            lambda: "exited: worker-0 (exit status 80; expected)" in appliance.log_text(),
         )
         assert appliance.log_path.read_text(errors="replace").count("spawned: 'worker-0'") == 1
         assert "worker:worker-0                  EXITED" in appliance.supervisorctl("status")
@@ -121,7 +121,7 @@ def test_with_cpu_fallback_the_gpu_shard_serves_on_the_cpu_and_says_so(tmp_path,
         f'inferd_shard_device{{backend="tensorflow",device="{device}",fallback="1",shard="gpu0"}} 1.0'
         in metrics
     )
-    assert "serving on the CPU (devices.cpu_fallback = true)" in appliance.output()
+    assert "serving on the CPU (devices.cpu_fallback = true)" in appliance.log_text()
 
 
 def test_inferd_check_loads_the_runtime_and_says_what_each_shard_would_use(tmp_path, tiny_model):

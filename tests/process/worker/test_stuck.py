@@ -67,9 +67,9 @@ def test_a_hung_model_is_reported_stuck_its_caller_answered_and_the_shard_recove
         assert seen["ready"] is False and seen["live_shards"] == []
         result = answer.result()
     assert result.status_code == 504  # its caller is answered at its deadline, not left hanging
-    assert "the model call is stuck" in appliance.output()
+    assert "the model call is stuck" in appliance.log_text()
     assert (
-        "exited: worker-0 (exit status 70; not expected)" in appliance.output()
+        "exited: worker-0 (exit status 70; not expected)" in appliance.log_text()
     )  # so supervisord restarts it
     assert metric(appliance.url, 'inferd_worker_stuck_total{shard="cpu0"}') >= 1
     # Once the job's deadline has passed the restarted worker skips it, stops hanging, and serves again.
@@ -114,7 +114,7 @@ def test_a_hung_worker_exits_70_and_every_reader_calls_its_shard_stuck(
     finally:
         worker.stop()
     assert code == EXIT_STUCK, worker.output()
-    assert "the model call is stuck; restarting the worker" in worker.output()
+    assert "the model call is stuck; restarting the worker" in worker.log_text()
 
     assert [state.status for state in read_shards(redis_client)] == ["stuck"]
     registry = CollectorRegistry()

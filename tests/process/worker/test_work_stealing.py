@@ -76,7 +76,7 @@ def metric(appliance: Appliance, sample: str) -> float:
 
 def wedged_batches(appliance: Appliance) -> list[tuple[int, float]]:
     """(jobs in the batch, wedge limit in s) of every batch cpu0's worker was found wedged in."""
-    return [(int(jobs), float(limit)) for jobs, limit in WEDGED_BATCH.findall(appliance.output())]
+    return [(int(jobs), float(limit)) for jobs, limit in WEDGED_BATCH.findall(appliance.log_text())]
 
 
 def no_answer_twice(appliance: Appliance) -> None:
@@ -168,7 +168,7 @@ def test_a_shard_whose_batches_slow_down_threefold_serves_on_and_is_not_restarte
     statuses, slowest = account("3x slowdown", result, appliance)
     assert statuses == Counter({200: len(result.records)})
     assert slowest < REQUEST_TIMEOUT_S
-    assert wedged_batches(appliance) == [] and "the model call is stuck" not in appliance.output()
+    assert wedged_batches(appliance) == [] and "the model call is stuck" not in appliance.log_text()
     assert metric(appliance, 'inferd_worker_stuck_total{shard="cpu0"}') == 0
     assert appliance.pid_of("worker:worker-0") == worker  # never restarted
     # Slowed after its first WEDGE_AFTER_BATCHES batches (its answers took longer: the test tested something),
@@ -203,7 +203,7 @@ def test_a_worker_that_declared_itself_stuck_but_does_not_exit_is_killed_and_res
     print(
         f"\n[stuck, no exit] pid {victim} killed and replaced by {restarted} {time.monotonic() - marked:.1f}s after the mark"
     )
-    assert "declared itself stuck but has not exited in 5s; sending SIGKILL" in appliance.output()
+    assert "declared itself stuck but has not exited in 5s; sending SIGKILL" in appliance.log_text()
     wait_until(
         "cpu0 live again", lambda: sorted(appliance.live_shards()) == ["cpu0", "cpu1"], 60, appliance.output
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.harness import Service, wait_until
+from testkit.harness import OUTPUT_CHARS, Service, wait_until
 from testkit.proctree import ProcessId, alive, read_stat, tree
 
 # A child in a session (so a process group) of its own, as supervisord starts each program.
@@ -53,6 +53,18 @@ def test_a_wait_fails_loudly_with_the_log_when_the_process_exits(tmp_path):
         service.wait_until("never", lambda: False, 30)
     with pytest.raises(AssertionError, match=r"timed out after 0\.3s waiting for nothing"):
         wait_until("nothing", lambda: False, 0.3)
+
+
+def test_a_line_logged_early_is_found_after_a_long_log_and_a_failure_shows_only_the_end(tmp_path):
+    """A test that looks for a line reads the whole log; a failure message shows its end (CI once failed
+    a test whose sweep line had scrolled out of the end it searched)."""
+    code = f"print('the early line'); print('x' * {OUTPUT_CHARS * 2})"
+    with Service("talker", [sys.executable, "-c", code], tmp_path / "t.log") as service:
+        assert service.wait_exit(30) == 0
+    assert "the early line" in service.log_text()
+    assert len(service.log_text()) > OUTPUT_CHARS * 2
+    assert service.output() == service.log_text()[-OUTPUT_CHARS:]
+    assert service.log_text().index("the early line") < len(service.log_text()) - OUTPUT_CHARS  # not shown
 
 
 def test_a_wait_that_times_out_shows_the_error_its_polls_hit():
