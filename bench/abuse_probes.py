@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     probes = set(args.probes.split(","))
     folder = Path(tempfile.mkdtemp(prefix="inferd-probe-"))
+    # Kept after the run: the appliance's log there is what explains a probe that went wrong.
+    print(f"[work folder] {folder} (settings, the tiny model and the appliance's logs; kept)", flush=True)
     subprocess.run([sys.executable, "-m", "tests.tiny_model", str(folder)], cwd=REPO, check=True)
     timeout_s = args.timeout
     port = free_port()

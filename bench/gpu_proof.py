@@ -30,8 +30,8 @@ from bench.sections import end_marker, start_marker
 from daemon.errors import UsageArgumentParser
 from daemon.settings import load_settings
 from daemon.shard import discover_shards
-from testkit.config import short_folder
-from testkit.harness import REPO, Appliance, free_port
+from testkit.config import private_paths_env
+from testkit.harness import REPO, Appliance
 from tools.loadgen import load_uploads, run_load
 from tools.runtime_choice import GpuReading, read_gpus
 
@@ -71,10 +71,7 @@ def default_photo() -> Path:
 
 def appliance_env(folder: Path, backend: str, cpu: bool, overrides: dict[str, str]) -> dict[str, str]:
     return {
-        "INFERD_API_PORT": str(free_port()),
-        # Unix socket paths are limited to 107 bytes, so the run dir is short and under /tmp.
-        "INFERD_PATHS_RUN_DIR": str(short_folder("proof-")),
-        "INFERD_PATHS_LOG_DIR": str(folder / "log"),
+        **private_paths_env(folder, "proof-"),
         "INFERD_MODEL_BACKEND": backend,
         **({"INFERD_DEVICES_GPUS": "none"} if cpu else {}),
         **overrides,

@@ -27,7 +27,7 @@ from bench.wrk import WrkResult
 from daemon.launcher import redis_maxmemory_mb
 from daemon.settings import Settings, load_settings
 from daemon.shard import discover_shards
-from testkit.config import short_folder
+from testkit.config import private_paths_env
 from testkit.harness import PYTHON, REPO, Appliance, free_port, redis_server, stop_all
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,7 @@ def appliance_env(
 ) -> dict[str, str]:
     """INFERD_* overrides of conf/settings.toml: a free port, a private run dir, the model under test."""
     return {
-        "INFERD_API_PORT": str(free_port()),
-        # Unix socket paths are limited to 107 bytes, so the run dir is short and under /tmp.
-        "INFERD_PATHS_RUN_DIR": str(short_folder("bench-")),
-        "INFERD_PATHS_LOG_DIR": str(folder / "log"),
+        **private_paths_env(folder, "bench-"),
         "INFERD_MODEL_PATH": str(model),
         "INFERD_MODEL_LABELS": str(labels),
         **(extra or {}),

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from testkit.harness import REPO
+from testkit.harness import REPO, free_port
 
 _short_base: Path | None = None
 
@@ -34,6 +34,16 @@ def short_folder(prefix: str = "inferd-") -> Path:
         _short_base.chmod(0o755)
         atexit.register(_remove_short_base, _short_base, os.getpid())
     return Path(tempfile.mkdtemp(prefix=prefix, dir=_short_base))
+
+
+def private_paths_env(folder: Path, run_dir_prefix: str) -> dict[str, str]:
+    """INFERD_* overrides that keep an appliance out of every other's way: a free port, a run dir of its own
+    (short, under /tmp: unix socket paths are limited to 107 bytes) and its logs under `folder`."""
+    return {
+        "INFERD_API_PORT": str(free_port()),
+        "INFERD_PATHS_RUN_DIR": str(short_folder(run_dir_prefix)),
+        "INFERD_PATHS_LOG_DIR": str(folder / "log"),
+    }
 
 
 def _remove_short_base(base: Path, owner_pid: int) -> None:
