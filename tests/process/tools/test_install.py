@@ -21,7 +21,7 @@ import requests
 from daemon.ops.front_door import BODY_DIR
 from daemon.settings import load_settings
 from testkit.config import short_folder
-from testkit.harness import REPO, free_port, wait_until
+from testkit.harness import OUTPUT_CHARS, REPO, free_port, wait_until
 from testkit.images import encode_image
 from tests.conftest import TINY_INPUT
 from tests.needs import need_program
@@ -246,7 +246,7 @@ def test_installed_layout_serves_with_stdout_on_a_journal_socket(system_root, ti
         return b"".join(received).decode(errors="replace")
 
     def journal_end() -> str:
-        return journal_text()[-6000:]
+        return journal_text()[-OUTPUT_CHARS:]
 
     def settled() -> bool:
         # Stop waiting as soon as the outcome is known (wait_until retries through exceptions): the shard
